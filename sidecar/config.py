@@ -1,0 +1,553 @@
+"""Configuration: YAML file, then environment (``VLLM_SIDECAR_*``), then flags.
+
+Everything here is pure: it turns text and mappings into frozen dataclasses or raises
+:class:`ConfigError` carrying ``FILE:LINE: message`` so a user can jump to the bad line.
+Reading files is the only I/O, kept to :func:`load_file`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+DEFAULT_URL = "http://127.0.0.1:8000/metrics"
+DEFAULT_LISTEN = "0.0.0.0:9490"
+DEFAULT_INTERVAL = 5.0
+DEFAULT_WINDOWS = "1m,5m"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+ENV_PREFIX = "VLLM_SIDECAR_"
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason",
+                   "version", "schema", "le", "quantile"}
+
+
+class ConfigError(ValueError):
+    """A bad setting, located as precisely as we can: ``FILE:LINE: message``."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.message = message
+        self.file = file
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.file and self.line:
+            return f"{self.file}:{self.line}: {self.message}"
+        if self.file:
+            return f"{self.file}: {self.message}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class Window:
+    """A look-back window, labelled exactly as the user wrote it (``1m``)."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class BasicAuth:
+    username: str
+    password: str | None = field(default=None, repr=False)
+    password_file: str | None = None
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """One vLLM server to scrape."""
+
+    name: str
+    url: str
+    labels: tuple[tuple[str, str], ...] = ()
+    timeout: float | None = None
+    bearer_token_file: str | None = None
+    basic_auth: BasicAuth | None = None
+    tls: TLSConfig | None = None
+
+    @property
+    def version_url(self) -> str:
+        """vLLM's ``/version`` on the same server as the metrics URL."""
+        parts = urlsplit(self.url)
+        return urlunsplit((parts.scheme, parts.netloc, "/version", "", ""))
+
+    def redacted(self) -> dict[str, Any]:
+        """A dict safe to print, log or serve: no secrets, no userinfo in the URL."""
+        out: dict[str, Any] = {"name": self.name, "url": redact_url(self.url)}
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
+        if self.bearer_token_file:
+            out["bearer_token_file"] = self.bearer_token_file
+        if self.basic_auth:
+            ba: dict[str, Any] = {"username": self.basic_auth.username}
+            if self.basic_auth.password is not None:
+                ba["password"] = "<secret>"
+            if self.basic_auth.password_file:
+                ba["password_file"] = self.basic_auth.password_file
+            out["basic_auth"] = ba
+        if self.tls:
+            out["tls"] = {k: v for k, v in vars(self.tls).items() if v not in (None, False)}
+        return out
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    interval: float = DEFAULT_INTERVAL
+    windows: tuple[Window, ...] = ()
+    targets: tuple[TargetConfig, ...] = ()
+    targets_file: str | None = None
+    web_config: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "info"
+    log_format: str = "text"
+    #: labels added to every exported series (``pod``/``namespace`` from the downward API)
+    static_labels: tuple[tuple[str, str], ...] = ()
+    source: str | None = None
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+    def timeout_for(self, target: TargetConfig) -> float:
+        """A scrape timeout strictly below the interval, so one cycle never overlaps the next."""
+        if target.timeout is not None:
+            return target.timeout
+        return max(0.1, min(10.0, self.interval * 0.8))
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "listen": self.listen,
+            "interval": self.interval,
+            "windows": [w.label for w in self.windows],
+            "max_body_bytes": self.max_body_bytes,
+            "log_level": self.log_level,
+            "log_format": self.log_format,
+            "targets": [t.redacted() for t in self.targets],
+        }
+        if self.targets_file:
+            out["targets_file"] = self.targets_file
+        if self.web_config:
+            out["web_config"] = self.web_config
+        if self.static_labels:
+            out["static_labels"] = dict(self.static_labels)
+        return out
+
+
+# ---------------------------------------------------------------- small parsers
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Prometheus-style durations (``30s``, ``1m``, ``1h30m``); a bare number is seconds."""
+    s = str(text).strip()
+    if not s:
+        raise ValueError("empty duration")
+    try:
+        value = float(s)
+    except ValueError:
+        pos, total = 0, 0.0
+        for m in _DURATION_RE.finditer(s):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * _UNIT[m.group(2)]
+            pos = m.end()
+        if pos != len(s) or pos == 0:
+            raise ValueError(f"invalid duration {s!r} (use e.g. 30s, 1m, 5m, 1h)") from None
+        value = total
+    if value <= 0:
+        raise ValueError(f"duration {s!r} must be positive")
+    return value
+
+
+def parse_windows(value: str | list[Any] | tuple[Any, ...]) -> tuple[Window, ...]:
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    out: list[Window] = []
+    for raw in items:
+        label = raw.strip()
+        if not label:
+            continue
+        w = Window(label, parse_duration(label))
+        if any(o.label == w.label for o in out):
+            raise ValueError(f"window {label!r} given twice")
+        out.append(w)
+    if not out:
+        raise ValueError("at least one window is needed")
+    return tuple(sorted(out, key=lambda w: w.seconds))
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {text!r} must be HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ValueError(f"port {p} out of range")
+    return host, p
+
+
+def redact_url(url: str) -> str:
+    """Drop ``user:password@`` from a URL."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def normalise_url(url: str) -> str:
+    """Validate a target URL; a URL without a path gets ``/metrics``."""
+    text = str(url).strip()
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"URL {url!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"URL {url!r} has no host")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"URL {url!r}: {exc}") from None
+    path = parts.path if parts.path not in ("", "/") else "/metrics"
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def default_target_name(url: str) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
+def parse_target_spec(spec: str) -> TargetConfig:
+    """``[NAME=]URL`` as given to ``--target``."""
+    text = spec.strip()
+    name = ""
+    if "=" in text.split("://", 1)[0]:
+        name, _, text = text.partition("=")
+        name = name.strip()
+        if not name:
+            raise ValueError(f"target {spec!r}: empty name before '='")
+    url = normalise_url(text)
+    return TargetConfig(name=name or default_target_name(url), url=url)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+class _Map(dict):
+    """A dict that remembers the line of each key (1-based) and of itself."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    m = _Map()
+    m.line = node.start_mark.line + 1
+    m.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in m:
+            raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
+        m[key] = loader.construct_object(value_node, deep=True)
+        m.key_lines[str(key)] = key_node.start_mark.line + 1
+    return m
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+
+
+def load_yaml_text(text: str, file: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as exc:
+        raise ConfigError(exc.message, file, exc.line) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigError(f"invalid YAML: {exc.problem or exc}", file, line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"invalid YAML: {exc}", file) from None
+
+
+def _line(m: Any, key: str | None = None) -> int | None:
+    if isinstance(m, _Map):
+        if key is not None and key in m.key_lines:
+            return m.key_lines[key]
+        return m.line
+    return None
+
+
+_GLOBAL_KEYS = {"listen", "interval", "windows", "web_config", "targets_file", "targets",
+                "max_body_bytes", "log_level", "log_format", "labels"}
+_TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls"}
+
+
+def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError("labels must be a mapping of name: value", file, line)
+    out = []
+    for k, v in value.items():
+        k = str(k)
+        kl = _line(value, k) or line
+        if not LABEL_NAME_RE.match(k) or k.startswith("__"):
+            raise ConfigError(f"invalid label name {k!r}", file, kl)
+        if k in RESERVED_LABELS:
+            raise ConfigError(f"label name {k!r} is reserved by the sidecar", file, kl)
+        out.append((k, "" if v is None else str(v)))
+    return tuple(sorted(out))
+
+
+def _target_from_mapping(item: Any, file: str, default_line: int | None) -> TargetConfig:
+    line = _line(item) or default_line
+    if isinstance(item, str):
+        try:
+            return parse_target_spec(item)
+        except ValueError as exc:
+            raise ConfigError(str(exc), file, line) from None
+    if not isinstance(item, dict):
+        raise ConfigError("each target must be a mapping with at least 'url'", file, line)
+    unknown = set(map(str, item)) - _TARGET_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown target key {k!r} (known: {', '.join(sorted(_TARGET_KEYS))})",
+                          file, _line(item, k))
+    if "url" not in item:
+        raise ConfigError("target needs a 'url'", file, line)
+    try:
+        url = normalise_url(str(item["url"]))
+    except ValueError as exc:
+        raise ConfigError(str(exc), file, _line(item, "url")) from None
+    name = str(item.get("name") or default_target_name(url))
+    timeout = None
+    if item.get("timeout") is not None:
+        try:
+            timeout = parse_duration(str(item["timeout"]))
+        except ValueError as exc:
+            raise ConfigError(f"timeout: {exc}", file, _line(item, "timeout")) from None
+    basic = None
+    if item.get("basic_auth") is not None:
+        ba = item["basic_auth"]
+        bl = _line(item, "basic_auth")
+        if not isinstance(ba, dict) or not ba.get("username"):
+            raise ConfigError("basic_auth needs 'username' and 'password' or 'password_file'", file, bl)
+        extra = set(map(str, ba)) - {"username", "password", "password_file"}
+        if extra:
+            raise ConfigError(f"unknown basic_auth key {sorted(extra)[0]!r}", file, bl)
+        if ba.get("password") is not None and ba.get("password_file"):
+            raise ConfigError("basic_auth: give password or password_file, not both", file, bl)
+        basic = BasicAuth(str(ba["username"]),
+                          None if ba.get("password") is None else str(ba["password"]),
+                          ba.get("password_file"))
+    tls = None
+    if item.get("tls") is not None:
+        t = item["tls"]
+        tl = _line(item, "tls")
+        if not isinstance(t, dict):
+            raise ConfigError("tls must be a mapping", file, tl)
+        extra = set(map(str, t)) - {"ca_file", "cert_file", "key_file", "insecure_skip_verify"}
+        if extra:
+            raise ConfigError(f"unknown tls key {sorted(extra)[0]!r}", file, tl)
+        tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"),
+                        bool(t.get("insecure_skip_verify", False)))
+    return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, _line(item, "labels")),
+                        timeout=timeout, bearer_token_file=item.get("bearer_token_file"),
+                        basic_auth=basic, tls=tls)
+
+
+def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """Raw settings (not yet validated together) and the line each came from."""
+    if data is None:
+        return {}, {}
+    if not isinstance(data, dict):
+        raise ConfigError("the config file must be a mapping of settings", file, _line(data) or 1)
+    unknown = set(map(str, data)) - _GLOBAL_KEYS
+    if unknown:
+        k = sorted(unknown)[0]
+        raise ConfigError(f"unknown setting {k!r} (known: {', '.join(sorted(_GLOBAL_KEYS))})",
+                          file, _line(data, k))
+    settings: dict[str, Any] = {}
+    lines: dict[str, int | None] = {}
+    for key, value in data.items():
+        lines[key] = _line(data, key)
+        if key == "targets":
+            if value is None:
+                value = []
+            if not isinstance(value, list):
+                raise ConfigError("targets must be a list", file, lines[key])
+            settings[key] = [_target_from_mapping(v, file, lines[key]) for v in value]
+        elif key == "labels":
+            settings[key] = _labels(value, file, lines[key])
+        else:
+            settings[key] = value
+    return settings, lines
+
+
+def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
+    """``VLLM_SIDECAR_<SETTING>`` variables; ``VLLM_SIDECAR_TARGETS`` is comma-separated."""
+    out: dict[str, Any] = {}
+    for key in ("listen", "interval", "windows", "web_config", "targets_file", "max_body_bytes",
+                "log_level", "log_format"):
+        v = environ.get(ENV_PREFIX + key.upper())
+        if v not in (None, ""):
+            out[key] = v
+    t = environ.get(ENV_PREFIX + "TARGETS")
+    if t:
+        try:
+            out["targets"] = [parse_target_spec(s) for s in t.split(",") if s.strip()]
+        except ValueError as exc:
+            raise ConfigError(f"{ENV_PREFIX}TARGETS: {exc}") from None
+    return out
+
+
+def downward_api_labels(environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``POD_NAME`` / ``POD_NAMESPACE`` (Kubernetes downward API) become ``pod`` / ``namespace``."""
+    out = []
+    if environ.get("POD_NAME"):
+        out.append(("pod", environ["POD_NAME"]))
+    if environ.get("POD_NAMESPACE"):
+        out.append(("namespace", environ["POD_NAMESPACE"]))
+    return tuple(out)
+
+
+def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict[str, Any],
+                 *, file: str | None = None, lines: dict[str, int | None] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Merge defaults < file < environment < flags and validate the result."""
+    lines = lines or {}
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, layer in (("file", file_settings), ("env", env), ("flag", flags)):
+        for k, v in layer.items():
+            if v is None:
+                continue
+            merged[k] = v
+            origin[k] = name
+
+    def fail(key: str, msg: str) -> ConfigError:
+        where = origin.get(key)
+        if where == "file":
+            return ConfigError(f"{key}: {msg}", file, lines.get(key))
+        if where == "env":
+            return ConfigError(f"{ENV_PREFIX}{key.upper()}: {msg}")
+        return ConfigError(f"--{key.replace('_', '-')}: {msg}")
+
+    kwargs: dict[str, Any] = {}
+    try:
+        kwargs["interval"] = parse_duration(str(merged.get("interval", DEFAULT_INTERVAL)))
+    except ValueError as exc:
+        raise fail("interval", str(exc)) from None
+    try:
+        kwargs["windows"] = parse_windows(merged.get("windows", DEFAULT_WINDOWS))
+    except ValueError as exc:
+        raise fail("windows", str(exc)) from None
+    for w in kwargs["windows"]:
+        if w.seconds < 2 * kwargs["interval"]:
+            raise fail("windows", f"window {w.label} must span at least two scrape intervals "
+                                  f"({2 * kwargs['interval']:g}s)")
+    listen = str(merged.get("listen", DEFAULT_LISTEN))
+    try:
+        parse_listen(listen)
+    except ValueError as exc:
+        raise fail("listen", str(exc)) from None
+    kwargs["listen"] = listen
+    try:
+        mbb = int(merged.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
+        if mbb < 1024:
+            raise ValueError("must be at least 1024")
+    except (TypeError, ValueError) as exc:
+        raise fail("max_body_bytes", f"invalid size: {exc}") from None
+    kwargs["max_body_bytes"] = mbb
+    level = str(merged.get("log_level", "info")).lower()
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise fail("log_level", f"unknown level {level!r}")
+    kwargs["log_level"] = level
+    fmt = str(merged.get("log_format", "text")).lower()
+    if fmt not in ("text", "json"):
+        raise fail("log_format", "must be text or json")
+    kwargs["log_format"] = fmt
+    for k in ("web_config", "targets_file"):
+        if merged.get(k):
+            kwargs[k] = str(merged[k])
+    targets = list(merged.get("targets") or [])
+    if not targets and not kwargs.get("targets_file"):
+        targets = [TargetConfig(name="local", url=DEFAULT_URL)]
+    seen: set[str] = set()
+    for t in targets:
+        if t.name in seen:
+            raise fail("targets", f"target name {t.name!r} used twice")
+        seen.add(t.name)
+        if t.timeout is not None and t.timeout >= kwargs["interval"]:
+            raise fail("targets", f"target {t.name!r}: timeout {t.timeout:g}s must be below the "
+                                  f"interval {kwargs['interval']:g}s")
+    kwargs["targets"] = tuple(targets)
+    static = dict(file_settings.get("labels") or ())
+    static.update(downward_api_labels(environ if environ is not None else os.environ))
+    kwargs["static_labels"] = tuple(sorted(static.items()))
+    kwargs["source"] = file
+    return Config(**kwargs)
+
+
+def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", path) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    return _settings_from_mapping(load_yaml_text(text, path), path)
+
+
+def load_config(path: str | None = None, flags: dict[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """The effective config: ``path`` (or ``$VLLM_SIDECAR_CONFIG``), environment, flags."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(ENV_PREFIX + "CONFIG") or None
+    file_settings, lines = load_file(path) if path else ({}, {})
+    return build_config(file_settings, env_settings(environ), flags or {}, file=path, lines=lines,
+                        environ=environ)
+
+
+def with_targets(config: Config, targets: tuple[TargetConfig, ...]) -> Config:
+    return replace(config, targets=targets)

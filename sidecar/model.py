@@ -1,0 +1,243 @@
+"""The typed state every consumer reads: exporter, status page, JSON API, doctor, offline report.
+
+These are immutable snapshots: the scrape loop builds a new one per scrape and swaps it in, so
+readers never see half-updated state and never need a lock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+NAN = float("nan")
+
+# Scrape failure reasons (fixed by the contract).
+REASONS = ("timeout", "connect", "http_status", "too_large", "parse", "no_vllm_metrics")
+
+# Severities, in increasing order.
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative histogram: ``buckets`` are (upper bound, cumulative count), ascending."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(b for b, _ in self.buckets)
+
+
+@dataclass(frozen=True)
+class EngineMetrics:
+    """One engine's vLLM metrics from one scrape, under era-independent names.
+
+    ``None`` means this vLLM did not expose the value.
+    """
+
+    model_name: str
+    engine: str
+    prefix_queries: float | None = None
+    prefix_hits: float | None = None
+    external_queries: float | None = None
+    external_hits: float | None = None
+    v0_hit_rate: float | None = None  # V0 cumulative block hit-rate gauge; -1 = caching off
+    kv_usage: float | None = None
+    prompt_tokens: float | None = None
+    generation_tokens: float | None = None
+    preemptions: float | None = None
+    running: float | None = None
+    waiting: float | None = None
+    request_success: tuple[tuple[str, float], ...] = ()
+    ttft: Histogram | None = None
+    e2e: Histogram | None = None
+    queue: Histogram | None = None
+    prompt_len: Histogram | None = None
+    #: ``_created`` of the counters, where exposed: a change means vLLM restarted
+    created: float | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.model_name, self.engine)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """``vllm:cache_config_info`` of one engine."""
+
+    engine: str
+    enable_prefix_caching: bool | None
+    block_size: int | None = None
+    num_gpu_blocks: int | None = None
+    hash_algo: str | None = None
+    kv_offloading_backend: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Normalised:
+    """Everything the sidecar reads from one ``/metrics`` body."""
+
+    engines: tuple[EngineMetrics, ...] = ()
+    cache_configs: tuple[CacheConfig, ...] = ()
+    schema: str = "none"
+    legacy_names: tuple[str, ...] = ()  # deprecated vLLM names seen in the body
+    process_start: float | None = None
+    vllm_series: int = 0  # how many vllm: samples the body held
+
+    @property
+    def has_vllm(self) -> bool:
+        return self.vllm_series > 0
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    mean: float = NAN
+    p50: float = NAN
+    p90: float = NAN
+    p99: float = NAN
+
+    def as_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
+
+
+@dataclass(frozen=True)
+class WindowStats:
+    """What happened in one look-back window (restart-safe increases)."""
+
+    window: str
+    seconds: float  # the configured length
+    span: float  # seconds actually covered by the samples used (0 with one sample)
+    queries: float = 0.0
+    hits: float = 0.0
+    hit_ratio: float = NAN
+    kv_usage_delta: float | None = None
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+    preemptions: float = 0.0
+    requests: tuple[tuple[str, float], ...] = ()  # finished requests by reason
+    latency: tuple[tuple[str, LatencyStats], ...] = ()  # ttft / e2e / queue
+    mean_prompt_tokens: float = NAN
+    resets: int = 0
+
+    def rate(self, amount: float) -> float:
+        return amount / self.span if self.span > 0 else NAN
+
+    @property
+    def prompt_tokens_per_second(self) -> float:
+        return self.rate(self.prompt_tokens)
+
+    @property
+    def generation_tokens_per_second(self) -> float:
+        return self.rate(self.generation_tokens)
+
+    @property
+    def preemptions_per_second(self) -> float:
+        return self.rate(self.preemptions)
+
+
+@dataclass(frozen=True)
+class EngineState:
+    """Derived state of one (model_name, engine) of a target."""
+
+    model_name: str
+    engine: str
+    current: EngineMetrics
+    lifetime_hit_ratio: float = NAN
+    windows: tuple[WindowStats, ...] = ()
+    #: (unix time, hit ratio between this sample and the previous one) over the longest window
+    ratio_points: tuple[tuple[float, float], ...] = ()
+
+    def window(self, label: str) -> WindowStats | None:
+        for w in self.windows:
+            if w.window == label:
+                return w
+        return None
+
+    @property
+    def v0(self) -> bool:
+        return self.current.prefix_queries is None and self.current.v0_hit_rate is not None
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """One finding of the contract's table: ``code`` and ``severity`` are fixed strings."""
+
+    code: str
+    severity: str
+    summary: str  # one line with the numbers that triggered it
+    evidence: tuple[tuple[str, Any], ...] = ()
+
+    def evidence_dict(self) -> dict[str, Any]:
+        return dict(self.evidence)
+
+
+@dataclass(frozen=True)
+class TargetSnapshot:
+    """The sidecar's whole view of one target after its latest scrape."""
+
+    name: str
+    url: str  # redacted
+    labels: tuple[tuple[str, str], ...] = ()
+    scraped: bool = False  # at least one scrape finished (success or not)
+    up: bool = False
+    last_scrape: float | None = None
+    last_success: float | None = None
+    scrape_duration: float | None = None
+    last_error: str | None = None
+    last_error_reason: str | None = None
+    scrape_errors: tuple[tuple[str, int], ...] = ()
+    restarts: int = 0
+    version: str | None = None
+    schema: str = "none"
+    legacy_names: tuple[str, ...] = ()
+    engines: tuple[EngineState, ...] = ()
+    cache_configs: tuple[CacheConfig, ...] = ()
+    diagnoses: tuple[Diagnosis, ...] = ()
+    windows: tuple[str, ...] = ()
+
+    @property
+    def prefix_caching_enabled(self) -> bool | None:
+        flags = [c.enable_prefix_caching for c in self.cache_configs
+                 if c.enable_prefix_caching is not None]
+        if not flags:
+            return None
+        return all(flags)
+
+    @property
+    def worst_severity(self) -> str | None:
+        worst = None
+        for d in self.diagnoses:
+            if worst is None or SEVERITIES.index(d.severity) > SEVERITIES.index(worst):
+                worst = d.severity
+        return worst
+
+
+def finite(x: float | None) -> float | None:
+    """``None`` for NaN/None, so JSON stays valid."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return None
+    if isinstance(x, float) and math.isinf(x):
+        return None
+    return x
+
+
+@dataclass
+class ScrapeOutcome:
+    """What one scrape produced: either a parsed body or a failure with its reason."""
+
+    started: float
+    duration: float
+    normalised: Normalised | None = None
+    reason: str | None = None  # one of REASONS on failure
+    error: str | None = None
+    version: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
