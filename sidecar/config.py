@@ -81,9 +81,11 @@ class TargetConfig:
 
     @property
     def version_url(self) -> str:
-        """vLLM's ``/version`` on the same server as the metrics URL."""
+        """vLLM's ``/version`` beside the metrics path (``/x/metrics`` -> ``/x/version``)."""
         parts = urlsplit(self.url)
-        return urlunsplit((parts.scheme, parts.netloc, "/version", "", ""))
+        path = parts.path[: -len("metrics")] + "version" if parts.path.endswith("/metrics") \
+            else "/version"
+        return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def redacted(self) -> dict[str, Any]:
         """A dict safe to print, log or serve: no secrets, no userinfo in the URL."""

@@ -199,6 +199,8 @@ class TargetSnapshot:
     cache_configs: tuple[CacheConfig, ...] = ()
     diagnoses: tuple[Diagnosis, ...] = ()
     windows: tuple[str, ...] = ()
+    #: unix times of vLLM restarts seen within the longest window
+    restart_times: tuple[float, ...] = ()
 
     @property
     def prefix_caching_enabled(self) -> bool | None:

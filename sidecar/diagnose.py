@@ -1,0 +1,175 @@
+"""The contract's diagnosis rules, computed from a target's derived state (pure).
+
+Each rule returns a :class:`~sidecar.model.Diagnosis` with a one-line summary and the evidence
+(numbers) that made it hold; :mod:`sidecar.explain` turns codes + evidence into titles, ranked
+causes and fixes for people.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+from .model import Diagnosis, EngineState, TargetSnapshot, WindowStats
+from .normalize import SCHEMA_V0, SCHEMA_V1_LEGACY
+
+#: code -> severity, exactly as the contract fixes them
+CODES: dict[str, str] = {
+    "target_down": "critical",
+    "no_vllm_metrics": "critical",
+    "prefix_caching_disabled": "warning",
+    "zero_hit_rate": "warning",
+    "no_traffic": "info",
+    "counter_reset": "info",
+    "kv_cache_pressure": "warning",
+    "external_kv_connector": "info",
+    "legacy_metric_names": "info",
+}
+
+KV_PRESSURE = 0.9
+
+
+def _d(code: str, summary: str, **evidence: object) -> Diagnosis:
+    return Diagnosis(code, CODES[code], summary, tuple(sorted(evidence.items())))
+
+
+def _shortest(engines: Iterable[EngineState]) -> list[WindowStats]:
+    return [e.windows[0] for e in engines if e.windows and e.windows[0].span > 0]
+
+
+def _sum(ws: list[WindowStats], attr: str) -> float:
+    return sum(getattr(w, attr) for w in ws)
+
+
+def _mean_prompt(ws: list[WindowStats], engines: tuple[EngineState, ...]) -> float | None:
+    vals = [w.mean_prompt_tokens for w in ws if not math.isnan(w.mean_prompt_tokens)]
+    if vals:
+        return sum(vals) / len(vals)
+    for e in engines:  # fall back to the lifetime histogram
+        h = e.current.prompt_len
+        if h is not None and h.count > 0 and not math.isnan(h.sum):
+            return h.sum / h.count
+    return None
+
+
+def _block_size(s: TargetSnapshot) -> int | None:
+    sizes = [c.block_size for c in s.cache_configs if c.block_size]
+    return max(sizes) if sizes else None
+
+
+def rule_down(s: TargetSnapshot) -> Diagnosis | None:
+    if s.up or not s.scraped or s.last_error_reason in (None, "no_vllm_metrics"):
+        return None
+    return _d("target_down", f"last scrape failed ({s.last_error_reason}): {s.last_error}",
+              reason=s.last_error_reason, error=s.last_error)
+
+
+def rule_no_vllm(s: TargetSnapshot) -> Diagnosis | None:
+    if s.last_error_reason != "no_vllm_metrics":
+        return None
+    return _d("no_vllm_metrics", "the target answers but exposes no vllm: series",
+              error=s.last_error)
+
+
+def rule_caching_disabled(s: TargetSnapshot) -> Diagnosis | None:
+    off = [c.engine for c in s.cache_configs if c.enable_prefix_caching is False]
+    if not off:
+        return None
+    return _d("prefix_caching_disabled",
+              f"vllm:cache_config_info says enable_prefix_caching=\"False\" (engine {', '.join(off)})",
+              engines=tuple(off), block_size=_block_size(s))
+
+
+def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
+    if s.prefix_caching_enabled is False:
+        return None
+    ws = _shortest(s.engines)
+    if not ws:
+        return None
+    window = ws[0].window
+    v1 = [e for e in s.engines if e.current.prefix_queries is not None]
+    if v1:
+        w1 = _shortest(v1)
+        queries, hits = _sum(w1, "queries"), _sum(w1, "hits")
+        if queries > 0 and hits <= 0:
+            return _d("zero_hit_rate",
+                      f"{queries:.0f} prefix-cache queries and 0 hits in the last {window}",
+                      window=window, queries=queries, hits=hits,
+                      block_size=_block_size(s), mean_prompt_tokens=_mean_prompt(ws, s.engines))
+        return None
+    # V0: no counters; its cumulative block hit rate stays exactly 0 while prompts arrive.
+    prompts = _sum(ws, "prompt_tokens")
+    rates = [e.current.v0_hit_rate for e in s.engines if e.current.v0_hit_rate is not None]
+    if prompts > 0 and rates and all(r == 0 for r in rates):
+        return _d("zero_hit_rate", f"{prompts:.0f} prompt tokens in the last {window} and a "
+                                   f"V0 prefix-cache hit rate of 0",
+                  window=window, prompt_tokens=prompts, block_size=_block_size(s),
+                  mean_prompt_tokens=_mean_prompt(ws, s.engines))
+    return None
+
+
+def rule_no_traffic(s: TargetSnapshot) -> Diagnosis | None:
+    ws = _shortest(s.engines)
+    if not ws:
+        return None
+    prompts = _sum(ws, "prompt_tokens")
+    queries = _sum(ws, "queries")
+    if prompts > 0 or queries > 0:
+        return None
+    return _d("no_traffic", f"no prompt tokens in the last {ws[0].window}", window=ws[0].window)
+
+
+def rule_reset(s: TargetSnapshot) -> Diagnosis | None:
+    if not s.restart_times:
+        return None
+    longest = s.windows[-1] if s.windows else "window"
+    return _d("counter_reset", f"vLLM restarted {len(s.restart_times)} time(s) in the last "
+                               f"{longest}; windowed figures span the restart",
+              restarts=len(s.restart_times), last_restart=max(s.restart_times))
+
+
+def rule_kv_pressure(s: TargetSnapshot) -> Diagnosis | None:
+    usage = [e.current.kv_usage for e in s.engines if e.current.kv_usage is not None]
+    peak = max(usage) if usage else 0.0
+    ws = _shortest(s.engines)
+    pre = _sum(ws, "preemptions")
+    if peak < KV_PRESSURE and pre <= 0:
+        return None
+    parts = []
+    if peak >= KV_PRESSURE:
+        parts.append(f"KV-cache usage {peak:.0%}")
+    if pre > 0:
+        parts.append(f"{pre:.0f} preemptions in the last {ws[0].window}")
+    return _d("kv_cache_pressure", " and ".join(parts), kv_usage=peak, preemptions=pre)
+
+
+def rule_external(s: TargetSnapshot) -> Diagnosis | None:
+    q = sum(e.current.external_queries or 0.0 for e in s.engines)
+    if q <= 0:
+        return None
+    h = sum(e.current.external_hits or 0.0 for e in s.engines)
+    return _d("external_kv_connector", f"{q:.0f} external (KV-connector) prefix-cache queries, "
+                                       f"{h:.0f} hits since start",
+              external_queries=q, external_hits=h)
+
+
+def rule_legacy(s: TargetSnapshot) -> Diagnosis | None:
+    if not s.legacy_names and s.schema not in (SCHEMA_V0, SCHEMA_V1_LEGACY):
+        return None
+    names = ", ".join(s.legacy_names) or f"the {s.schema} metric schema"
+    return _d("legacy_metric_names", f"deprecated or pre-0.9.2 vLLM metric names: {names}",
+              names=s.legacy_names, schema=s.schema)
+
+
+RULES: tuple[Callable[[TargetSnapshot], Diagnosis | None], ...] = (
+    rule_down, rule_no_vllm, rule_caching_disabled, rule_zero_hits, rule_no_traffic,
+    rule_reset, rule_kv_pressure, rule_external, rule_legacy,
+)
+
+
+def diagnose(s: TargetSnapshot) -> tuple[Diagnosis, ...]:
+    """Every finding that holds now. A failed scrape yields only its own finding: the rest
+    would be judged on stale numbers."""
+    if not s.up:
+        return tuple(d for d in (rule_down(s), rule_no_vllm(s)) if d is not None)
+    return tuple(d for d in (r(s) for r in RULES) if d is not None)

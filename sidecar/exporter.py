@@ -1,0 +1,171 @@
+"""Render the latest snapshots as Prometheus metric families (a custom ``Collector``).
+
+Families are built fresh at collect time from immutable snapshots; nothing here is a global gauge
+mutated from the scrape loop, so a removed target's series vanish with its snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Iterator
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from . import __version__
+from .model import REASONS, EngineState, TargetSnapshot
+
+P = "vllm_sidecar_"
+
+#: name -> (type, help). The single list of what the sidecar exports (docs/metrics.md documents it).
+FAMILIES: dict[str, tuple[str, str]] = {
+    "target_up": ("gauge", "1 if the last scrape succeeded and held vLLM metrics, else 0."),
+    "scrape_duration_seconds": ("gauge", "Duration of the last scrape of the target."),
+    "scrape_errors": ("counter", "Failed scrapes by reason."),
+    "last_scrape_success_timestamp_seconds": ("gauge", "Unix time of the last good scrape."),
+    "target_restarts": ("counter", "vLLM restarts seen (counter resets)."),
+    "prefix_cache_queries": ("counter", "Prefix-cache queries in tokens, as vLLM counts them "
+                                        "(blocks on V1 before 0.9.0)."),
+    "prefix_cache_hits": ("counter", "Prefix-cache hits in tokens, as vLLM counts them."),
+    "prefix_cache_hit_ratio": ("gauge", "Prefix-cache hits/queries over the window "
+                                        "(lifetime: since vLLM started); NaN without queries."),
+    "external_prefix_cache_queries": ("counter", "External (KV-connector) prefix-cache queries."),
+    "external_prefix_cache_hits": ("counter", "External (KV-connector) prefix-cache hits."),
+    "kv_cache_usage_ratio": ("gauge", "KV-cache usage, 0..1."),
+    "kv_cache_usage_delta": ("gauge", "KV-cache usage now minus usage one window ago."),
+    "prefix_caching_enabled": ("gauge", "1 if vllm:cache_config_info says prefix caching is on."),
+    "cache_config_info": ("gauge", "Cache configuration of an engine (labels), value 1."),
+    "diagnosis": ("gauge", "1 while the finding holds."),
+    "vllm_info": ("gauge", "vLLM version and the metric-name schema it matched, value 1."),
+    "prompt_tokens": ("counter", "Prompt tokens processed (vLLM's counter)."),
+    "generation_tokens": ("counter", "Generated tokens (vLLM's counter)."),
+    "preemptions": ("counter", "Request preemptions (vLLM's counter)."),
+    "request_success": ("counter", "Finished requests by finish reason (vLLM's counter)."),
+    "prompt_tokens_per_second": ("gauge", "Prompt tokens per second over the window."),
+    "generation_tokens_per_second": ("gauge", "Generated tokens per second over the window."),
+    "preemptions_per_second": ("gauge", "Preemptions per second over the window."),
+    "requests_per_second": ("gauge", "Finished requests per second over the window, by reason."),
+    "latency_seconds": ("gauge", "Latency quantile over the window (phase ttft, e2e or queue), "
+                                 "estimated from vLLM's histogram buckets."),
+    "latency_mean_seconds": ("gauge", "Mean latency over the window, by phase."),
+    "requests_running": ("gauge", "Requests in the engine's running batch."),
+    "requests_waiting": ("gauge", "Requests waiting to be scheduled."),
+    "build_info": ("gauge", "The sidecar's version, value 1."),
+}
+
+
+class _Families:
+    """Lazily created families, so an empty one is never emitted."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Metric] = {}
+
+    def add(self, short: str, labels: dict[str, str], value: float, suffix: str = "") -> None:
+        m = self.items.get(short)
+        if m is None:
+            typ, doc = FAMILIES[short]
+            m = self.items[short] = Metric(P + short, doc, typ)
+        name = P + short + ("_total" if m.type == "counter" else suffix)
+        m.add_sample(name, labels, float(value))
+
+
+def _nan(x: float | None) -> float:
+    return math.nan if x is None else x
+
+
+def _engine(f: _Families, base: dict[str, str], e: EngineState) -> None:
+    lab = {**base, "model_name": e.model_name, "engine": e.engine}
+    c = e.current
+    for short, val in (("prefix_cache_queries", c.prefix_queries),
+                       ("prefix_cache_hits", c.prefix_hits),
+                       ("external_prefix_cache_queries", c.external_queries),
+                       ("external_prefix_cache_hits", c.external_hits),
+                       ("prompt_tokens", c.prompt_tokens),
+                       ("generation_tokens", c.generation_tokens),
+                       ("preemptions", c.preemptions),
+                       ("kv_cache_usage_ratio", c.kv_usage),
+                       ("requests_running", c.running),
+                       ("requests_waiting", c.waiting)):
+        if val is not None:
+            f.add(short, lab, val)
+    for reason, val in c.request_success:
+        f.add("request_success", {**lab, "finished_reason": reason}, val)
+    if c.prefix_queries is not None or c.v0_hit_rate is not None:
+        f.add("prefix_cache_hit_ratio", {**lab, "window": "lifetime"}, e.lifetime_hit_ratio)
+    for w in e.windows:
+        wl = {**lab, "window": w.window}
+        if c.prefix_queries is not None:  # a V0 engine has no counters, so no windowed ratio
+            f.add("prefix_cache_hit_ratio", wl, w.hit_ratio)
+        if w.span <= 0:
+            continue
+        if w.kv_usage_delta is not None:
+            f.add("kv_cache_usage_delta", wl, w.kv_usage_delta)
+        if c.prompt_tokens is not None:
+            f.add("prompt_tokens_per_second", wl, w.prompt_tokens_per_second)
+        if c.generation_tokens is not None:
+            f.add("generation_tokens_per_second", wl, w.generation_tokens_per_second)
+        if c.preemptions is not None:
+            f.add("preemptions_per_second", wl, w.preemptions_per_second)
+        for reason, n in w.requests:
+            f.add("requests_per_second", {**wl, "finished_reason": reason}, w.rate(n))
+        for phase, stats in w.latency:
+            pl = {**wl, "phase": phase}
+            f.add("latency_mean_seconds", pl, stats.mean)
+            for q, v in (("0.5", stats.p50), ("0.9", stats.p90), ("0.99", stats.p99)):
+                f.add("latency_seconds", {**pl, "quantile": q}, v)
+
+
+def _target(f: _Families, s: TargetSnapshot, static: tuple[tuple[str, str], ...]) -> None:
+    base = {**dict(static), **dict(s.labels), "target": s.name}
+    f.add("target_up", base, 1.0 if s.up else 0.0)
+    if s.scrape_duration is not None:
+        f.add("scrape_duration_seconds", base, s.scrape_duration)
+    errors = dict(s.scrape_errors)
+    for reason in REASONS:
+        f.add("scrape_errors", {**base, "reason": reason}, errors.get(reason, 0))
+    if s.last_success is not None:
+        f.add("last_scrape_success_timestamp_seconds", base, s.last_success)
+    f.add("target_restarts", base, s.restarts)
+    if s.scraped and s.last_success is not None:
+        f.add("vllm_info", {**base, "version": s.version or "unknown", "schema": s.schema}, 1)
+    for d in s.diagnoses:
+        f.add("diagnosis", {**base, "code": d.code, "severity": d.severity}, 1)
+    if not s.up:
+        return  # never serve the last good numbers as if they were fresh
+    for cfg in s.cache_configs:
+        el = {**base, "engine": cfg.engine}
+        if cfg.enable_prefix_caching is not None:
+            f.add("prefix_caching_enabled", el, 1.0 if cfg.enable_prefix_caching else 0.0)
+        f.add("cache_config_info", {
+            **el,
+            "block_size": "" if cfg.block_size is None else str(cfg.block_size),
+            "num_gpu_blocks": "" if cfg.num_gpu_blocks is None else str(cfg.num_gpu_blocks),
+            "prefix_caching_hash_algo": cfg.hash_algo or "",
+            "kv_offloading_backend": cfg.kv_offloading_backend or "",
+        }, 1)
+    for e in s.engines:
+        _engine(f, base, e)
+
+
+def families(snapshots: Iterable[TargetSnapshot],
+             static: tuple[tuple[str, str], ...] = ()) -> list[Metric]:
+    f = _Families()
+    f.add("build_info", {"version": __version__}, 1)
+    for s in snapshots:
+        _target(f, s, static)
+    return list(f.items.values())
+
+
+class SnapshotCollector(Collector):
+    """``collect()`` renders whatever snapshots ``source()`` returns at that moment."""
+
+    def __init__(self, source: Callable[[], Iterable[TargetSnapshot]],
+                 static_labels: tuple[tuple[str, str], ...] = ()):
+        self._source = source
+        self._static = static_labels
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(families(self._source(), self._static))
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the targets; don't let the registry call collect() early

@@ -1,0 +1,166 @@
+"""Serve recorded vLLM ``/metrics`` bodies as live fake targets on loopback.
+
+For tests, benchmarks and trying dashboards without a GPU: each target is a sequence of bodies
+served at ``/<name>/metrics`` (and ``/<name>/version``); every GET moves one step forward and the
+last body repeats. Tests can also set the position, the delay or the HTTP status of a target.
+
+    python -m sidecar.replay ../shared/fixtures/vllm-0.32.0/prefix_on_shared --port 18000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+TEXT_004 = "text/plain; version=0.0.4; charset=utf-8"
+
+
+@dataclass
+class Fake:
+    bodies: list[bytes]
+    content_type: str = TEXT_004
+    version: str | None = "0.32.0"
+    position: int = 0
+    advance: bool = True
+    delay: float = 0.0  # seconds before answering
+    status: int = 200
+    hits: int = 0
+    content_types: list[str] = field(default_factory=list)  # per body, overrides content_type
+
+
+def load_fixture(directory: str | Path, openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
+    """Bodies, content types and vLLM version of a capture folder (its ``meta.json`` order)."""
+    d = Path(directory)
+    meta = json.loads((d / "meta.json").read_text())
+    bodies, types = [], []
+    for s in meta["scrapes"]:
+        src = s.get("openmetrics") if openmetrics and s.get("openmetrics") else s
+        bodies.append((d / src["file"]).read_bytes())
+        types.append(src.get("content_type") or TEXT_004)
+    return bodies, types, meta.get("vllm_version")
+
+
+class ReplayServer:
+    """An aiohttp server of fake vLLM targets. Use :meth:`start_in_thread` from sync code."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
+        self.host = host
+        self.port = port
+        self.fakes: dict[str, Fake] = {}
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, name: str, bodies: list[bytes], content_type: str = TEXT_004,
+            version: str | None = "0.32.0", **kw) -> Fake:
+        fake = Fake(list(bodies), content_type, version, **kw)
+        self.fakes[name] = fake
+        return fake
+
+    def add_fixture(self, name: str, directory: str | Path, openmetrics: bool = False, **kw) -> Fake:
+        bodies, types, version = load_fixture(directory, openmetrics)
+        return self.add(name, bodies, types[0], version, content_types=types, **kw)
+
+    def url(self, name: str) -> str:
+        return f"http://{self.host}:{self.port}/{name}/metrics"
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        fake = self.fakes.get(request.match_info["name"])
+        if fake is None:
+            raise web.HTTPNotFound()
+        if fake.delay:
+            await asyncio.sleep(fake.delay)
+        fake.hits += 1
+        if fake.status != 200:
+            return web.Response(status=fake.status, text="replayed error\n")
+        i = min(fake.position, len(fake.bodies) - 1)
+        ctype = fake.content_types[i] if i < len(fake.content_types) else fake.content_type
+        if fake.advance and fake.position < len(fake.bodies) - 1:
+            fake.position += 1
+        return web.Response(body=fake.bodies[i], headers={"Content-Type": ctype})
+
+    async def _version(self, request: web.Request) -> web.Response:
+        fake = self.fakes.get(request.match_info["name"])
+        if fake is None or fake.version is None:
+            raise web.HTTPNotFound()
+        return web.json_response({"version": fake.version})
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{name}/metrics", self._metrics)
+        app.router.add_get("/{name}/version", self._version)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -------------------------------------------------------------- sync helpers for tests
+    def start_in_thread(self) -> "ReplayServer":
+        ready = threading.Event()
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=main, name="replay", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self) -> "ReplayServer":
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m sidecar.replay", description=__doc__)
+    p.add_argument("fixture", nargs="+", help="capture folders (with meta.json)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=18000)
+    p.add_argument("--cycle", action="store_true", help="start over after the last body")
+    ns = p.parse_args(argv)
+    server = ReplayServer(ns.host, ns.port)
+    for i, d in enumerate(ns.fixture):
+        server.add_fixture(f"t{i}", d)
+
+    async def serve() -> None:
+        await server.start()
+        for name in server.fakes:
+            print(server.url(name), flush=True)
+        while True:
+            await asyncio.sleep(1)
+            if ns.cycle:
+                for f in server.fakes.values():
+                    if f.position >= len(f.bodies) - 1:
+                        f.position = 0
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The sidecar's HTTP face: /metrics, /healthz, /readyz, /api/v1/targets and the status page.
+
+Handlers only read the current snapshots; no request can make the sidecar fetch anything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Protocol, Sequence
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
+
+from .api import targets_document
+from .model import TargetSnapshot
+
+
+class State(Protocol):
+    registry: CollectorRegistry
+
+    def snapshots(self) -> Sequence[TargetSnapshot]: ...
+
+    def ready(self) -> bool: ...
+
+
+def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
+    try:
+        from .statuspage import render  # the full page
+    except ImportError:  # pragma: no cover - fallback while the page module is absent
+        import html
+        rows = "".join(f"<li>{html.escape(s.name)}: {'up' if s.up else 'down'}</li>"
+                       for s in snapshots)
+        return f"<!doctype html><title>vllm-cache-sidecar</title><ul>{rows}</ul>"
+    return render(snapshots, time.time())
+
+
+def build_app(state: State, middlewares: Sequence = ()) -> web.Application:
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(state.registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(request: web.Request) -> web.Response:
+        if state.ready():
+            return web.Response(text="ready\n")
+        waiting = [s.name for s in state.snapshots() if not s.scraped]
+        return web.Response(status=503, text="waiting for first scrape of: "
+                                             + ", ".join(waiting) + "\n")
+
+    async def targets(request: web.Request) -> web.Response:
+        doc = targets_document(state.snapshots())
+        return web.Response(text=json.dumps(doc, allow_nan=False),
+                            content_type="application/json")
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=_status_page(state.snapshots()), content_type="text/html",
+                            headers={"Content-Security-Policy":
+                                     "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                                     "X-Content-Type-Options": "nosniff"})
+
+    app = web.Application(middlewares=list(middlewares))
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1/targets", targets)
+    app.router.add_get("/", index)
+    return app

@@ -1,0 +1,166 @@
+"""Wires config, one scrape loop per target, the trackers and the HTTP server together.
+
+Each target has its own task on a jittered schedule; a slow or dead target only ever delays
+itself. Snapshots are swapped in whole, so the HTTP side reads them without locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import signal
+import ssl
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import CollectorRegistry
+
+from .config import Config, TargetConfig, redact_url
+from .derive import TargetTracker
+from .exporter import SnapshotCollector
+from .model import TargetSnapshot
+from .scrape import scrape
+from .server import build_app
+
+log = logging.getLogger("sidecar")
+VERSION_RETRY_SECONDS = 60.0
+
+
+@dataclass
+class _Running:
+    target: TargetConfig
+    tracker: TargetTracker
+    task: asyncio.Task | None = None
+    version_restarts: int = -1  # tracker.restarts when the version was last fetched
+    version_tried: float = field(default=-1e18)
+
+
+class Sidecar:
+    """The service. ``await start()``, then ``await stop()`` (or :func:`run` until a signal)."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self._running: dict[str, _Running] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._runner: web.AppRunner | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SnapshotCollector(self.snapshots, config.static_labels))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.port: int | None = None
+        self.extra_targets: tuple[TargetConfig, ...] = ()
+
+    # ------------------------------------------------------------------ state for the server
+    def snapshots(self) -> list[TargetSnapshot]:
+        return [r.tracker.snapshot for r in self._running.values()]
+
+    def ready(self) -> bool:
+        return all(r.tracker.snapshot.scraped for r in self._running.values())
+
+    # ------------------------------------------------------------------ targets
+    def set_targets(self, targets: tuple[TargetConfig, ...]) -> None:
+        """Start new targets, stop removed ones (their series vanish), restart changed ones."""
+        wanted = {t.name: t for t in targets}
+        for name in list(self._running):
+            r = self._running[name]
+            if name not in wanted or wanted[name] != r.target:
+                if r.task:
+                    r.task.cancel()
+                del self._running[name]
+                log.info("target %s removed", name, extra={"target": name})
+        for name, t in wanted.items():
+            if name not in self._running:
+                tracker = TargetTracker(name, self.config.windows, url=redact_url(t.url),
+                                        labels=t.labels)
+                r = self._running[name] = _Running(t, tracker)
+                if self._session is not None:
+                    r.task = asyncio.create_task(self._loop(r), name=f"scrape:{name}")
+                log.info("target %s added (%s)", name, redact_url(t.url), extra={"target": name})
+
+    def all_targets(self) -> tuple[TargetConfig, ...]:
+        seen = {t.name for t in self.config.targets}
+        return self.config.targets + tuple(t for t in self.extra_targets if t.name not in seen)
+
+    async def _loop(self, r: _Running) -> None:
+        interval = self.config.interval
+        loop = asyncio.get_running_loop()
+        next_at = loop.time() + random.uniform(0, min(interval, 1.0) if not r.tracker.snapshot.scraped else 0)
+        timeout = self.config.timeout_for(r.target)
+        while True:
+            delay = next_at - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            want_version = (r.version_restarts != r.tracker.restarts
+                            or (r.tracker.snapshot.version is None
+                                and loop.time() - r.version_tried > VERSION_RETRY_SECONDS))
+            assert self._session is not None
+            outcome = await scrape(self._session, r.target, timeout=timeout,
+                                   max_bytes=self.config.max_body_bytes, want_version=want_version)
+            if want_version and outcome.ok:
+                r.version_restarts = r.tracker.restarts
+                r.version_tried = loop.time()
+            was_up = r.tracker.snapshot.up or not r.tracker.snapshot.scraped
+            snap = r.tracker.observe(outcome)
+            if not snap.up and was_up:
+                log.warning("target %s: scrape failed (%s): %s", r.target.name, outcome.reason,
+                            outcome.error, extra={"target": r.target.name, "reason": outcome.reason})
+            elif snap.up and not was_up:
+                log.info("target %s is up again", r.target.name, extra={"target": r.target.name})
+            next_at += interval
+            now = loop.time()
+            if next_at < now:  # we fell behind (slow target): skip, never burst
+                next_at = now + interval - ((now - next_at) % interval)
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, *, ssl_context: ssl.SSLContext | None = None,
+                    middlewares: tuple = ()) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
+                                              timeout=aiohttp.ClientTimeout(total=None))
+        self.set_targets(self.all_targets())
+        for r in self._running.values():
+            if r.task is None:
+                r.task = asyncio.create_task(self._loop(r), name=f"scrape:{r.target.name}")
+        app = build_app(self, middlewares)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        host, port = self.config.listen_host_port
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        log.info("listening on %s:%s with %d target(s), interval %gs, windows %s", host, self.port,
+                 len(self._running), self.config.interval,
+                 ",".join(w.label for w in self.config.windows))
+
+    async def stop(self) -> None:
+        tasks = [r.task for r in self._running.values() if r.task]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+
+async def run(config: Config, *, ssl_context: ssl.SSLContext | None = None,
+              middlewares: tuple = ()) -> None:
+    """Run until SIGTERM or SIGINT; stop within a second."""
+    sidecar = Sidecar(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.start(ssl_context=ssl_context, middlewares=middlewares)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        await sidecar.stop()
