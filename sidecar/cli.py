@@ -63,8 +63,12 @@ def cmd_run(ns: argparse.Namespace) -> int:
         print(f"vllm-cache-sidecar: {exc}", file=sys.stderr)
         return 2
     logs.setup(config.log_level, config.log_format)
+    flags = _flags(ns)
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, reload_config=lambda: load_config(ns.config, flags)))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1

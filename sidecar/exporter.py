@@ -7,6 +7,7 @@ mutated from the scrape loop, so a removed target's series vanish with its snaps
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
@@ -51,7 +52,21 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "requests_running": ("gauge", "Requests in the engine's running batch."),
     "requests_waiting": ("gauge", "Requests waiting to be scheduled."),
     "build_info": ("gauge", "The sidecar's version, value 1."),
+    "config_last_reload_successful": ("gauge", "1 if the last config or targets-file (re)load "
+                                               "succeeded; 0 while the old set is kept."),
+    "config_last_reload_success_timestamp_seconds": ("gauge", "Unix time of the last good load."),
+    "config_reload_failures": ("counter", "Failed config or targets-file reloads."),
 }
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """Reload state of the service (central mode and SIGHUP)."""
+
+    last_reload_ok: bool = True
+    last_reload_success: float | None = None
+    reload_failures: int = 0
+    last_error: str | None = None
 
 
 class _Families:
@@ -148,9 +163,16 @@ def _target(f: _Families, s: TargetSnapshot, static: tuple[tuple[str, str], ...]
 
 
 def families(snapshots: Iterable[TargetSnapshot],
-             static: tuple[tuple[str, str], ...] = ()) -> list[Metric]:
+             static: tuple[tuple[str, str], ...] = (),
+             status: ServiceStatus | None = None) -> list[Metric]:
     f = _Families()
     f.add("build_info", {"version": __version__}, 1)
+    if status is not None:
+        st = dict(static)
+        f.add("config_last_reload_successful", st, 1.0 if status.last_reload_ok else 0.0)
+        if status.last_reload_success is not None:
+            f.add("config_last_reload_success_timestamp_seconds", st, status.last_reload_success)
+        f.add("config_reload_failures", st, status.reload_failures)
     for s in snapshots:
         _target(f, s, static)
     return list(f.items.values())
@@ -160,12 +182,15 @@ class SnapshotCollector(Collector):
     """``collect()`` renders whatever snapshots ``source()`` returns at that moment."""
 
     def __init__(self, source: Callable[[], Iterable[TargetSnapshot]],
-                 static_labels: tuple[tuple[str, str], ...] = ()):
+                 static_labels: tuple[tuple[str, str], ...] = (),
+                 status: Callable[[], ServiceStatus] | None = None):
         self._source = source
         self._static = static_labels
+        self._status = status
 
     def collect(self) -> Iterator[Metric]:
-        return iter(families(self._source(), self._static))
+        status = self._status() if self._status is not None else None
+        return iter(families(self._source(), self._static, status))
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the targets; don't let the registry call collect() early

@@ -69,6 +69,9 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
     """vLLM's ``/version`` (``{"version": "0.32.0"}``); None when it cannot be had."""
     try:
         opts = _merge_headers(request_options(target), {"Accept": "application/json"})
+    except Exception:  # noqa: BLE001 - the metrics scrape reports it
+        return None
+    try:
         async with asyncio.timeout(timeout):
             async with session.get(target.version_url, allow_redirects=False, **opts) as resp:
                 if resp.status != 200:
@@ -107,7 +110,7 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
 
     try:
         opts = _merge_headers(request_options(target), {"Accept": ACCEPT})
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - TargetAuthError and friends carry safe messages
         return fail("connect", f"cannot prepare request: {exc}")
     try:
         async with asyncio.timeout(timeout):

@@ -11,7 +11,9 @@ import logging
 import random
 import signal
 import ssl
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import aiohttp
 from aiohttp import web
@@ -20,9 +22,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .config import Config, TargetConfig, redact_url
+from .config import Config, ConfigError, TargetConfig, redact_url
 from .derive import TargetTracker
-from .exporter import SnapshotCollector
+from .exporter import ServiceStatus, SnapshotCollector
 from .model import TargetSnapshot
 from .scrape import scrape
 from .server import build_app
@@ -49,7 +51,9 @@ class Sidecar:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self.snapshots, config.static_labels))
+        self.status = ServiceStatus()
+        self.registry.register(SnapshotCollector(self.snapshots, config.static_labels,
+                                                 status=lambda: self.status))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -117,6 +121,33 @@ class Sidecar:
             if next_at < now:  # we fell behind (slow target): skip, never burst
                 next_at = now + interval - ((now - next_at) % interval)
 
+    def targets_file_changed(self, targets: tuple[TargetConfig, ...]) -> None:
+        self.extra_targets = targets
+        self.status = ServiceStatus(True, time.time(), self.status.reload_failures)
+        self.set_targets(self.all_targets())
+
+    def targets_file_failed(self, error: ConfigError) -> None:
+        log.error("targets file: %s (keeping %d targets)", error, len(self.extra_targets))
+        self.status = ServiceStatus(False, self.status.last_reload_success,
+                                    self.status.reload_failures + 1, str(error))
+
+    def apply_config(self, config: Config) -> None:
+        """A reloaded config (SIGHUP). Scrape settings that shape history restart the trackers."""
+        reshaped = (config.windows, config.interval, config.max_body_bytes) != \
+            (self.config.windows, self.config.interval, self.config.max_body_bytes)
+        if config.listen != self.config.listen or config.web_config != self.config.web_config:
+            log.warning("listen and web_config changes need a restart; keeping the old ones")
+        self.config = replace(config, listen=self.config.listen, web_config=self.config.web_config)
+        if reshaped:
+            self.set_targets(())
+        self.set_targets(self.all_targets())
+        self.status = ServiceStatus(True, time.time(), self.status.reload_failures)
+
+    def config_failed(self, error: ConfigError) -> None:
+        log.error("config reload failed, keeping the running config: %s", error)
+        self.status = ServiceStatus(False, self.status.last_reload_success,
+                                    self.status.reload_failures + 1, str(error))
+
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, ssl_context: ssl.SSLContext | None = None,
                     middlewares: tuple = ()) -> None:
@@ -150,17 +181,52 @@ class Sidecar:
             await self._session.close()
 
 
-async def run(config: Config, *, ssl_context: ssl.SSLContext | None = None,
-              middlewares: tuple = ()) -> None:
-    """Run until SIGTERM or SIGINT; stop within a second."""
+#: paths served without basic auth, so Kubernetes probes need no credentials (they reveal nothing)
+PROBE_PATHS = ("/healthz", "/readyz")
+
+
+async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> None:
+    """Run until SIGTERM or SIGINT (stopping within a second); SIGHUP reloads the config."""
+    ssl_context, middlewares = None, ()
+    if config.web_config:
+        from .webconfig import load_web_config
+        web = load_web_config(config.web_config)  # ConfigError: refuse to start insecurely
+        for w in web.warnings:
+            log.warning("web config: %s", w)
+        ssl_context = web.ssl_context()
+        middlewares = (web.middleware(PROBE_PATHS),)
     sidecar = Sidecar(config)
+    watcher = None
+    if config.targets_file:
+        from .reload import TargetsFileWatcher
+        watcher = TargetsFileWatcher(config.targets_file, interval=max(1.0, config.interval),
+                                     on_change=sidecar.targets_file_changed,
+                                     on_error=sidecar.targets_file_failed)
+        sidecar.extra_targets = watcher.load_initial()  # ConfigError: refuse a broken file
+        sidecar.status = ServiceStatus(True, time.time())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def hup() -> None:
+        if reload_config is not None:
+            try:
+                sidecar.apply_config(reload_config())
+            except ConfigError as exc:
+                sidecar.config_failed(exc)
+        if watcher is not None:
+            watcher.trigger()
+        log.info("reloaded on SIGHUP")
+
+    loop.add_signal_handler(signal.SIGHUP, hup)
     await sidecar.start(ssl_context=ssl_context, middlewares=middlewares)
+    watch_task = asyncio.create_task(watcher.run()) if watcher is not None else None
     try:
         await stop.wait()
     finally:
         log.info("stopping")
+        if watcher is not None and watch_task is not None:
+            watcher.stop()
+            await asyncio.gather(watch_task, return_exceptions=True)
         await sidecar.stop()
