@@ -206,6 +206,8 @@ class _EngineHistory:
         if bh is not None and bh.gen == ch.gen:
             return bh
         for p in self.points:
+            if p is cur:
+                return None  # the layout only just changed: no baseline to subtract yet
             if p.t >= base.t and p.hists[i] is not None and p.hists[i].gen == ch.gen:
                 return p.hists[i]
         return None

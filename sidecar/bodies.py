@@ -1,0 +1,103 @@
+"""Build new ``/metrics`` bodies from real captured ones (pure text transforms).
+
+Tests, benchmarks and the replay server need cases no capture holds: several data-parallel
+engines, a restart, a counter stuck at zero. Deriving them from real bodies keeps every other line
+exactly as vLLM wrote it.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SAMPLE_RE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})?(?P<sep>\s+)"
+                        r"(?P<value>\S+)(?P<rest>.*)$")
+
+
+def _lines(body: bytes | str) -> list[str]:
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
+    return text.split("\n")
+
+
+def set_value(body: bytes | str, name: str, value: float, where: dict[str, str] | None = None) -> bytes:
+    """Set every sample ``name`` (whose labels include ``where``) to ``value``."""
+    out = []
+    found = False
+    for line in _lines(body):
+        m = _SAMPLE_RE.match(line)
+        if m and m.group("name") == name and _matches(m.group("labels") or "", where or {}):
+            line = f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}{float(value)!r}{m.group('rest')}"
+            found = True
+        out.append(line)
+    if not found:
+        raise KeyError(f"no sample {name} {where or ''} in body")
+    return "\n".join(out).encode("utf-8")
+
+
+def get_value(body: bytes | str, name: str, where: dict[str, str] | None = None) -> float:
+    for line in _lines(body):
+        m = _SAMPLE_RE.match(line)
+        if m and m.group("name") == name and _matches(m.group("labels") or "", where or {}):
+            return float(m.group("value"))
+    raise KeyError(f"no sample {name} {where or ''} in body")
+
+
+def _matches(labels: str, where: dict[str, str]) -> bool:
+    return all(f'{k}="{v}"' in labels for k, v in where.items())
+
+
+def scale_counters(body: bytes | str, names: tuple[str, ...], factor: float) -> bytes:
+    """Multiply the values of the named samples (e.g. to fake more or less traffic)."""
+    out = []
+    for line in _lines(body):
+        m = _SAMPLE_RE.match(line)
+        if m and m.group("name") in names:
+            line = (f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}"
+                    f"{float(m.group('value')) * factor!r}{m.group('rest')}")
+        out.append(line)
+    return "\n".join(out).encode("utf-8")
+
+
+def multi_engine(bodies: list[bytes | str], engine_label: str = "engine") -> bytes:
+    """One data-parallel body from per-engine bodies: body i's ``engine="0"`` series become
+    ``engine="i"``. Comment lines and non-engine series come from the first body only."""
+    seen_meta: set[str] = set()
+    out: list[str] = []
+    per_family: dict[str, list[str]] = {}
+    order: list[str] = []
+    for i, body in enumerate(bodies):
+        for line in _lines(body):
+            if not line:
+                continue
+            if line.startswith("#"):
+                if i == 0 and line not in seen_meta:
+                    seen_meta.add(line)
+                    fam = line.split()[2] if len(line.split()) > 2 else ""
+                    per_family.setdefault(fam, []).append(line)
+                    if fam not in order:
+                        order.append(fam)
+                continue
+            m = _SAMPLE_RE.match(line)
+            if not m:
+                continue
+            labels = m.group("labels") or ""
+            tag = f'{engine_label}="0"'
+            if tag not in labels and i > 0:
+                continue
+            if tag in labels:
+                line = line.replace(tag, f'{engine_label}="{i}"', 1)
+            fam = _family_of(m.group("name"), per_family)
+            per_family.setdefault(fam, []).append(line)
+            if fam not in order:
+                order.append(fam)
+    for fam in order:
+        out.extend(per_family[fam])
+    return ("\n".join(out) + "\n").encode("utf-8")
+
+
+def _family_of(name: str, known: dict[str, list[str]]) -> str:
+    if name in known:
+        return name
+    for suffix in ("_total", "_created", "_bucket", "_sum", "_count", "_info"):
+        if name.endswith(suffix) and name[: -len(suffix)] in known:
+            return name[: -len(suffix)]
+    return name
