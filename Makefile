@@ -35,7 +35,7 @@ test: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-unit: venv
-	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit tests/integration tests/resilience
 
 test-e2e: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
