@@ -134,10 +134,11 @@ async def run_traffic(config: TrafficConfig, stats: TrafficStats | None = None,
     sem = asyncio.Semaphore(max(1, config.concurrency))
     deadline = None if config.duration is None else time.monotonic() + config.duration
     tasks: set[asyncio.Task[None]] = set()
+    sent = 0  # this run's requests (``stats`` may be shared by several runs)
     limits = httpx.Limits(max_connections=config.concurrency + 2)
     async with httpx.AsyncClient(timeout=config.timeout, limits=limits) as client:
         while not stop.is_set():
-            if config.requests is not None and stats.sent >= config.requests:
+            if config.requests is not None and sent >= config.requests:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
@@ -147,6 +148,7 @@ async def run_traffic(config: TrafficConfig, stats: TrafficStats | None = None,
                 break
             kind, prompt = maker.next()
             stats.sent += 1
+            sent += 1
             task = asyncio.create_task(_one(client, config, prompt, kind, stats))
             tasks.add(task)
             task.add_done_callback(lambda t: (tasks.discard(t), sem.release(),
