@@ -25,7 +25,8 @@ def set_value(body: bytes | str, name: str, value: float, where: dict[str, str] 
     for line in _lines(body):
         m = _SAMPLE_RE.match(line)
         if m and m.group("name") == name and _matches(m.group("labels") or "", where or {}):
-            line = f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}{float(value)!r}{m.group('rest')}"
+            line = (f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}"
+                    f"{float(value)!r}{m.group('rest')}")
             found = True
         out.append(line)
     if not found:

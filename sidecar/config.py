@@ -231,7 +231,7 @@ def normalise_url(url: str) -> str:
     if not parts.hostname:
         raise ValueError(f"URL {url!r} has no host")
     try:
-        parts.port
+        _ = parts.port  # raises for a non-numeric or out-of-range port
     except ValueError as exc:
         raise ValueError(f"URL {url!r}: {exc}") from None
     path = parts.path if parts.path not in ("", "/") else "/metrics"

@@ -91,9 +91,7 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
     if total <= 0 or math.isnan(total):
         return NAN
     rank = q * total
-    for i, c in enumerate(fixed):
-        if c >= rank:
-            break
+    i = next(i for i, c in enumerate(fixed) if c >= rank)
     if bounds[i] == INF:
         return bounds[i - 1] if i > 0 else NAN
     lower = bounds[i - 1] if i > 0 else (0.0 if bounds[0] > 0 else bounds[0])

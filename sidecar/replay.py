@@ -34,7 +34,8 @@ class Fake:
     content_types: list[str] = field(default_factory=list)  # per body, overrides content_type
 
 
-def load_fixture(directory: str | Path, openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
+def load_fixture(directory: str | Path,
+                 openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
     """Bodies, content types and vLLM version of a capture folder (its ``meta.json`` order)."""
     d = Path(directory)
     meta = json.loads((d / "meta.json").read_text())

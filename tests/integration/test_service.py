@@ -93,6 +93,14 @@ def metrics(base: str) -> str:
     return httpx.get(base + "/metrics", timeout=5).text
 
 
+def until(base: str, cond) -> str:
+    """The sidecar's /metrics text once ``cond(text)`` holds."""
+    def check():
+        text = metrics(base)
+        return text if cond(text) else None
+    return wait_for(check)
+
+
 def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_proc):
     caps = load_capture("vllm-0.32.0/prefix_on_shared")
     bodies = [c.body for c in caps]
@@ -107,8 +115,8 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
     # every target scraped once -> ready
     wait_for(lambda: (_get(base + "/readyz") or httpx.Response(500)).status_code == 200)
     final_q = value(bodies[3].decode(), Q)
-    text = wait_for(lambda: (lambda t: t if value(t, "vllm_sidecar_prefix_cache_queries_total",
-                                                   target="restart") == final_q else None)(metrics(base)))
+    text = until(base, lambda t: value(t, "vllm_sidecar_prefix_cache_queries_total",
+                                                   target="restart") == final_q)
     # restart: counters pass through, restart counted once, windowed ratio spans the restart
     assert value(text, "vllm_sidecar_target_restarts_total", target="restart") == 1
     expect_q = (value(bodies[4].decode(), Q) - value(bodies[2].decode(), Q)) + value(bodies[3].decode(), Q)
@@ -117,16 +125,17 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
     assert ratio == pytest.approx(expect_h / expect_q)
     assert value(text, "vllm_sidecar_diagnosis", target="restart", code="counter_reset") == 1
     # two engines: one series each, never summed
-    text = wait_for(lambda: (lambda t: t if value(t, "vllm_sidecar_prefix_cache_hits_total",
-                                                   target="dp", engine="0") == value(bodies[-1].decode(), H)
-                             else None)(metrics(base)))
+    text = until(base, lambda t: value(t, "vllm_sidecar_prefix_cache_hits_total",
+                                                   target="dp", engine="0") == value(bodies[-1].decode(), H))
     assert value(text, "vllm_sidecar_prefix_cache_hits_total", target="dp", engine="1") == 0
     assert value(text, "vllm_sidecar_prefix_caching_enabled", target="dp", engine="1") == 1
     # dead, slow (timeout < interval), garbage: up 0 with the right reason, nothing stale
     for target, reason in (("dead", "connect"), ("slow", "timeout"), ("garbage", "parse")):
-        text = wait_for(lambda: (lambda t: t if (value(t, "vllm_sidecar_scrape_errors_total",
-                                                       target=target, reason=reason) or 0) >= 1
-                                 else None)(metrics(base)))
+        def failed(target=target, reason=reason):
+            t = metrics(base)
+            return t if (value(t, "vllm_sidecar_scrape_errors_total", target=target,
+                               reason=reason) or 0) >= 1 else None
+        text = wait_for(failed)
         assert value(text, "vllm_sidecar_target_up", target=target) == 0
         assert value(text, "vllm_sidecar_diagnosis", target=target, code="target_down") == 1
         assert value(text, "vllm_sidecar_prefix_cache_hit_ratio", target=target) is None
@@ -162,11 +171,12 @@ def test_openmetrics_and_v1_text_answers_from_vllm_are_accepted(replay, sidecar_
                b"# TYPE vllm:prefix_cache_hits counter\n"
                b'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 4.0 # {trace_id="a"} 1.0\n'
                b"# EOF\n")
-    replay.add("om", [om_body], content_type="application/openmetrics-text; version=1.0.0; charset=utf-8")
+    replay.add("om", [om_body],
+               content_type="application/openmetrics-text; version=1.0.0; charset=utf-8")
     replay.add_fixture("v1text", FIXTURES / "vllm-0.32.0/prefix_on_shared")  # text/plain; version=1.0.0
     _, base = sidecar_proc(f"om={replay.url('om')}", f"v1text={replay.url('v1text')}")
-    text = wait_for(lambda: (lambda t: t if value(t, "vllm_sidecar_target_up", target="om") == 1
-                             and value(t, "vllm_sidecar_target_up", target="v1text") == 1 else None)(metrics(base)))
+    text = until(base, lambda t: value(t, "vllm_sidecar_target_up", target="om") == 1
+                             and value(t, "vllm_sidecar_target_up", target="v1text") == 1)
     assert value(text, "vllm_sidecar_prefix_cache_hit_ratio", target="om", window="lifetime") == 0.4
 
 
@@ -174,10 +184,10 @@ def test_no_vllm_metrics_and_http_status(replay, sidecar_proc):
     replay.add("empty", [b"# HELP process_open_fds x\nprocess_open_fds 3.0\n"])
     replay.add("err", [b""], status=500)
     _, base = sidecar_proc(f"empty={replay.url('empty')}", f"err={replay.url('err')}")
-    text = wait_for(lambda: (lambda t: t if (value(t, "vllm_sidecar_scrape_errors_total", target="err",
+    text = until(base, lambda t: (value(t, "vllm_sidecar_scrape_errors_total", target="err",
                                                    reason="http_status") or 0) >= 1
                              and (value(t, "vllm_sidecar_scrape_errors_total", target="empty",
-                                        reason="no_vllm_metrics") or 0) >= 1 else None)(metrics(base)))
+                                        reason="no_vllm_metrics") or 0) >= 1)
     assert value(text, "vllm_sidecar_diagnosis", target="empty", code="no_vllm_metrics") == 1
     assert value(text, "vllm_sidecar_target_up", target="empty") == 0
 
@@ -186,8 +196,8 @@ def test_too_large_body_is_refused(replay, sidecar_proc):
     body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
     replay.add("big", [body])
     _, base = sidecar_proc(f"big={replay.url('big')}", extra=("--max-body-bytes", "4096"))
-    text = wait_for(lambda: (lambda t: t if (value(t, "vllm_sidecar_scrape_errors_total", target="big",
-                                                   reason="too_large") or 0) >= 1 else None)(metrics(base)))
+    text = until(base, lambda t: (value(t, "vllm_sidecar_scrape_errors_total", target="big",
+                                                   reason="too_large") or 0) >= 1)
     assert value(text, "vllm_sidecar_target_up", target="big") == 0
 
 
@@ -205,7 +215,6 @@ def test_nan_ratio_rendered_as_nan(replay, sidecar_proc):
     off = load_capture("vllm-0.32.0/prefix_off")
     replay.add("off", [c.body for c in off])
     _, base = sidecar_proc(f"off={replay.url('off')}")
-    text = wait_for(lambda: (lambda t: t if value(t, "vllm_sidecar_target_up", target="off") == 1
-                             else None)(metrics(base)))
+    text = until(base, lambda t: value(t, "vllm_sidecar_target_up", target="off") == 1)
     assert math.isnan(value(text, "vllm_sidecar_prefix_cache_hit_ratio", target="off", window="lifetime"))
     assert value(text, "vllm_sidecar_prefix_caching_enabled", target="off") == 0
