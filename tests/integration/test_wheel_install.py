@@ -1,0 +1,143 @@
+"""The image's install, replayed without Docker: what the Dockerfile's build stage does, step by
+step, then the installed command run for real.
+
+1. copy the build context the way .dockerignore lets it through (pyproject.toml, README.md,
+   sidecar/) into an empty folder, as ``COPY`` does;
+2. ``python -m pip wheel --wheel-dir W .`` (the project's wheel and its dependencies' wheels);
+3. ``python -m venv V`` and ``V/bin/python -m pip install --no-index --find-links W
+   vllm-cache-sidecar==VERSION`` (offline: only those wheels);
+4. ``vllm-cache-sidecar --help``, then ``vllm-cache-sidecar run`` against a replayed capture and a
+   dead target, from a folder outside the repository so nothing is imported from the source tree.
+
+pip needs a package index for step 2 (as docker build does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sidecar.replay import ReplayServer
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or ROOT.parent / "shared" / "fixtures")
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+def build_context(dest: Path) -> Path:
+    """The files .dockerignore lets into the build context (an allowlist of ``!`` lines)."""
+    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")]
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in allowed:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run(cmd, **kw):
+    result = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert result.returncode == 0, f"{cmd}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory) -> Path:
+    """A fresh virtualenv holding only the built wheel and its dependencies."""
+    base = tmp_path_factory.mktemp("image")
+    src = build_context(base / "src")
+    wheels = base / "wheels"
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="1")
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--wheel-dir", str(wheels), "."], cwd=src,
+        env=env)
+    assert (wheels / f"vllm_cache_sidecar-{VERSION}-py3-none-any.whl").exists()
+    venv = base / "venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--find-links",
+         str(wheels), f"vllm-cache-sidecar=={VERSION}"], env=env)
+    return venv
+
+
+def test_the_wheel_holds_the_package_and_nothing_else(installed):
+    py = str(installed / "bin" / "python")
+    out = run([py, "-c", "import sidecar, sys; print(sidecar.__file__); print(sys.prefix)"],
+              cwd=installed)
+    module_file, prefix = out.stdout.split()
+    assert module_file.startswith(str(installed)), module_file  # not the source tree
+    files = run([py, "-m", "pip", "show", "-f", "vllm-cache-sidecar"]).stdout
+    assert "sidecar/py.typed" in files
+    assert "tests/" not in files and "bench/" not in files
+
+
+def test_console_script_help(installed):
+    out = run([str(installed / "bin" / "vllm-cache-sidecar"), "--help"], cwd=installed)
+    for command in ("run", "doctor", "check-config"):
+        assert command in out.stdout
+    out = run([str(installed / "bin" / "vllm-cache-sidecar"), "run", "--help"], cwd=installed)
+    for flag in ("--target", "--listen", "--interval", "--windows", "--web-config",
+                 "--targets-file", "--log-format"):
+        assert flag in out.stdout
+
+
+def listening_port(proc: subprocess.Popen) -> int:
+    """The port from the ``listening on HOST:PORT`` log line (we asked for port 0)."""
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        try:
+            msg = json.loads(line)["msg"]
+        except (ValueError, KeyError):
+            continue
+        if msg.startswith("listening on "):
+            # keep draining stderr so the sidecar never blocks on a full pipe
+            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            return int(msg.split()[2].rpartition(":")[2])
+    raise AssertionError(f"the sidecar exited ({proc.wait()}) before listening")
+
+
+def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
+    fixture = FIXTURE / "vllm-0.32.0" / "prefix_on_shared"
+    if not (fixture / "meta.json").exists():
+        pytest.skip(f"no fixtures at {FIXTURE}")
+    with ReplayServer() as replay:
+        replay.add_fixture("vllm", fixture)
+        cmd = [str(installed / "bin" / "vllm-cache-sidecar"), "run", "--listen", "127.0.0.1:0",
+               "--interval", "1", "--windows", "10s,30s", "--log-format", "json",
+               "--target", f"vllm={replay.url('vllm')}",
+               "--target", "dead=http://127.0.0.1:9/metrics"]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            base = f"http://127.0.0.1:{listening_port(proc)}"
+            assert httpx.get(base + "/healthz").status_code == 200
+            deadline = time.monotonic() + 60  # a guard against hanging, not a performance limit
+            while httpx.get(base + "/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "never ready"
+                time.sleep(0.2)
+            text = httpx.get(base + "/metrics").text
+            assert 'vllm_sidecar_target_up{target="vllm"} 1.0' in text
+            assert 'vllm_sidecar_target_up{target="dead"} 0.0' in text
+            assert "vllm_sidecar_prefix_cache_hit_ratio{" in text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(30)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    assert rc == 0
