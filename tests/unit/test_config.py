@@ -475,3 +475,31 @@ def test_errors_never_echo_a_password(tmp_path):
     err = config_error(p)
     assert err.line == line_of(p, "url:")
     assert "hunter2" not in str(err)
+
+
+def test_interval_too_long_for_the_default_windows_points_at_the_interval(tmp_path):
+    """Only the file's ``interval`` is at fault (the windows are defaults): the error must say
+    ``FILE:LINE:``, not blame a ``--windows`` flag the user never gave."""
+    p = write(tmp_path, """
+        listen: 127.0.0.1:9500
+        interval: 1m
+        """)
+    assert_located(config_error(p), p, line_of(p, "interval"), "interval")
+
+
+def test_window_too_short_in_the_file_points_at_the_windows(tmp_path):
+    p = write(tmp_path, """
+        interval: 10
+        windows: [15s, 5m]
+        """)
+    assert_located(config_error(p), p, line_of(p, "windows"), "15s")
+
+
+def test_targets_may_be_written_as_specs(tmp_path):
+    p = write(tmp_path, """
+        targets:
+          - "a=http://h:1"
+          - http://h:2
+        """)
+    assert [(t.name, t.url) for t in load_config(p, {}, {}).targets] == [
+        ("a", "http://h:1/metrics"), ("h:2", "http://h:2/metrics")]
