@@ -144,6 +144,18 @@ def table(lay: Layout, title: str, desc: str, targets: list[dict[str, Any]], uni
                   overrides=overrides or [], transformations=transformations)
 
 
+def diagnoses_table(lay: Layout, title: str, desc: str, sel: str) -> dict[str, Any]:
+    """Diagnosis series, plus a value-0 row for each target without any, so the table reads
+    "healthy" instead of "No data" (and an empty table can no longer hide a broken query)."""
+    expr = (f"vllm_sidecar_diagnosis{{{sel}}}\n"
+            "or on (job, instance, namespace, pod, target)\n"
+            f"(vllm_sidecar_target_up{{{sel}}} * 0)")
+    return table(lay, title, desc, [target(expr, instant=True, table=True)], "none",
+                 ["Time", "__name__", "job", "instance"], {"code": "diagnosis", "Value": "state"},
+                 overrides=[_color_text_override("severity", SEVERITY),
+                            _color_text_override("state", DIAG_STATE)])
+
+
 def _value_map(values: dict[str, tuple[str, str]]) -> list[dict[str, Any]]:
     return [{"type": "value", "options": {
         k: {"text": text, "color": color, "index": i}
@@ -161,7 +173,7 @@ ON_OFF = _value_map({"1": ("on", "green"), "0": ("off", "red")})
 UP_DOWN = _value_map({"1": ("up", "green"), "0": ("down", "red")})
 SEVERITY = _value_map({"critical": ("critical", "red"), "warning": ("warning", "orange"),
                        "info": ("info", "blue")})
-TABLE_NOISE = ["Time", "__name__", "job", "instance", "Value"]
+DIAG_STATE = _value_map({"1": ("active", "orange"), "0": ("healthy", "green")})
 
 
 # ----------------------------------------------------------------------------- variables
@@ -361,13 +373,11 @@ def overview() -> dict[str, Any]:
         {"color": {"mode": "thresholds"}, "mappings": UP_DOWN, "min": 0, "max": 1},
         {"showValue": "never", "mergeValues": True, "alignValue": "left", "rowHeight": 0.9,
          "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}}))
-    p.append(table(
+    p.append(diagnoses_table(
         lay, "Active diagnoses",
         "Findings the sidecar holds right now, one row each (code and severity as in the "
-        "contract; docs/runbook.md explains the fixes). Empty when every target is healthy.",
-        [target(f"vllm_sidecar_diagnosis{{{T_SEL}}}", instant=True, table=True)],
-        "none", TABLE_NOISE, {"code": "diagnosis"},
-        overrides=[_color_text_override("severity", SEVERITY)]))
+        "contract; docs/runbook.md explains causes and fixes). A target without any finding "
+        "shows one row marked healthy.", T_SEL))
     p.append(table(
         lay, "Config flags",
         "Per engine: prefix caching on/off, KV block size, GPU blocks, hash algorithm and KV "
@@ -532,13 +542,10 @@ def pod() -> dict[str, Any]:
         overrides=[{"matcher": {"id": "byFrameRefID", "options": "B"},
                     "properties": [{"id": "unit", "value": "short"}]}]))
 
-    p.append(table(
+    p.append(diagnoses_table(
         lay, "Active diagnoses",
         "Findings the sidecar holds for this vLLM right now; docs/runbook.md explains causes "
-        "and fixes. Empty when healthy.",
-        [target(f"vllm_sidecar_diagnosis{{{POD_T_SEL}}}", instant=True, table=True)],
-        "none", TABLE_NOISE, {"code": "diagnosis"},
-        overrides=[_color_text_override("severity", SEVERITY)]))
+        "and fixes. Without any finding the target shows one row marked healthy.", POD_T_SEL))
     p.append(table(
         lay, "Config flags",
         "Per engine: prefix caching on/off and vLLM's cache configuration.",

@@ -305,6 +305,16 @@ def test_pod_dashboard_shows_data_for_one_pod(stack: Stack):
     wait_until_empty(lambda: _dashboard_gaps(stack, chosen), "panels without numbers")
 
 
+def test_diagnoses_table_lists_findings_and_healthy_targets(stack: Stack):
+    dash = json.loads((REPO / "dashboards/vllm-cache-overview.json").read_text())
+    values = resolve_variables(stack, dash, {})
+    rows = next(result for title, _, _, result in panel_queries(stack, dash, values)
+                if title == "Active diagnoses")
+    found = {(r["metric"]["target"], r["metric"].get("code")) for r in rows}
+    assert (CACHING_OFF, "prefix_caching_disabled") in found
+    assert {r["metric"]["target"] for r in rows} == set(TARGETS)  # every target has a row
+
+
 def test_dashboard_queries_see_targets_without_namespace_or_pod(stack: Stack):
     """All = ``.*`` also matches series that have no namespace/pod label at all."""
     dash = json.loads((REPO / "dashboards/vllm-cache-overview.json").read_text())
