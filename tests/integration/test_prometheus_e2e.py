@@ -32,6 +32,7 @@ import httpx
 import pytest
 import yaml
 
+from sidecar.bodies import multi_engine
 from sidecar.replay import ReplayServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,6 +53,12 @@ TARGETS: dict[str, tuple[str, dict[str, str], str]] = {
                       "grow"),
     "idle032": ("vllm-0.32.0/prefix_on_shared", {"namespace": "llm", "pod": "vllm-idle-0"},
                 "last-body-only"),
+    # two data-parallel engines: engine 0 hits, engine 1 never does (a cold engine, not a failure)
+    "dp032": ("vllm-0.32.0/prefix_on_shared", {"namespace": "llm", "pod": "vllm-dp-0"},
+              "data-parallel"),
+    # vLLM restarts a few seconds in: every counter drops to its first captured value
+    "restart032": ("vllm-0.32.0/prefix_on_shared", {"namespace": "llm", "pod": "vllm-restart-0"},
+                   "restart"),
     # no static labels at all: rules and dashboards must still work with `target` alone
     "v0101": ("vllm-0.10.1.1.post2/prefix_on_shared", {}, "grow"),
     "v085": ("vllm-0.8.5.post2-v0-hidden/prefix_on_shared", {}, "grow"),
@@ -191,6 +198,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 fake.bodies = growing([without_hits(b) for b in fake.bodies], 600)
             elif mode == "grow":
                 fake.bodies = growing(fake.bodies, 600)
+            elif mode == "data-parallel":
+                fake.bodies = growing([multi_engine([b, without_hits(b)]) for b in fake.bodies],
+                                      600)
+            elif mode == "restart":
+                fake.bodies = growing(fake.bodies, 4) + growing(fake.bodies, 600)
             else:  # an idle vLLM: the counters never move
                 fake.bodies = fake.bodies[-1:]
             targets.append({"name": name, "url": replay.url(name), "labels": labels})
@@ -380,6 +392,25 @@ def test_zero_hit_rate_fires_only_for_flat_hits_under_traffic(stack: Stack):
     others = {a["labels"]["target"] for a in stack.alerts()
               if a["labels"]["alertname"] == "VLLMPrefixCacheZeroHitRate"}
     assert others == {NO_HITS}
+
+
+def test_restart_is_seen_and_data_parallel_engines_are_kept_apart(stack: Stack):
+    wait_for(lambda: stack.query('vllm_sidecar_target_restarts_total{target="restart032"} > 0'),
+             "the sidecar saw the restart")
+    restarts = stack.query('sum by (target) (increase(vllm_sidecar_target_restarts_total[1h]))'
+                           ' > 0')
+    assert {s["metric"]["target"] for s in restarts} == {"restart032"}
+    engines = stack.query('vllm_sidecar_prefix_cache_queries_total{target="dp032"}')
+    assert sorted(s["metric"]["engine"] for s in engines) == ["0", "1"]
+    # the pod's hit ratio sums both engines' counters: between the warm and the cold engine
+    ratio = stack.query('pod:vllm_sidecar_prefix_cache_hit_ratio:ratio_rate5m{target="dp032"}')
+    shared = stack.query('pod:vllm_sidecar_prefix_cache_hit_ratio:ratio_rate5m'
+                         '{target="shared032"}')
+    assert 0 < float(ratio[0]["value"][1]) < float(shared[0]["value"][1])
+    # neither the restart nor the cold engine makes the zero-hit alert even pending
+    zero_hit = {a["labels"]["target"] for a in stack.alerts()
+                if a["labels"]["alertname"] == "VLLMPrefixCacheZeroHitRate"}
+    assert not zero_hit & {"restart032", "dp032"}
 
 
 def test_no_target_down_alert_while_every_target_answers(stack: Stack):
