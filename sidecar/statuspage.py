@@ -104,11 +104,11 @@ def engine_block(s: TargetSnapshot, e: EngineState, now: float) -> str:
     cells = []
     if not e.v0:
         for w in e.windows:
-            detail = (f"{fmt_count(w.hits)} / {fmt_count(w.queries)} tokens"
+            detail = (f"{fmt_count(w.hits)} of {fmt_count(w.queries)} tokens hit"
                       if w.span > 0 else "waiting for 2nd scrape")
             cells.append(_ratio_cell(s.name, e, w.window, w.hit_ratio, detail))
     life_detail = ("V0 block ratio" if e.v0 else
-                   f"{fmt_count(e.current.prefix_hits)} / {fmt_count(e.current.prefix_queries)} since start")
+                   f"{fmt_count(e.current.prefix_hits)} of {fmt_count(e.current.prefix_queries)} since start")
     cells.append(_ratio_cell(s.name, e, "lifetime", e.lifetime_hit_ratio, life_detail))
     longest = e.windows[-1] if e.windows else None
     span_label = longest.window if longest else "window"
@@ -225,6 +225,9 @@ h1{font-size:22px;margin:0 0 4px}
 .totals{display:flex;gap:8px;flex-wrap:wrap;margin-top:10px}
 .totals span{background:var(--card);border:1px solid var(--line);border-radius:999px;
 padding:2px 10px;font-size:13px}
+.totals .t-critical{color:var(--crit);border-color:var(--crit);font-weight:600}
+.totals .t-warning{color:var(--warn);border-color:var(--warn);font-weight:600}
+.totals .t-info{color:var(--info)}
 main{max-width:1100px;margin:0 auto;padding:8px 12px 32px;display:grid;gap:14px}
 .target{background:var(--card);border:1px solid var(--line);border-left:5px solid var(--line);
 border-radius:12px;padding:14px 16px;overflow-wrap:anywhere}
