@@ -30,6 +30,7 @@ from .model import SEVERITIES, TargetSnapshot
 from .scrape import scrape
 
 MAX_SCRAPES = 11
+MAX_CAUSES = 5  # in text output; --json has them all
 DEFAULT_TIMEOUT = 5.0
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_USAGE = 0, 1, 2, 2
 
@@ -183,9 +184,38 @@ def _engine_rows(s: TargetSnapshot) -> tuple[list[list[str]], list[list[str]]]:
     return rows, kinds
 
 
+def verdict(s: TargetSnapshot, xs: Sequence[Explanation]) -> str:
+    """One line a person reads first: caching on?, hit ratio, and the worst finding."""
+    if not s.up:
+        if s.last_error_reason == "no_vllm_metrics":
+            return "answers, but exposes no vLLM metrics (stats disabled or still starting)"
+        return f"unreachable ({s.last_error_reason or 'error'})"
+    parts = [{True: "prefix caching ON", False: "prefix caching OFF",
+              None: "prefix caching unknown"}[s.prefix_caching_enabled]]
+    ws = [e.windows[0] for e in s.engines if e.windows and not e.v0 and e.windows[0].span > 0]
+    queries, hits = sum(w.queries for w in ws), sum(w.hits for w in ws)
+    label = s.windows[0] if s.windows else "window"
+    if queries > 0:
+        parts.append(f"hit ratio {fmt_pct(hits / queries)} over {label} "
+                     f"({fmt_count(hits)} of {fmt_count(queries)} tokens)")
+    elif ws:
+        parts.append(f"no prefix-cache queries in {label}")
+    else:
+        v0 = [e.lifetime_hit_ratio for e in s.engines if e.v0]
+        if v0:
+            parts.append(f"V0 block hit ratio {fmt_pct(v0[0])} since start")
+    if xs:
+        parts.append(f"{xs[0].severity.upper()}: {xs[0].title}")
+        top = xs[0].causes[0] if xs[0].causes else None
+        if top is not None and top.because:
+            parts.append(f"most likely {top.text.split(':')[0]} ({top.because})")
+    return "; ".join(parts)
+
+
 def _wrap(text: str, indent: str, width: int, first: str = "") -> list[str]:
     return textwrap.wrap(text, width=width, initial_indent=indent + first,
-                         subsequent_indent=indent + " " * len(first)) or [indent + first]
+                         subsequent_indent=indent + " " * len(first),
+                         break_on_hyphens=False, break_long_words=False) or [indent + first]
 
 
 def _explanation(x: Explanation, style: Style, width: int) -> list[str]:
@@ -197,11 +227,13 @@ def _explanation(x: Explanation, style: Style, width: int) -> list[str]:
         out += _wrap(clean(n), "        ", width, "- ")
     if x.causes:
         out.append("      Likely causes, most likely first:")
-        for i, c in enumerate(x.causes, 1):
+        for i, c in enumerate(x.causes[:MAX_CAUSES], 1):
             out += _wrap(clean(c.text), "        ", width, f"{i}. ")
             if c.because:
                 out += [style(line, "info") for line in
                         _wrap("fits the evidence: " + clean(c.because), "           ", width)]
+        if len(x.causes) > MAX_CAUSES:
+            out.append(f"        (+{len(x.causes) - MAX_CAUSES} less likely; see --json)")
     if x.fix:
         out.append("      Fix:")
         for i, f in enumerate(x.fix, 1):
@@ -226,19 +258,17 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
         if s.labels:
             about.append("labels " + ", ".join(f"{clean(k)}={clean(v)}" for k, v in s.labels))
         lines.append("  target         " + "; ".join(about))
+        xs = explain_all(s)
+        kind = "healthy" if not xs and s.up else (xs[0].severity if xs else "critical")
+        lines += [style(ln, kind) if i == 0 else ln for i, ln in enumerate(
+            _wrap(clean(verdict(s, xs)), "  ", width, "verdict        "))]
         if s.up:
-            caching = s.prefix_caching_enabled
-            word = {True: style("prefix caching ON", "healthy"),
-                    False: style("prefix caching OFF", "warning"),
-                    None: "prefix caching unknown"}[caching]
-            lines.append(f"  caching        {word}")
             lines.append("  " + _flags_line(s))
             if s.engines:
                 lines.append("")
                 rows, kinds = _engine_rows(s)
                 lines += _table(rows, style, kinds)
         lines.append("")
-        xs = explain_all(s)
         if not xs:
             lines.append("  " + style("[OK] healthy: no findings", "healthy"))
         for x in xs:
@@ -248,8 +278,8 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
     code = exit_code(reports)
     counts = {sev: sum(1 for r in reports for d in r.snapshot.diagnoses if d.severity == sev)
               for sev in reversed(SEVERITIES)}
-    verdict = {0: "healthy", 1: "warning", 2: "critical"}[code]
-    lines.append(style(f"Result: {verdict}", verdict) + " ("
+    result = {0: "healthy", 1: "warning", 2: "critical"}[code]
+    lines.append(style(f"Result: {result}", result) + " ("
                  + ", ".join(f"{n} {sev}" for sev, n in counts.items()) + f"); exit {code}")
     return "\n".join(lines) + "\n"
 

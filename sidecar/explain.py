@@ -304,12 +304,17 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
                             f"{len(s.engines)} engines"))
     causes.append(Cause("requests set different cache_salt values or use different LoRA "
                         "adapters; their caches are isolated by design", 1))
-    fix = ["Put the shared, unchanging text first (system prompt, instructions, documents) and "
-           "everything per-request after it; keep it byte-identical (no timestamps or ids).",
-           f"Make the shared prefix at least one block long ({b or 'block_size'} tokens), or "
-           f"use a smaller --block-size where the backend allows it.",
-           "If KV usage is high, give the cache more room (--gpu-memory-utilization, fewer "
-           "--max-num-seqs, VLLM_CPU_KVCACHE_SPACE on CPU) so prefixes survive until reuse."]
+    order = {"short": weight_short, "layout": 2, "room": 4 if evict else 1}
+    fixes = {
+        "layout": "Put the shared, unchanging text first (system prompt, instructions, documents) "
+                  "and everything per-request after it; keep it byte-identical (no timestamps "
+                  "or ids).",
+        "short": f"Make the shared prefix at least one block long ({b or 'block_size'} tokens), "
+                 f"or use a smaller --block-size where the backend allows it.",
+        "room": "If KV usage is high, give the cache more room (--gpu-memory-utilization, fewer "
+                "--max-num-seqs, VLLM_CPU_KVCACHE_SPACE on CPU) so prefixes survive until reuse.",
+    }
+    fix = [fixes[k] for k in sorted(fixes, key=lambda k: -order[k])]
     return Explanation(d.code, d.severity, "Prefix cache finds no hits", d.summary, tuple(nums),
                        _rank(causes), tuple(fix),
                        "Send two requests with the same long prefix and run doctor again: "

@@ -67,6 +67,10 @@ def test_healthy_target_exits_0_with_the_hit_ratio(replay):
     assert not ANSI.search(out)  # not a terminal: plain text
     assert "== on  " + replay.url("on") + "  UP" in out
     assert "prefix caching ON" in out and "block_size 128" in out
+    dq0, dh0 = get_value(bodies[1], Q) - get_value(bodies[0], Q), \
+        get_value(bodies[1], H) - get_value(bodies[0], H)
+    assert (f"  verdict        prefix caching ON; hit ratio {pct(dh0, dq0)} over 1s "
+            f"({dh0:,.0f} of {dq0:,.0f} tokens)\n") in out
     # two scrapes: bodies 000 and 001; the 1s window holds exactly their difference
     dq = get_value(bodies[1], Q) - get_value(bodies[0], Q)
     dh = get_value(bodies[1], H) - get_value(bodies[0], H)
@@ -109,6 +113,7 @@ def test_zero_hits_exits_1_and_explains(replay):
     out = r.stdout
     dq = get_value(bodies[2], Q) - get_value(bodies[0], Q)
     assert "[WARNING] Prefix cache finds no hits (zero_hit_rate)" in out
+    assert "verdict prefix caching ON; hit ratio 0.0% over 2s" in flat(out)
     assert f"{dq:,.0f} prompt tokens in the prefix cache and found 0: a hit ratio of 0%" \
         in flat(out)
     assert "Likely causes, most likely first:" in out
@@ -117,12 +122,25 @@ def test_zero_hits_exits_1_and_explains(replay):
     assert "0.0%" in row
 
 
+def test_no_vllm_metrics_exits_2(replay):
+    bodies, _, _ = load_fixture(V32_ON)
+    stripped = b"\n".join(ln for ln in bodies[0].split(b"\n") if b"vllm:" not in ln)
+    replay.add("bare", [stripped])
+    r = doctor("--target", "bare=" + replay.url("bare"), "--duration", "0")
+    assert r.returncode == 2, r.stdout + r.stderr
+    out = flat(r.stdout)
+    assert "verdict answers, but exposes no vLLM metrics" in out
+    assert "[CRITICAL] No vLLM metrics exposed (no_vllm_metrics)" in out
+    assert "Remove --disable-log-stats" in out
+
+
 def test_dead_target_exits_2(replay):
     url = f"http://127.0.0.1:{closed_port()}/metrics"
     r = doctor("--target", "dead=" + url, "--duration", "0")
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"== dead  {url}  DOWN" in r.stdout
     assert "0/2 scrapes ok" in r.stdout
+    assert "  verdict        unreachable (connect)\n" in r.stdout
     assert "[CRITICAL] vLLM target unreachable (target_down)" in r.stdout
     assert "Result: critical" in r.stdout
 
