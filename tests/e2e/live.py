@@ -1,0 +1,106 @@
+"""Helpers of the live e2e tests: read Prometheus text, poll, send traffic (no fixtures here)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sidecar.traffic import TrafficConfig, TrafficStats, run_traffic
+from sidecar.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
+
+#: sidecar settings for the live tests: fast scrapes, short windows
+INTERVAL = 0.5
+WINDOWS = "5s,30s"
+SHORT, LONG = "5s", "30s"
+#: safety net for polling loops only (a broken run must end); never a performance assertion
+PATIENCE = 300.0
+
+# -- reading /metrics ---------------------------------------------------------------------------
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def fetch(url: str, accept: str = "text/plain;version=0.0.4") -> str:
+    req = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.read().decode()
+
+
+def series(body: str) -> Series:
+    """Every sample of a text-format body, keyed by (name, labels); parsed by prometheus_client."""
+    out: Series = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def pick(data: Series, name: str, **labels: str) -> list[float]:
+    """Values of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return [v for (n, lab), v in data.items() if n == name and want <= lab]
+
+
+def one(data: Series, name: str, **labels: str) -> float:
+    vals = pick(data, name, **labels)
+    assert len(vals) == 1, f"expected one {name}{labels}, found {vals}"
+    return vals[0]
+
+
+def diagnoses(data: Series, target: str) -> set[str]:
+    return {dict(lab)["code"] for (n, lab), v in data.items()
+            if n == "vllm_sidecar_diagnosis" and dict(lab).get("target") == target and v == 1}
+
+
+def wait_until(check: Callable[[], Any], what: str, patience: float = PATIENCE,
+               every: float = 0.25) -> Any:
+    """Poll ``check`` until it returns something truthy; fail (not hang) if it never does."""
+    deadline = time.monotonic() + patience
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except (OSError, ValueError) as exc:  # sidecar busy / target restarting
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(every)
+    pytest.fail(f"never saw {what}; last check gave {last!r}")
+
+
+def scraped_after(sidecar: SidecarProcess, t: float, target: str = "live") -> Callable[[], Any]:
+    """A check: the sidecar finished a successful scrape that started after unix time ``t``."""
+    def check() -> bool:
+        doc = json.loads(fetch(sidecar.base_url + "/api/v1/targets"))
+        for tgt in doc["targets"]:
+            if tgt["name"] == target:
+                return bool(tgt.get("last_success") and tgt["last_success"] > t)
+        return False
+    return check
+
+
+def traffic(server: VllmServer, **kw: Any) -> TrafficStats:
+    cfg = TrafficConfig(base_url=server.base_url, **kw)
+    stats = asyncio.run(run_traffic(cfg))
+    assert stats.failed == 0, f"traffic failed: {stats.last_error}\n{server.log_tail()}"
+    return stats
+
+
+def is_nan(x: float) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def start_vllm(model_dir: Path, logs: Path, name: str, prefix_caching: bool) -> VllmServer:
+    """A real vLLM on a free port serving the tiny model as ``tiny``; waits until healthy."""
+    server = VllmServer(VllmServerConfig(model=str(model_dir), prefix_caching=prefix_caching,
+                                         log_path=str(logs / f"vllm-{name}.log")))
+    server.start()
+    return server
