@@ -220,20 +220,35 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _safe_url(text: str) -> str:
+    """``text`` with any userinfo replaced, without trusting that the URL is valid."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "<credentials>@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def normalise_url(url: str) -> str:
-    """Validate a target URL; a URL without a path gets ``/metrics``."""
+    """Validate a target URL; a URL without a path gets ``/metrics``.
+
+    Error messages show the URL without its ``user:password@`` part.
+    """
     text = str(url).strip()
     if "://" not in text:
         text = "http://" + text
     parts = urlsplit(text)
+    shown = _safe_url(text)
     if parts.scheme not in ("http", "https"):
-        raise ValueError(f"URL {url!r}: scheme must be http or https")
+        raise ValueError(f"URL {shown!r}: scheme must be http or https")
     if not parts.hostname:
-        raise ValueError(f"URL {url!r} has no host")
+        raise ValueError(f"URL {shown!r} has no host")
     try:
         _ = parts.port  # raises for a non-numeric or out-of-range port
-    except ValueError as exc:
-        raise ValueError(f"URL {url!r}: {exc}") from None
+    except ValueError:
+        raise ValueError(f"URL {shown!r}: the port must be a number from 0 to 65535") from None
     path = parts.path if parts.path not in ("", "/") else "/metrics"
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
@@ -251,11 +266,13 @@ def parse_target_spec(spec: str) -> TargetConfig:
     """``[NAME=]URL`` as given to ``--target``."""
     text = spec.strip()
     name = ""
-    if "=" in text.split("://", 1)[0]:
-        name, _, text = text.partition("=")
-        name = name.strip()
+    prefix, eq, rest = text.partition("=")
+    # ``NAME=URL``: the part before the first '=' is a name only if it cannot be part of a URL
+    # (``host:8000/metrics?x=y`` has its '=' in the query).
+    if eq and not any(c in prefix for c in "/?#@"):
+        name, text = prefix.strip(), rest
         if not name:
-            raise ValueError(f"target {spec!r}: empty name before '='")
+            raise ValueError(f"target {_safe_url(spec)!r}: empty name before '='")
     url = normalise_url(text)
     return TargetConfig(name=name or default_target_name(url), url=url)
 
@@ -418,6 +435,12 @@ def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[s
             if not isinstance(value, list):
                 raise ConfigError("targets must be a list", file, lines[key])
             settings[key] = [_target_from_mapping(v, file, lines[key]) for v in value]
+            for i, item in enumerate(value):
+                lines[f"targets.{i}"] = _line(item) or lines[key]
+                if isinstance(item, dict):
+                    for k in ("name", "url", "timeout"):
+                        if k in item:
+                            lines[f"targets.{i}.{k}"] = _line(item, k)
         elif key == "labels":
             settings[key] = _labels(value, file, lines[key])
         else:
@@ -466,10 +489,11 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
             merged[k] = v
             origin[k] = name
 
-    def fail(key: str, msg: str) -> ConfigError:
+    def fail(key: str, msg: str, line_key: str | None = None) -> ConfigError:
         where = origin.get(key)
         if where == "file":
-            return ConfigError(f"{key}: {msg}", file, lines.get(key))
+            line = lines.get(line_key) if line_key else None
+            return ConfigError(f"{key}: {msg}", file, line or lines.get(key))
         if where == "env":
             return ConfigError(f"{ENV_PREFIX}{key.upper()}: {msg}")
         return ConfigError(f"--{key.replace('_', '-')}: {msg}")
@@ -485,8 +509,10 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
         raise fail("windows", str(exc)) from None
     for w in kwargs["windows"]:
         if w.seconds < 2 * kwargs["interval"]:
-            raise fail("windows", f"window {w.label} must span at least two scrape intervals "
-                                  f"({2 * kwargs['interval']:g}s)")
+            msg = (f"window {w.label} must span at least two scrape intervals "
+                   f"({2 * kwargs['interval']:g}s)")
+            # blame what the user set: the windows if they gave them, else the interval
+            raise fail("windows" if "windows" in origin else "interval", msg)
     listen = str(merged.get("listen", DEFAULT_LISTEN))
     try:
         parse_listen(listen)
@@ -515,13 +541,14 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     if not targets and not kwargs.get("targets_file"):
         targets = [TargetConfig(name="local", url=DEFAULT_URL)]
     seen: set[str] = set()
-    for t in targets:
+    for i, t in enumerate(targets):
         if t.name in seen:
-            raise fail("targets", f"target name {t.name!r} used twice")
+            name_key = f"targets.{i}.name" if f"targets.{i}.name" in lines else f"targets.{i}.url"
+            raise fail("targets", f"target name {t.name!r} used twice", name_key)
         seen.add(t.name)
         if t.timeout is not None and t.timeout >= kwargs["interval"]:
             raise fail("targets", f"target {t.name!r}: timeout {t.timeout:g}s must be below the "
-                                  f"interval {kwargs['interval']:g}s")
+                                  f"interval {kwargs['interval']:g}s", f"targets.{i}.timeout")
     kwargs["targets"] = tuple(targets)
     static = dict(file_settings.get("labels") or ())
     static.update(downward_api_labels(environ if environ is not None else os.environ))

@@ -14,9 +14,12 @@ accumulated values, exactly Prometheus' ``increase()`` without its extrapolation
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
+from itertools import accumulate
+from operator import add, sub
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 from .config import Window
 from .diagnose import diagnose
@@ -25,29 +28,68 @@ from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, No
 
 INF = float("inf")
 COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions")
-PHASES = ("ttft", "e2e", "queue")
-HISTS = PHASES + ("prompt_len",)
+PHASES = ("ttft", "e2e", "queue")  # histograms kept bucket by bucket
+HISTS = PHASES + ("prompt_len",)  # prompt_len: only its sum and count
 QUANTILES = (0.5, 0.9, 0.99)
 
 
 @dataclass(frozen=True)
-class _Hist:
-    """An accumulated histogram; ``gen`` changes when the bucket layout changes."""
+class _Layout:
+    """How a point's numbers are laid out; shared by consecutive points until something changes.
 
-    gen: int
-    bounds: tuple[float, ...]
-    counts: tuple[float, ...]
-    sum: float
-    count: float
+    History is the sidecar's main memory cost (one point per scrape per engine over the longest
+    window), so a point is one flat ``array('d')`` and everything repetitive lives here once.
+    """
+
+    reasons: tuple[str, ...]  # finished_reason order of the success counters
+    bounds: tuple[tuple[float, ...] | None, ...]  # bucket bounds per PHASE (None: absent)
+    gens: tuple[int, ...]  # per PHASE: changes when the bucket layout changes (never merged)
+    offsets: tuple[int, ...] = ()  # derived: where each PHASE's buckets start
+    width: int = 0  # derived: the array length
+
+    def __post_init__(self) -> None:
+        off = _BASE + len(self.reasons)
+        offsets = []
+        for b in self.bounds:
+            offsets.append(off)
+            if b is not None:
+                off += len(b) + 2
+        object.__setattr__(self, "offsets", tuple(offsets))
+        object.__setattr__(self, "width", off + 2)  # + prompt_len sum and count
+
+    def hist_offset(self, i: int) -> int:
+        return self.offsets[i]
 
 
-@dataclass(frozen=True)
+# array slots: accumulated COUNTERS, then kv usage (NaN when absent)
+_KV = len(COUNTERS)
+_BASE = _KV + 1
+
+
+@dataclass(frozen=True, slots=True)
 class _Point:
     t: float
-    acc: tuple[float, ...]  # accumulated COUNTERS, same order
-    success: tuple[tuple[str, float], ...]  # accumulated finished requests by reason
-    hists: tuple[_Hist | None, ...]  # accumulated HISTS, same order
-    kv_usage: float | None
+    layout: _Layout
+    v: array  # see _Layout
+
+    def hist(self, i: int) -> tuple[int, tuple[float, ...], array, float, float] | None:
+        b = self.layout.bounds[i]
+        if b is None:
+            return None
+        off = self.layout.hist_offset(i)
+        n = len(b)
+        return self.layout.gens[i], b, self.v[off:off + n], self.v[off + n], self.v[off + n + 1]
+
+    @property
+    def kv_usage(self) -> float | None:
+        x = self.v[_KV]
+        return None if math.isnan(x) else x
+
+    def success(self) -> dict[str, float]:
+        return dict(zip(self.layout.reasons, self.v[_BASE:_BASE + len(self.layout.reasons)]))
+
+    def prompt_len(self) -> tuple[float, float]:
+        return self.v[-2], self.v[-1]
 
 
 def _delta(cur: float | None, prev: float | None, reset: bool) -> float:
@@ -61,32 +103,13 @@ def _delta(cur: float | None, prev: float | None, reset: bool) -> float:
     return cur - prev
 
 
-def _acc_hist(prev: _Hist | None, before: Histogram | None, cur: Histogram | None,
-              reset: bool, next_gen: Callable[[], int]) -> _Hist | None:
-    if cur is None:
-        return prev
-    bounds = cur.bounds
-    counts = tuple(c for _, c in cur.buckets)
-    if prev is None or before is None or prev.bounds != bounds or before.bounds != bounds:
-        # New series, or a bucket layout we must never merge with the old one.
-        return _Hist(next_gen(), bounds, tuple(0.0 for _ in counts), 0.0, 0.0)
-    restarted = reset or cur.count < before.count
-    add = [_delta(c, None if restarted else b, restarted)
-           for c, b in zip(counts, (c for _, c in before.buckets))]
-    return _Hist(prev.gen, bounds, tuple(a + d for a, d in zip(prev.counts, add)),
-                 prev.sum + _delta(cur.sum, None if restarted else before.sum, restarted),
-                 prev.count + _delta(cur.count, None if restarted else before.count, restarted))
-
-
-def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float:
+def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float],
+                       monotonic: bool = False) -> float:
     """Prometheus' ``histogram_quantile`` on cumulative bucket counts (linear within a bucket)."""
     if not bounds or bounds[-1] != INF:
         return NAN
-    fixed: list[float] = []
-    running = 0.0
-    for c in counts:  # enforce monotonic cumulative counts, as Prometheus does
-        running = max(running, c)
-        fixed.append(running)
+    # enforce monotonic cumulative counts, as Prometheus does
+    fixed = counts if monotonic else list(accumulate(counts, max))
     total = fixed[-1]
     if total <= 0 or math.isnan(total):
         return NAN
@@ -102,15 +125,15 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
     return lower + (bounds[i] - lower) * (rank - below) / in_bucket
 
 
-def _latency(base: _Hist | None, cur: _Hist | None) -> LatencyStats | None:
-    if cur is None or base is None or base.gen != cur.gen:
+def _latency(base: tuple | None, cur: tuple | None) -> LatencyStats | None:
+    if cur is None or base is None or base[0] != cur[0]:
         return None
-    counts = [c - b for c, b in zip(cur.counts, base.counts)]
-    n = cur.count - base.count
+    counts = list(accumulate(map(sub, cur[2], base[2]), max))
+    n = cur[4] - base[4]
     if n <= 0:
         return LatencyStats()
-    qs = [histogram_quantile(q, cur.bounds, counts) for q in QUANTILES]
-    return LatencyStats((cur.sum - base.sum) / n, *qs)
+    qs = [histogram_quantile(q, cur[1], counts, monotonic=True) for q in QUANTILES]
+    return LatencyStats((cur[3] - base[3]) / n, *qs)
 
 
 def _ratio(hits: float, queries: float) -> float:
@@ -124,30 +147,72 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
+        self.ratios: deque[tuple[float, float]] = deque()  # (t, ratio since the previous point)
         self.last: EngineMetrics | None = None
         self.gen = 0
 
-    def _next_gen(self) -> int:
-        self.gen += 1
-        return self.gen
+    def _layout(self, prev: _Point | None, before: EngineMetrics | None, m: EngineMetrics) -> _Layout:
+        reasons = tuple(r for r, _ in m.request_success)
+        bounds, gens = [], []
+        for i, h in enumerate(PHASES):
+            cur = getattr(m, h)
+            b = None if cur is None else cur.bounds
+            old = None if prev is None else prev.layout.bounds[i]
+            same = (b is not None and old == b and before is not None
+                    and getattr(before, h) is not None and getattr(before, h).bounds == b)
+            if same:
+                assert prev is not None
+                bounds.append(old)  # the interned tuple
+                gens.append(prev.layout.gens[i])
+            else:
+                self.gen += 1
+                bounds.append(b)
+                gens.append(self.gen)
+        layout = _Layout(reasons, tuple(bounds), tuple(gens))
+        if prev is not None and layout == prev.layout:
+            return prev.layout
+        return layout
 
     def add(self, t: float, m: EngineMetrics, reset: bool) -> None:
         prev = self.points[-1] if self.points else None
-        before = self.last
-        if prev is None or before is None:
-            acc = tuple(0.0 for _ in COUNTERS)
-            success = tuple((r, 0.0) for r, _ in m.request_success)
-            hists = tuple(_acc_hist(None, None, getattr(m, h), reset, self._next_gen) for h in HISTS)
-        else:
-            acc = tuple(a + _delta(getattr(m, f), getattr(before, f), reset)
-                        for a, f in zip(prev.acc, COUNTERS))
+        before = self.last if prev is not None else None
+        layout = self._layout(prev, before, m)
+        v = array("d", bytes(8 * layout.width))
+        if prev is not None and before is not None:
+            for i, f in enumerate(COUNTERS):
+                v[i] = prev.v[i] + _delta(getattr(m, f), getattr(before, f), reset)
             old = dict(before.request_success)
-            sacc = dict(prev.success)
-            success = tuple((r, sacc.get(r, 0.0) + _delta(v, old.get(r), reset or r not in old))
-                            for r, v in m.request_success)
-            hists = tuple(_acc_hist(ph, getattr(before, h), getattr(m, h), reset, self._next_gen)
-                          for ph, h in zip(prev.hists, HISTS))
-        self.points.append(_Point(t, acc, success, hists, m.kv_usage))
+            acc = prev.success()
+            for j, (r, x) in enumerate(m.request_success):
+                v[_BASE + j] = acc.get(r, 0.0) + _delta(x, old.get(r), reset or r not in old)
+        v[_KV] = math.nan if m.kv_usage is None else m.kv_usage
+        for i, h in enumerate(PHASES):
+            cur = getattr(m, h)
+            if cur is None:
+                continue
+            off = layout.hist_offset(i)
+            n = len(cur.bounds)
+            if prev is not None and before is not None and layout.gens[i] == prev.layout.gens[i]:
+                b = getattr(before, h)
+                poff = prev.layout.hist_offset(i)
+                old = prev.v[poff:poff + n + 2]
+                now = cur.counts + (cur.sum, cur.count)
+                if reset or cur.count < b.count:  # restarted: everything counted from zero
+                    v[off:off + n + 2] = array("d", map(add, old, now))
+                else:
+                    base = b.counts + (b.sum, b.count)
+                    inc = [x - y if x >= y else x for x, y in zip(now, base)]
+                    v[off:off + n + 2] = array("d", map(add, old, inc))
+        if m.prompt_len is not None and prev is not None and before is not None:
+            b = before.prompt_len
+            restarted = reset or b is None or m.prompt_len.count < b.count
+            v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, None if restarted else b.sum, restarted)
+            v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None if restarted else b.count, restarted)
+        if prev is not None and layout is prev.layout and v == prev.v:
+            v = prev.v  # an idle engine: share the numbers instead of copying them
+        if prev is not None:
+            self.ratios.append((t, _ratio(v[1] - prev.v[1], v[0] - prev.v[0])))
+        self.points.append(_Point(t, layout, v))
         self.last = m
 
     def prune(self, horizon: float) -> None:
@@ -155,6 +220,8 @@ class _EngineHistory:
         pts = self.points
         while len(pts) >= 2 and pts[1].t <= horizon:
             pts.popleft()
+        while self.ratios and self.ratios[0][0] <= pts[0].t:
+            self.ratios.popleft()
 
     def baseline(self, t0: float) -> _Point:
         """The latest point at or before ``t0``, else the oldest we have."""
@@ -171,20 +238,16 @@ class _EngineHistory:
         base = self.baseline(now - w.seconds)
         if base is cur:
             return WindowStats(w.label, w.seconds, 0.0, resets=resets)
-        d = [c - b for c, b in zip(cur.acc, base.acc)]
-        queries, hits, prompt, gen, pre = d
-        bsucc = dict(base.success)
-        requests = tuple((r, v - bsucc.get(r, 0.0)) for r, v in cur.success)
+        queries, hits, prompt, gen, pre = (cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
+        bsucc = base.success()
+        requests = tuple((r, x - bsucc.get(r, 0.0)) for r, x in cur.success().items())
         lat = []
         for i, phase in enumerate(PHASES):
-            stats = _latency(self._hist_base(i, base, cur), cur.hists[i])
+            stats = _latency(self._hist_base(i, base, cur), cur.hist(i))
             if stats is not None:
                 lat.append((phase, stats))
-        plen = self._hist_base(len(PHASES), base, cur)
-        cur_plen = cur.hists[len(PHASES)]
-        mean_prompt = NAN
-        if plen is not None and cur_plen is not None and cur_plen.count - plen.count > 0:
-            mean_prompt = (cur_plen.sum - plen.sum) / (cur_plen.count - plen.count)
+        (s0, n0), (s1, n1) = base.prompt_len(), cur.prompt_len()
+        mean_prompt = (s1 - s0) / (n1 - n0) if n1 - n0 > 0 else NAN
         kv_delta = None
         if cur.kv_usage is not None and base.kv_usage is not None:
             kv_delta = cur.kv_usage - base.kv_usage
@@ -195,33 +258,26 @@ class _EngineHistory:
             preemptions=pre, requests=requests, latency=tuple(lat),
             mean_prompt_tokens=mean_prompt, resets=resets)
 
-    def _hist_base(self, i: int, base: _Point, cur: _Point) -> _Hist | None:
+    def _hist_base(self, i: int, base: _Point, cur: _Point) -> tuple | None:
         """The window's baseline histogram, moved forward past a bucket-layout change."""
-        ch = cur.hists[i]
-        if ch is None:
+        gen = cur.layout.gens[i]
+        if cur.layout.bounds[i] is None:
             return None
-        bh = base.hists[i]
-        if bh is not None and bh.gen == ch.gen:
-            return bh
+        if base.layout.gens[i] == gen:
+            return base.hist(i)
         for p in self.points:
             if p is cur:
                 return None  # the layout only just changed: no baseline to subtract yet
-            if p.t >= base.t and p.hists[i] is not None and p.hists[i].gen == ch.gen:
-                return p.hists[i]
+            if p.t >= base.t and p.layout.gens[i] == gen:
+                return p.hist(i)
         return None
 
     def ratio_points(self) -> tuple[tuple[float, float], ...]:
-        out = []
-        prev = None
-        for p in self.points:
-            if prev is not None:
-                out.append((p.t, _ratio(p.acc[1] - prev.acc[1], p.acc[0] - prev.acc[0])))
-            prev = p
-        return tuple(out)
+        return tuple(self.ratios)
 
 
 def _zero_hist(h: Histogram | None) -> Histogram | None:
-    return None if h is None else Histogram(tuple((b, 0.0) for b, _ in h.buckets), 0.0, 0.0)
+    return None if h is None else Histogram(h.bounds, tuple(0.0 for _ in h.counts), 0.0, 0.0)
 
 
 def _zero_like(m: EngineMetrics) -> EngineMetrics:

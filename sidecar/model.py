@@ -21,15 +21,17 @@ SEVERITIES = ("info", "warning", "critical")
 
 @dataclass(frozen=True)
 class Histogram:
-    """A cumulative histogram: ``buckets`` are (upper bound, cumulative count), ascending."""
+    """A cumulative histogram: ``bounds`` (upper bounds, ascending) and their cumulative counts."""
 
-    buckets: tuple[tuple[float, float], ...]
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
     sum: float
     count: float
 
     @property
-    def bounds(self) -> tuple[float, ...]:
-        return tuple(b for b, _ in self.buckets)
+    def buckets(self) -> tuple[tuple[float, float], ...]:
+        """(upper bound, cumulative count) pairs."""
+        return tuple(zip(self.bounds, self.counts))
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def _int(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
 
 
@@ -147,10 +147,11 @@ def _histogram(parts: list) -> Histogram | None:
     buckets, total, count = parts
     if not buckets:
         return None
-    ordered = tuple(sorted(buckets.items()))
+    bounds = tuple(sorted(buckets))
+    counts = tuple(buckets[b] for b in bounds)
     if count is None:
-        count = ordered[-1][1]
-    return Histogram(ordered, total if total is not None else float("nan"), count)
+        count = counts[-1]
+    return Histogram(bounds, counts, total if total is not None else float("nan"), count)
 
 
 def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> Normalised:
@@ -164,7 +165,7 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> No
     vllm_count = 0
     for name, labels, value in samples:
         if check_duplicates:
-            key = (name, labels)
+            key = (name, tuple(sorted(labels)) if len(labels) > 1 else labels)
             if key in seen:
                 raise ParseError(0, f"duplicate series {name}{{{_fmt(labels)}}}")
             seen.add(key)
@@ -194,7 +195,10 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> No
         if src.kind == HISTOGRAM:
             h = acc.hist.setdefault((fld, prio), [{}, None, None])
             if part == "bucket":
-                le = float(lab.get("le", "nan"))
+                try:
+                    le = float(lab.get("le", ""))
+                except ValueError:
+                    raise ParseError(0, f"invalid le=\"{lab.get('le', '')}\" on {name}") from None
                 h[0][le] = h[0].get(le, 0.0) + value
             elif part == "sum":
                 h[1] = (h[1] or 0.0) + value

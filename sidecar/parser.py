@@ -84,6 +84,8 @@ def _parse_value(rest: str, lineno: int, line: str) -> float:
     if not text:
         raise ParseError(lineno, "missing value", line)
     token = text.split(None, 1)[0]
+    if "_" in token:  # float() reads ``1_0`` as 10; the exposition format does not
+        raise ParseError(lineno, f"invalid value {token!r}", line)
     try:
         return float(token)
     except ValueError:
@@ -146,6 +148,8 @@ def parse(body: bytes | str, content_type: str | None = None,
             vllm_lines += 1
         if not want(name):
             continue
+        while line[end] in " \t" and end + 1 < len(line) and line[end + 1] in " \t{":
+            end += 1  # ``name {labels} value`` is valid text too
         if line[end] == "{":
             labels, end = _parse_labels(line, end, lineno)
         else:
