@@ -503,3 +503,30 @@ def test_targets_may_be_written_as_specs(tmp_path):
         """)
     assert [(t.name, t.url) for t in load_config(p, {}, {}).targets] == [
         ("a", "http://h:1/metrics"), ("h:2", "http://h:2/metrics")]
+
+
+@pytest.mark.parametrize("value", ['"false"', '"no"', '"False"', "false", "no"])
+def test_quoted_false_never_turns_tls_verification_off(tmp_path, value):
+    """``insecure_skip_verify: "false"`` must not mean skip-verify (bool("false") is True)."""
+    p = write(tmp_path, f"""
+        targets:
+          - url: https://h:1
+            tls:
+              insecure_skip_verify: {value}
+        """)
+    try:
+        c = load_config(p, {}, {})
+    except ConfigError as exc:  # refusing a non-boolean is fine too, if located
+        assert exc.line in (line_of(p, "tls:"), line_of(p, "insecure_skip_verify"))
+    else:
+        assert c.targets[0].tls.insecure_skip_verify is False
+
+
+def test_tls_true_is_honoured(tmp_path):
+    p = write(tmp_path, """
+        targets:
+          - url: https://h:1
+            tls: {insecure_skip_verify: true, ca_file: /ca.pem}
+        """)
+    tls = load_config(p, {}, {}).targets[0].tls
+    assert tls.insecure_skip_verify is True and tls.ca_file == "/ca.pem"

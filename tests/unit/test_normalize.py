@@ -458,3 +458,10 @@ def test_commas_in_lora_label_values_do_not_disturb_the_cache_series():
     assert raw_one(body, "vllm:lora_requests_info")
     e = only_engine(norm(body))
     assert e.engine == "0" and e.kv_usage == raw_one(body, "vllm:gpu_cache_usage_perc")
+
+
+def test_new_kv_usage_name_wins_over_the_deprecated_one():
+    body = body_of(V010)
+    body = re.sub(r"^(vllm:gpu_cache_usage_perc\{[^}]*\}) \S+", r"\1 0.99", body, flags=re.M)
+    e = only_engine(norm(body))
+    assert e.kv_usage == raw_one(body, "vllm:kv_cache_usage_perc") != 0.99
