@@ -195,13 +195,17 @@ async def drive(args: argparse.Namespace, vllm_url: str, sidecar_url: str) -> Tr
     return stats
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log_dir = Path(args.log_dir)
     vllm: VllmServer | None = None
     sidecar: SidecarProcess | None = None
     # SIGTERM behaves like Ctrl-C, so `kill <demo pid>` cleans up too.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.vllm_url:
             vllm_url = args.vllm_url.rstrip("/")

@@ -291,6 +291,10 @@ def _wait_port_closed(host: str, port: int, limit: float) -> None:
         time.sleep(0.2)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m sidecar.vllm_server [--port N] [--no-prefix-caching]``: serve the tiny model."""
     import argparse
@@ -305,11 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     server = VllmServer(VllmServerConfig(
         model=str(tinymodel.build()), port=args.port, prefix_caching=not args.no_prefix_caching,
         log_path=args.log))
+    # SIGTERM behaves like Ctrl-C: the vLLM process group must not outlive us
+    signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.monotonic()
-    server.start()
-    print(f"vLLM ready at {server.base_url} after {time.monotonic() - t0:.1f} s "
-          f"(log {server.log_path}); Ctrl-C stops it", flush=True)
     try:
+        server.start()
+        print(f"vLLM ready at {server.base_url} after {time.monotonic() - t0:.1f} s "
+              f"(log {server.log_path}); Ctrl-C stops it", flush=True)
         while server.running():
             time.sleep(1)
     except KeyboardInterrupt:
