@@ -530,3 +530,40 @@ def test_tls_true_is_honoured(tmp_path):
         """)
     tls = load_config(p, {}, {}).targets[0].tls
     assert tls.insecure_skip_verify is True and tls.ca_file == "/ca.pem"
+
+
+def test_bad_target_written_as_a_spec_points_at_its_own_line(tmp_path):
+    p = write(tmp_path, """
+        interval: 5
+        targets:
+          - a=http://h1:1
+          - b=ftp://h2:1
+        """)
+    assert_located(config_error(p), p, line_of(p, "ftp://"), "scheme")
+
+
+def test_duplicate_target_written_as_a_spec_points_at_the_second_one(tmp_path):
+    p = write(tmp_path, """
+        targets:
+          - a=http://h1:1
+          - a=http://h2:1
+        """)
+    assert_located(config_error(p), p, line_of(p, "h2:1"), "'a'")
+
+
+@pytest.mark.parametrize("url", ["http://user:pa/ss@h1:8000", "http://user:pa#ss@h1:port",
+                                 "user:pa@ss@h1:port"])
+def test_errors_never_echo_a_password_with_url_special_characters(tmp_path, url):
+    """Unencoded ``/``, ``#`` or ``@`` in a password make the URL invalid; its error must still
+    not print the password."""
+    p = write(tmp_path, f"""
+        targets:
+          - url: "{url}"
+        """)
+    secret = url.split("user:", 1)[1].rsplit("@", 1)[0]
+    try:
+        c = load_config(p, {}, {})
+    except ConfigError as err:
+        assert secret not in str(err)
+    else:
+        assert secret not in repr(c.redacted())

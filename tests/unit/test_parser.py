@@ -175,9 +175,12 @@ def text_sample_line(draw, name):
         ls = "{" + pad + inner + pad + "}"
     else:
         ls = ""
-    line = f"{name}{ls} {draw(VALUES)}"
+    # tokens are separated by blanks or tabs; a blank may also stand between name and '{'
+    gap = draw(st.sampled_from([" ", " ", "\t"]))
+    before_labels = draw(st.sampled_from(["", "", " ", "\t"])) if ls else ""
+    line = f"{name}{before_labels}{ls}{gap}{draw(VALUES)}"
     if draw(st.booleans()):
-        line += f" {draw(st.integers(-2**53, 2**53))}"
+        line += f"{gap}{draw(st.integers(-2**53, 2**53))}"
     indent = draw(st.sampled_from(["", "", "", " ", "\t"]))
     return indent + line
 
