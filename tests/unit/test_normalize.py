@@ -465,3 +465,21 @@ def test_new_kv_usage_name_wins_over_the_deprecated_one():
     body = re.sub(r"^(vllm:gpu_cache_usage_perc\{[^}]*\}) \S+", r"\1 0.99", body, flags=re.M)
     e = only_engine(norm(body))
     assert e.kv_usage == raw_one(body, "vllm:kv_cache_usage_perc") != 0.99
+
+
+def test_pid_collapse_with_a_nan_gauge_does_not_depend_on_order():
+    a = 'vllm:kv_cache_usage_perc{pid="1",engine="0",model_name="m"} NaN\n'
+    b = 'vllm:kv_cache_usage_perc{pid="2",engine="0",model_name="m"} 0.5\n'
+    first, second = (only_engine(norm(body)).kv_usage for body in (a + b, b + a))
+    assert same(first, second), (first, second)
+
+
+def test_one_counter_under_both_spellings_is_not_counted_twice():
+    """``_total`` (wire) and bare (``LLM.get_metrics()``) name the same counter: never summed."""
+    body = ('vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
+            'vllm:prefix_cache_queries{engine="0",model_name="m"} 5\n')
+    try:
+        e = only_engine(norm(body))
+    except ParseError:
+        return  # refusing the body as a duplicate is fine too
+    assert e.prefix_queries == 5
