@@ -357,3 +357,12 @@ def test_values_reject_what_the_text_format_rejects():
         reference(body, TEXT_CTYPE, WANTED)
     with pytest.raises(ParseError):
         parse(body, TEXT_CTYPE, WANTED)
+
+
+@pytest.mark.parametrize("body", [b"", "\n\n", "# HELP x y\n# TYPE x gauge\n", " \t\n\r\n",
+                                  "# EOF\n"])
+def test_bodies_without_samples(body):
+    parsed = parse(body, TEXT_CTYPE, WANTED)
+    assert parsed.samples == [] and parsed.vllm_lines == 0
+    assert reference(body.decode() if isinstance(body, bytes) else body, TEXT_CTYPE, WANTED) == \
+        Counter()
