@@ -225,10 +225,9 @@ def _safe_url(text: str) -> str:
     scheme, sep, rest = text.partition("://")
     if not sep:
         scheme, rest = "", text
-    authority, slash, path = rest.partition("/")
-    if "@" in authority:
-        authority = "<credentials>@" + authority.rpartition("@")[2]
-    return f"{scheme}{sep}{authority}{slash}{path}"
+    if "@" in rest:  # a password may hold '/', so the userinfo ends at the last '@'
+        rest = "<credentials>@" + rest.rpartition("@")[2]
+    return f"{scheme}{sep}{rest}"
 
 
 def normalise_url(url: str) -> str:
@@ -311,7 +310,20 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
     return m
 
 
+class _Seq(list):
+    """A list that remembers the line of each item (scalars have no other place to keep it)."""
+
+    item_lines: list[int]
+
+
+def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
+    seq = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+    seq.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return seq
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
 
 
 def load_yaml_text(text: str, file: str) -> Any:
@@ -407,8 +419,11 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
         extra = set(map(str, t)) - {"ca_file", "cert_file", "key_file", "insecure_skip_verify"}
         if extra:
             raise ConfigError(f"unknown tls key {sorted(extra)[0]!r}", file, tl)
-        tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"),
-                        bool(t.get("insecure_skip_verify", False)))
+        skip = t.get("insecure_skip_verify", False)
+        if not isinstance(skip, bool):
+            raise ConfigError("tls.insecure_skip_verify must be true or false (unquoted)", file,
+                              _line(t, "insecure_skip_verify") or tl)
+        tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
     return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, _line(item, "labels")),
                         timeout=timeout, bearer_token_file=item.get("bearer_token_file"),
                         basic_auth=basic, tls=tls)
@@ -434,9 +449,10 @@ def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[s
                 value = []
             if not isinstance(value, list):
                 raise ConfigError("targets must be a list", file, lines[key])
-            settings[key] = [_target_from_mapping(v, file, lines[key]) for v in value]
+            item_lines = getattr(value, "item_lines", None) or [lines[key]] * len(value)
+            settings[key] = [_target_from_mapping(v, file, item_lines[i]) for i, v in enumerate(value)]
             for i, item in enumerate(value):
-                lines[f"targets.{i}"] = _line(item) or lines[key]
+                lines[f"targets.{i}"] = _line(item) or item_lines[i]
                 if isinstance(item, dict):
                     for k in ("name", "url", "timeout"):
                         if k in item:
@@ -456,6 +472,18 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
         v = environ.get(ENV_PREFIX + key.upper())
         if v not in (None, ""):
             out[key] = v
+    lab = environ.get(ENV_PREFIX + "LABELS")
+    if lab:
+        pairs = {}
+        for item in lab.split(","):
+            k, eq, v = item.partition("=")
+            if not eq:
+                raise ConfigError(f"{ENV_PREFIX}LABELS: expected name=value pairs, got {item!r}")
+            pairs[k.strip()] = v.strip()
+        try:
+            out["labels"] = _labels(pairs, "", None)
+        except ConfigError as exc:
+            raise ConfigError(f"{ENV_PREFIX}LABELS: {exc.message}") from None
     t = environ.get(ENV_PREFIX + "TARGETS")
     if t:
         try:
@@ -484,7 +512,7 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     origin: dict[str, str] = {}
     for name, layer in (("file", file_settings), ("env", env), ("flag", flags)):
         for k, v in layer.items():
-            if v is None:
+            if v is None or k == "labels":
                 continue
             merged[k] = v
             origin[k] = name
@@ -543,7 +571,8 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     seen: set[str] = set()
     for i, t in enumerate(targets):
         if t.name in seen:
-            name_key = f"targets.{i}.name" if f"targets.{i}.name" in lines else f"targets.{i}.url"
+            name_key = next((k for k in (f"targets.{i}.name", f"targets.{i}.url", f"targets.{i}")
+                             if k in lines), None)
             raise fail("targets", f"target name {t.name!r} used twice", name_key)
         seen.add(t.name)
         if t.timeout is not None and t.timeout >= kwargs["interval"]:
@@ -551,6 +580,7 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
                                   f"interval {kwargs['interval']:g}s", f"targets.{i}.timeout")
     kwargs["targets"] = tuple(targets)
     static = dict(file_settings.get("labels") or ())
+    static.update(env.get("labels") or ())
     static.update(downward_api_labels(environ if environ is not None else os.environ))
     kwargs["static_labels"] = tuple(sorted(static.items()))
     kwargs["source"] = file

@@ -75,7 +75,7 @@ def _sample_names(src: Source) -> list[tuple[str, str]]:
     f = src.family
     if src.kind == COUNTER:
         # ``_total`` on the wire; bare in ``LLM.get_metrics()``.
-        return [(f + "_total", "value"), (f, "value"), (f + "_created", "created")]
+        return [(f + "_total", "value"), (f, "bare"), (f + "_created", "created")]
     if src.kind == HISTOGRAM:
         return [(f + "_bucket", "bucket"), (f + "_sum", "sum"), (f + "_count", "count")]
     return [(f, "value")]
@@ -209,13 +209,14 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> No
             r = lab.get("finished_reason", "")
             reasons[r] = reasons.get(r, 0.0) + value
         else:
-            k = (fld, prio)
+            # a bare counter name (``LLM.get_metrics()``) is used only without the ``_total`` one
+            k = (fld, prio if part == "value" else prio + 0.5)
             old = acc.values.get(k)
-            if old is None:
+            if old is None or old != old:  # first value, or NaN: take the new one
                 acc.values[k] = value
             elif src.kind == COUNTER:
                 acc.values[k] = old + value
-            else:
+            elif value == value:  # gauges from several pids: the largest, ignoring NaN
                 acc.values[k] = max(old, value)
     return Normalised(
         engines=tuple(_engine(k, acc) for k, acc in sorted(engines.items())),
@@ -233,9 +234,10 @@ def _fmt(labels: tuple[tuple[str, str], ...]) -> str:
 
 def _pick(acc: _Acc, fld: str) -> float | None:
     for prio in range(len(ALIASES[fld])):
-        v = acc.values.get((fld, prio))
-        if v is not None:
-            return v
+        for k in ((fld, prio), (fld, prio + 0.5)):
+            v = acc.values.get(k)
+            if v is not None:
+                return v
     return None
 
 
