@@ -365,6 +365,8 @@ def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], .
             raise ConfigError(f"invalid label name {k!r}", file, kl)
         if k in RESERVED_LABELS:
             raise ConfigError(f"label name {k!r} is reserved by the sidecar", file, kl)
+        if isinstance(v, bool):
+            raise ConfigError(f"label {k}: YAML read this as a boolean; quote the value", file, kl)
         out.append((k, "" if v is None else str(v)))
     return tuple(sorted(out))
 
@@ -389,6 +391,9 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
         url = normalise_url(str(item["url"]))
     except ValueError as exc:
         raise ConfigError(str(exc), file, _line(item, "url")) from None
+    if isinstance(item.get("name"), bool):
+        raise ConfigError("name: YAML read this as a boolean; quote it (name: \"on\")", file,
+                          _line(item, "name"))
     name = str(item.get("name") or default_target_name(url))
     timeout = None
     if item.get("timeout") is not None:
