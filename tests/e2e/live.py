@@ -18,7 +18,7 @@ from sidecar.traffic import TrafficConfig, TrafficStats, run_traffic
 from sidecar.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
 
 #: sidecar settings for the live tests: fast scrapes, short windows
-INTERVAL = 0.5
+INTERVAL = 1.0  # scrape timeout 0.8 s: room for a loaded 2-core machine
 WINDOWS = "5s,30s"
 SHORT, LONG = "5s", "30s"
 #: safety net for polling loops only (a broken run must end); never a performance assertion

@@ -78,7 +78,7 @@ def test_concurrent_long_requests_show_kv_usage_and_delta(vllm_on, sidecar_for):
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        traffic(vllm_on, requests=96, concurrency=48, max_tokens=480, shared_fraction=0.5,
+        traffic(vllm_on, requests=144, concurrency=48, max_tokens=400, shared_fraction=0.5,
                 seed=23)
         wait_until(scraped_after(sidecar, time.time()), "a scrape after the long requests")
     finally:
