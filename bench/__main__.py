@@ -1,0 +1,335 @@
+"""``python -m bench`` (``make bench``): measure the sidecar against the targets of issue 7.
+
+One run measures, each against real captured vLLM bodies served by a replay process on loopback:
+
+1. CPU per target-scrape of the sidecar process vs. the naive baseline process (aiohttp +
+   ``text_string_to_metric_families`` + the same arithmetic), same replay server, same load,
+   for a one-engine body and an 8-engine body; plus the in-process parse+derive cost alone.
+2. 100 / 1,000 / 5,000 targets at a 5 s interval: CPU seconds per wall second of the sidecar
+   process, and whether every target's scrapes stayed on time (gaps seen by the replay server).
+3. RSS with 1 and 1,000 targets (the live process after its first cycles, and the steady state
+   with a full 5m history from :mod:`bench.memory`).
+4. ``/metrics`` render time with 1,000 targets (live process, and full history).
+5. ``/metrics`` under concurrent load (``wrk``, else a Python client) while scrape cycles are
+   checked for staying on time.
+
+It prints a table; nothing is asserted (timings depend on the machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import procs
+from .bodies import bodies
+
+WINDOWS = "1m,5m"
+
+
+def machine() -> dict:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+# ------------------------------------------------------------------ on-time analysis
+
+def on_time(hits: dict[str, list[float]], names: list[str], t0: float, t1: float,
+            interval: float) -> dict:
+    """Per target, the gaps between consecutive scrapes inside [t0, t1] (+ the edges).
+
+    A target is on time when it was scraped at least ``floor(span/interval) - 1`` times and no gap
+    exceeded 1.5 intervals (the service skips a missed cycle rather than bursting).
+    """
+    gaps: list[float] = []
+    late = 0
+    expected = int((t1 - t0) // interval) - 1
+    for name in names:
+        ts = sorted(hits.get(name, []))
+        g = [b - a for a, b in zip(ts, ts[1:])]
+        gaps.extend(g)
+        if len(ts) < expected or any(x > 1.5 * interval for x in g):
+            late += 1
+    gaps.sort()
+    return {"targets": len(names), "late_targets": late,
+            "on_time_pct": 100.0 * (len(names) - late) / max(1, len(names)),
+            "gap_p50": gaps[len(gaps) // 2] if gaps else float("nan"),
+            "gap_p99": gaps[int(len(gaps) * 0.99)] if gaps else float("nan"),
+            "gap_max": gaps[-1] if gaps else float("nan")}
+
+
+# ------------------------------------------------------------------ measurements
+
+def measure_process(pid: int, seconds: float) -> tuple[float, float, float]:
+    """(CPU seconds used, t0, t1) over ``seconds`` of wall time."""
+    c0, t0 = procs.cpu_seconds(pid), time.time()
+    time.sleep(seconds)
+    c1, t1 = procs.cpu_seconds(pid), time.time()
+    return c1 - c0, t0, t1
+
+
+def cpu_per_scrape(kind: str, n: int, interval: float, warm: float, dur: float,
+                   tmp: Path) -> dict:
+    """Sidecar and baseline, one after the other, scraping the same N replayed targets."""
+    replay, rport = procs.start_replay(n, kind, prefix="c")
+    names = [f"c{i}" for i in range(n)]
+    urls = {name: f"http://127.0.0.1:{rport}/{name}/metrics" for name in names}
+    out: dict = {"kind": kind, "targets": n, "interval": interval}
+    try:
+        cfg = procs.write_config(tmp / f"cpu-{kind}.yaml", urls)
+        side, sport = procs.start_sidecar(cfg, interval, WINDOWS)
+        try:
+            procs.wait_ready(sport, side)
+            time.sleep(warm)
+            cpu, t0, t1 = measure_process(side.pid, dur)
+            hits = procs.replay_hits(rport, t0, t1)
+            scrapes = sum(len(hits.get(nm, [])) for nm in names)
+            out["sidecar"] = {"loadavg": procs.loadavg(), "cpu_s": cpu, "scrapes": scrapes, "cpu_per_scrape_ms": 1e3 * cpu / scrapes,
+                              "on_time": on_time(hits, names, t0, t1, interval)}
+        finally:
+            procs.stop(side)
+        (tmp / "urls.txt").write_text("\n".join(urls.values()) + "\n")
+        base = subprocess.Popen([procs.PY, "-m", "bench.baseline", "--urls-file",
+                                 str(tmp / "urls.txt"), "--interval", f"{interval:g}",
+                                 "--windows", "60,300"], cwd=procs.REPO)
+        try:
+            time.sleep(warm + 2)
+            cpu, t0, t1 = measure_process(base.pid, dur)
+            hits = procs.replay_hits(rport, t0, t1)
+            scrapes = sum(len(hits.get(nm, [])) for nm in names)
+            out["baseline"] = {"loadavg": procs.loadavg(), "cpu_s": cpu, "scrapes": scrapes, "cpu_per_scrape_ms": 1e3 * cpu / scrapes,
+                               "on_time": on_time(hits, names, t0, t1, interval)}
+        finally:
+            procs.stop(base)
+    finally:
+        procs.stop(replay)
+    out["ratio"] = out["sidecar"]["cpu_per_scrape_ms"] / out["baseline"]["cpu_per_scrape_ms"]
+    return out
+
+
+def inprocess(kind: str, reps: int) -> dict:
+    """CPU of the pure work per body (no HTTP): sidecar parse+normalise+derive vs. baseline."""
+    from sidecar.config import parse_windows
+    from sidecar.derive import TargetTracker
+    from sidecar.scrape import parse_body
+
+    from .baseline import derive, extract
+    from collections import deque
+    seq = bodies(kind)
+    tracker = TargetTracker("x", parse_windows(WINDOWS))
+    s = time.process_time()
+    for i in range(reps):
+        tracker.observe(parse_body(seq[min(i, len(seq) - 1)], "text/plain; version=0.0.4",
+                                   1.8e9 + 5 * i, 0.01))
+    side = (time.process_time() - s) / reps
+    hist: dict = {}
+    s = time.process_time()
+    for i in range(reps):
+        for key, values in extract(seq[min(i, len(seq) - 1)].decode("utf-8")).items():
+            h = hist.setdefault(key, deque())
+            h.append((1.8e9 + 5 * i, values))
+            while len(h) >= 2 and h[1][0] <= 1.8e9 + 5 * i - 300:
+                h.popleft()
+            derive(h, [60.0, 300.0])
+    base = (time.process_time() - s) / reps
+    return {"kind": kind, "sidecar_ms": side * 1e3, "baseline_ms": base * 1e3, "ratio": side / base}
+
+
+def wrk_load(url: str, seconds: int, conns: int) -> dict:
+    if shutil.which("wrk"):
+        r = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "60s",
+                            "--latency", url],
+                           capture_output=True, text=True)
+        rps = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+        p50 = re.search(r"50%\s+([\d.]+)(\w+)", r.stdout)
+        p99 = re.search(r"99%\s+([\d.]+)(\w+)", r.stdout)
+
+        def ms(m: re.Match | None) -> float:
+            if not m:
+                return float("nan")
+            return float(m.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[m.group(2)]
+        return {"tool": "wrk", "connections": conns, "rps": float(rps.group(1)) if rps else 0.0,
+                "p50_ms": ms(p50), "p99_ms": ms(p99)}
+    lat: list[float] = []
+    stop_at = time.time() + seconds
+
+    def worker() -> None:
+        while time.time() < stop_at:
+            s = time.perf_counter()
+            procs.get(url)
+            lat.append(time.perf_counter() - s)
+    threads = [threading.Thread(target=worker) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat.sort()
+    return {"tool": "python-urllib", "connections": conns, "rps": len(lat) / seconds,
+            "p50_ms": 1e3 * lat[len(lat) // 2], "p99_ms": 1e3 * lat[int(len(lat) * 0.99)]}
+
+
+def scale(n: int, interval: float, warm: float, dur: float, tmp: Path, *,
+          render: bool = False, load_seconds: int = 0) -> dict:
+    replay, rport = procs.start_replay(n, "one", prefix="s")
+    names = [f"s{i}" for i in range(n)]
+    urls = {name: f"http://127.0.0.1:{rport}/{name}/metrics" for name in names}
+    out: dict = {"targets": n, "interval": interval}
+    try:
+        cfg = procs.write_config(tmp / f"scale-{n}.yaml", urls)
+        side, sport = procs.start_sidecar(cfg, interval, WINDOWS)
+        try:
+            s = time.time()
+            procs.wait_ready(sport, side)
+            out["ready_s"] = time.time() - s
+            time.sleep(warm)
+            cpu, t0, t1 = measure_process(side.pid, dur)
+            out["cpu_per_wall_s"] = cpu / (t1 - t0)
+            out["loadavg"] = procs.loadavg()
+            out["on_time"] = on_time(procs.replay_hits(rport, t0, t1), names, t0, t1, interval)
+            out["rss_mb"] = procs.rss_mb(side.pid)
+            metrics = f"http://127.0.0.1:{sport}/metrics"
+            if render:
+                times: list[float] = []
+                while len(times) < 10 and sum(times) < 20:
+                    s = time.perf_counter()
+                    _, body = procs.get(metrics)
+                    times.append(time.perf_counter() - s)
+                out["render_ms"] = 1e3 * statistics.median(times)
+                out["render_bytes"] = len(body)
+                out["render_series"] = sum(1 for ln in body.split(b"\n") if ln and ln[:1] != b"#")
+            if load_seconds:
+                c0, t0 = procs.cpu_seconds(side.pid), time.time()
+                out["load"] = wrk_load(metrics, load_seconds, 8)
+                t1 = time.time()
+                out["load"]["cpu_per_wall_s"] = (procs.cpu_seconds(side.pid) - c0) / (t1 - t0)
+                out["load"]["on_time"] = on_time(procs.replay_hits(rport, t0, t1), names, t0, t1,
+                                                 interval)
+        finally:
+            procs.stop(side)
+    finally:
+        procs.stop(replay)
+    return out
+
+
+def memory(n: int) -> dict:
+    r = subprocess.run([procs.PY, "-m", "bench.memory", "--targets", str(n)], cwd=procs.REPO,
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout)
+
+
+# ------------------------------------------------------------------ report
+
+def _fmt(x: float, unit: str = "", digits: int = 2) -> str:
+    return f"{x:.{digits}f}{unit}" if x == x else "n/a"
+
+
+def table(res: dict) -> str:
+    rows: list[tuple[str, str, str, str, str]] = []
+    for c in res.get("cpu", []):
+        rows.append((f"CPU per target-scrape, {c['kind']}-engine body ({c['targets']} targets @ "
+                     f"{c['interval']:g}s)",
+                     _fmt(c["sidecar"]["cpu_per_scrape_ms"], " ms", 3),
+                     _fmt(c["baseline"]["cpu_per_scrape_ms"], " ms", 3),
+                     _fmt(c["ratio"], "", 3), "<= 0.100"))
+    for c in res.get("inprocess", []):
+        rows.append((f"parse+derive only (no HTTP), {c['kind']}-engine body",
+                     _fmt(c["sidecar_ms"], " ms", 3), _fmt(c["baseline_ms"], " ms", 3),
+                     _fmt(c["ratio"], "", 3), "(info)"))
+    for s in res.get("scale", []):
+        ot = s["on_time"]
+        rows.append((f"{s['targets']} targets @ {s['interval']:g}s: CPU s per wall s; on time",
+                     f"{_fmt(s['cpu_per_wall_s'], '', 3)} cores; {ot['on_time_pct']:.1f}% "
+                     f"(gap p99 {_fmt(ot['gap_p99'], 's')}, max {_fmt(ot['gap_max'], 's')})",
+                     "", "", "< 1 core, on time" if s["targets"] == 1000 else "(info)"))
+    for s in res.get("scale", []):
+        rows.append((f"RSS, live process, {s['targets']} targets (first cycles)",
+                     _fmt(s["rss_mb"], " MB", 1), "", "",
+                     {1: "<= 40 MB", 1000: "<= 60 MB"}.get(s["targets"], "(info)")))
+    for m in res.get("memory", []):
+        rows.append((f"RSS, steady state (full 5m history), {m['targets']} targets",
+                     _fmt(m["rss_mb"], " MB", 1), "", "",
+                     {1: "<= 40 MB", 1000: "<= 60 MB"}.get(m["targets"], "(info)")))
+    for s in res.get("scale", []):
+        if "render_ms" in s:
+            rows.append((f"/metrics render, live, {s['targets']} targets "
+                         f"({s['render_series']} series, {s['render_bytes'] // 1024} KiB)",
+                         _fmt(s["render_ms"], " ms", 1), "", "", "< 50 ms"))
+    for m in res.get("memory", []):
+        if m["targets"] >= 1000:
+            rows.append((f"/metrics render, full history, {m['targets']} targets "
+                         f"({m['render_bytes'] // 1024} KiB)", _fmt(m["render_ms"], " ms", 1),
+                         "", "", "< 50 ms"))
+    for s in res.get("scale", []):
+        if "load" in s:
+            ld = s["load"]
+            rows.append((f"/metrics under load ({ld['tool']}, {ld['connections']} conns), "
+                         f"{s['targets']} targets",
+                         f"{ld['rps']:.1f} req/s, p50 {_fmt(ld['p50_ms'], ' ms', 0)}, p99 "
+                         f"{_fmt(ld['p99_ms'], ' ms', 0)}; {ld['cpu_per_wall_s']:.2f} cores; "
+                         f"scrapes on time {ld['on_time']['on_time_pct']:.1f}% (gap max "
+                         f"{_fmt(ld['on_time']['gap_max'], 's')})", "", "", "cycles on time"))
+    head = ("measurement", "sidecar", "baseline", "ratio", "target")
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(5)]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="short runs, no 5,000 (for trying out)")
+    p.add_argument("--scale", default="100,1000,5000", help="target counts at 5 s")
+    p.add_argument("--json", help="also write the raw results here")
+    ns = p.parse_args(argv)
+    q = ns.quick
+    dur, warm = (8.0, 3.0) if q else (20.0, 6.0)
+    res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print(f"machine: {res['machine']}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as d:
+        tmp = Path(d)
+        res["inprocess"] = [inprocess(k, 60 if q else 300) for k in ("one", "eight")]
+        print("in-process:", res["inprocess"], flush=True)
+        res["cpu"] = []
+        for kind, n in (("one", 50), ("eight", 10)):
+            res["cpu"].append(cpu_per_scrape(kind, n, 1.0, warm, dur, tmp))
+            print("cpu:", res["cpu"][-1], flush=True)
+        res["scale"] = []
+        counts = [int(x) for x in ns.scale.split(",")]
+        if q:
+            counts = [c for c in counts if c <= 1000]
+        for n in [1] + counts:
+            r = scale(n, 5.0, 5.0 if n > 1 else 2.0, (15.0 if q else 30.0) if n > 1 else 10.0, tmp,
+                      render=n == 1000, load_seconds=(8 if q else 20) if n == 1000 else 0)
+            res["scale"].append(r)
+            print("scale:", r, flush=True)
+        res["memory"] = [memory(1), memory(1000)]
+        print("memory:", res["memory"], flush=True)
+    print()
+    print(table(res))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
