@@ -22,6 +22,38 @@ def counters(llm) -> dict[str, float]:
     return out
 
 
+def same_as_scrape(llm) -> list[str]:
+    """Differences between the collector's view and a scrape of the same in-process registry.
+
+    The collector converts ``get_metrics()`` objects; a server would expose the same registry as
+    text. Both must normalise to identical engine metrics (``_created`` aside: only the text
+    carries it).
+    """
+    from dataclasses import replace
+
+    from prometheus_client import REGISTRY, generate_latest
+
+    from sidecar.normalize import WANTED, normalise
+    from sidecar.offline import samples_from_metrics
+    from sidecar.parser import parse
+
+    text = normalise(parse(generate_latest(REGISTRY), "text/plain; version=0.0.4",
+                           wanted=WANTED).samples)
+    ours = normalise(samples_from_metrics(llm.get_metrics()))
+    diffs = []
+    a = {e.key: replace(e, created=None) for e in text.engines}
+    b = {e.key: replace(e, created=None) for e in ours.engines}
+    if not a:
+        diffs.append("the scrape of the registry shows no engine")
+    if a != b:
+        diffs.append(f"engines differ: scrape {a} != collector {b}")
+    if text.cache_configs != ours.cache_configs:
+        diffs.append(f"cache configs differ: {text.cache_configs} != {ours.cache_configs}")
+    if text.schema != ours.schema:
+        diffs.append(f"schema differs: {text.schema} != {ours.schema}")
+    return diffs
+
+
 def main() -> int:
     model_dir, mode = sys.argv[1], sys.argv[2]
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -43,10 +75,12 @@ def main() -> int:
         for i in range(0, len(prompts), 4):  # several batches: later ones hit the cache
             llm.generate(prompts[i:i + 4], params, use_tqdm=False)
     after = counters(llm)
+    diffs = same_as_scrape(llm)
     report = stats.report()
     print("TABLE\n" + stats.table(), file=sys.stderr)
     safe = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
-    print("REPORT " + json.dumps({"report": safe, "before": before, "after": after}))
+    print("REPORT " + json.dumps({"report": safe, "before": before, "after": after,
+                                     "scrape_diffs": diffs}))
     return 0
 
 

@@ -45,6 +45,8 @@ def test_offline_caching_on_matches_vllm_counters(model_dir, logs):
     assert 0.0 <= report["kv_cache_usage_max"] <= 1.0
     assert "prefix_caching_disabled" not in report["diagnoses"]
     assert "zero_hit_rate" not in report["diagnoses"]
+    # the get_metrics() conversion normalises exactly like a scrape of the same registry
+    assert out["scrape_diffs"] == []
 
 
 def test_offline_caching_off_is_diagnosed(model_dir, logs):
