@@ -111,7 +111,7 @@ def test_defaults_supply_auth_and_tls_and_labels_that_file_sd_cannot_express():
     ("- targets: a:1\n", 1, "must be a list"),
     ("- targets:\n  - a:1\n  - http://b:2/metrics\n", 3, "host:port only"),
     ("- targets:\n  - a:1\n  - user:pw@b:2\n", 3, "host:port only"),
-    ("- targets:\n  - a:1\n  - 'b:99999'\n", 3, "out of range"),
+    ("- targets:\n  - a:1\n  - 'b:99999'\n", 3, "port"),
     ("- targets: [a:1]\n  labels:\n    ok: x\n    bad-name: y\n", 4, "invalid label name"),
     ("- targets: [a:1]\n  labels:\n    target: x\n", 3, "reserved"),
     ("- targets: [a:1]\n  labels:\n    __scheme__: ftp\n", 3, "__scheme__"),
