@@ -119,6 +119,11 @@ class OfflineCollector:
             if not norm.has_vllm:
                 outcome.normalised, outcome.reason = None, "no_vllm_metrics"
                 outcome.error = "get_metrics() returned no vllm: metrics (disable_log_stats?)"
+        except AssertionError as exc:  # vLLM: ``assert self.log_stats, "Stat logging disabled"``
+            outcome = ScrapeOutcome(started=t0, duration=time.time() - t0,
+                                    reason="no_vllm_metrics",
+                                    error=f"vLLM records no metrics ({exc}): pass "
+                                          "disable_log_stats=False to LLM(...)")
         except Exception as exc:  # the engine may be shutting down: record, keep going
             outcome = ScrapeOutcome(started=t0, duration=time.time() - t0, reason="parse",
                                     error=f"{type(exc).__name__}: {exc}")
