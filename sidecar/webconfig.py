@@ -41,14 +41,15 @@ from sidecar.config import ConfigError, load_yaml_text
 
 REALM = "vllm-cache-sidecar"
 
-# exporter-toolkit's client_auth_type values. Python's ssl cannot ask for a certificate without
-# verifying it, so the two "don't verify" modes are refused rather than silently weakened.
+# exporter-toolkit's client_auth_type values. Python's ssl cannot demand a certificate without
+# verifying it, so RequireAnyClientCert is refused rather than silently changed; RequestClientCert
+# (ask, never verify, never use) is served as NoClientCert with a warning.
 _CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-_UNSUPPORTED_CLIENT_AUTH = ("RequestClientCert", "RequireAnyClientCert")
+_UNSUPPORTED_CLIENT_AUTH = ("RequireAnyClientCert",)
 _TLS_VERSIONS = {
     "TLS10": ssl.TLSVersion.TLSv1,
     "TLS11": ssl.TLSVersion.TLSv1_1,
@@ -185,7 +186,7 @@ def parse_web_config(text: str, path: str) -> WebConfig:
     base = os.path.dirname(os.path.abspath(path))
     warnings: list[str] = []
     tls = None
-    if data.get("tls_server_config") is not None:
+    if _has_tls(data.get("tls_server_config")):
         tls = _parse_tls(data["tls_server_config"], path, base, _line(data, "tls_server_config"),
                          warnings)
     headers: tuple[tuple[str, str], ...] = ()
@@ -238,6 +239,18 @@ def _resolve(base: str, name: str | None) -> str | None:
     return name if os.path.isabs(name) else os.path.join(base, name)
 
 
+def _has_tls(node: Any) -> bool:
+    """exporter-toolkit serves plain HTTP when the TLS section names no certificate, key, client
+    CA or client auth type (an empty ``tls_server_config:`` included)."""
+    if node is None:
+        return False
+    if not isinstance(node, dict):
+        return True  # let _parse_tls report the type error with its line
+    return any(node.get(k) not in (None, "") for k in
+               ("cert_file", "key_file", "cert", "key", "client_ca_file", "client_ca",
+                "client_auth_type"))
+
+
 def _parse_tls(node: Any, path: str, base: str, line: int | None,
                warnings: list[str]) -> TLSServerConfig:
     if not isinstance(node, dict):
@@ -261,18 +274,27 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
         # exporter-toolkit: a client CA alone means "require and verify".
         auth = "RequireAndVerifyClientCert" if (ca_file or ca_pem) else "NoClientCert"
     aline = _line(node, "client_auth_type") or line
+    if auth == "RequestClientCert":
+        # Go asks for a certificate and ignores it: no authorisation ever rests on it, so not
+        # asking at all is the same protection.
+        warnings.append("tls_server_config.client_auth_type RequestClientCert: client "
+                        "certificates are not requested (they would not be verified anyway)")
+        auth = "NoClientCert"
+        ca_file = ca_pem = None
     if auth in _UNSUPPORTED_CLIENT_AUTH:
         raise ConfigError(f"client_auth_type {auth} (accept a certificate without verifying it) is "
                           f"not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert "
                           f"with client_ca_file", path, aline)
     if auth not in _CLIENT_AUTH:
         raise ConfigError(f"invalid client_auth_type {auth!r} (known: "
-                          f"{', '.join(list(_CLIENT_AUTH) + list(_UNSUPPORTED_CLIENT_AUTH))})",
+                          f"{', '.join(list(_CLIENT_AUTH) + ['RequestClientCert'])})",
                           path, aline)
     if auth != "NoClientCert" and not (ca_file or ca_pem):
         raise ConfigError(f"client_auth_type {auth} needs client_ca_file", path, aline)
     if auth == "NoClientCert" and (ca_file or ca_pem):
-        raise ConfigError("client_ca_file is set but client_auth_type is NoClientCert", path, aline)
+        warnings.append("tls_server_config.client_ca_file is ignored: client_auth_type is "
+                        "NoClientCert")
+        ca_file = ca_pem = None
     versions = {}
     for key, default in (("min_version", "TLS12"), ("max_version", None)):
         value = _str(node, key, path) or default

@@ -340,3 +340,51 @@ def test_client_allowed_sans_rejects_other_client_certificates(tmp_path, pki):
             await runner.cleanup()
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------- exporter-toolkit compatibility
+
+@pytest.mark.parametrize("text", ["tls_server_config:\n", "tls_server_config: {}\n",
+                                  "tls_server_config:\n  min_version: TLS13\n"])
+def test_tls_section_without_certificate_means_plain_http_like_the_toolkit(tmp_path, text):
+    wc = load_web_config(write(tmp_path, text))
+    assert not wc.tls_enabled and wc.ssl_context() is None
+
+
+def test_request_client_cert_is_served_as_no_client_cert_with_a_warning(tmp_path, pki):
+    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+            "  client_auth_type: RequestClientCert\n")
+    wc = load_web_config(write(tmp_path, text))
+    assert wc.tls.client_auth_type == "NoClientCert"
+    assert wc.ssl_context().verify_mode == ssl.CERT_NONE
+    assert any("RequestClientCert" in w for w in wc.warnings)
+
+
+def test_client_ca_with_no_client_cert_is_ignored_with_a_warning(tmp_path, pki):
+    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+            "  client_ca_file: ca.crt\n  client_auth_type: NoClientCert\n")
+    wc = load_web_config(write(tmp_path, text))
+    assert wc.ssl_context().verify_mode == ssl.CERT_NONE
+    assert any("client_ca_file is ignored" in w for w in wc.warnings)
+
+
+def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path, pki):
+    import httpx
+
+    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+            "  client_ca_file: ca.crt\n  client_auth_type: VerifyClientCertIfGiven\n")
+    wc = load_web_config(write(tmp_path, text))
+
+    async def scenario():
+        runner, port = await serve(wc)
+        try:
+            plain = ssl.create_default_context(cafile=str(pki["ca"]))
+            with_cert = ssl.create_default_context(cafile=str(pki["ca"]))
+            with_cert.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))
+            for ctx in (plain, with_cert):
+                async with httpx.AsyncClient(verify=ctx) as c:
+                    assert (await c.get(f"https://127.0.0.1:{port}/metrics")).status_code == 200
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
