@@ -29,11 +29,47 @@ from live import INTERVAL, WINDOWS, start_vllm  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "restarts_vllm: restarts the shared vLLM; runs last")
+    _give_back_conftest_name(config)
+
+
+def _give_back_conftest_name(config: pytest.Config) -> None:
+    """Loading this file took over ``sys.modules["conftest"]``; hand it back to tests/conftest.py.
+
+    Other tests do ``from conftest import ...`` and mean the top-level one; without this, the
+    answer would depend on whether tests/e2e was collected before them.
+    """
+    top = Path(__file__).resolve().parent.parent / "conftest.py"
+    for plugin in config.pluginmanager.get_plugins():
+        f = getattr(plugin, "__file__", None)
+        if f and Path(f).resolve() == top:
+            sys.modules["conftest"] = plugin
+            return
+
+
+HERE = Path(__file__).resolve().parent
+#: live servers of this session, stopped as soon as the last e2e test is done (``make test`` runs
+#: unit and integration tests after these; they should not share the CPU with an idle vLLM)
+_SERVERS: list[VllmServer] = []
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    return HERE in Path(str(item.path)).resolve().parents
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The test that restarts the shared vLLM runs after every other test."""
-    items.sort(key=lambda item: item.get_closest_marker("restarts_vllm") is not None)
+    """Within the e2e tests, the one that restarts the shared vLLM runs last."""
+    slots = [i for i, item in enumerate(items) if _is_e2e(item)]
+    e2e = sorted((items[i] for i in slots),
+                 key=lambda item: item.get_closest_marker("restarts_vllm") is not None)
+    for i, item in zip(slots, e2e):
+        items[i] = item
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    if _is_e2e(item) and (nextitem is None or not _is_e2e(nextitem)):
+        while _SERVERS:
+            _SERVERS.pop().stop()
 
 
 def vllm_available() -> bool:
@@ -68,6 +104,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm_on(model_dir: Path, logs: Path) -> Iterator[VllmServer]:
     """The session's vLLM with prefix caching on."""
     server = start_vllm(model_dir, logs, "on", True)
+    _SERVERS.append(server)
     yield server
     server.stop()
 
