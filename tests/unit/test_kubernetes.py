@@ -311,6 +311,9 @@ def test_component_only_touches_deployments_that_ask_for_it(tmp_path):
     names = {n: [c["name"] for c in d["spec"]["template"]["spec"]["containers"]]
              for n, d in got.items()}
     assert names == {"wanted": ["vllm", SIDECAR], "other": ["vllm"]}
+    assert "volumes" not in got["other"]["spec"]["template"]["spec"]
+    assert "labels" not in got["other"]["spec"]["template"]["metadata"] or \
+        "vllm-cache-sidecar.io/injected" not in got["other"]["spec"]["template"]["metadata"]["labels"]
     wanted = got["wanted"]["spec"]["template"]["spec"]
     config = effective_config(container(wanted, SIDECAR))
     assert [t.url for t in config.targets] == ["http://127.0.0.1:8000/metrics"]
@@ -374,3 +377,21 @@ def test_examples_ship_alerts_and_dashboards():
         dashboards = [cm for cm in by_kind(docs, "ConfigMap")
                       if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
         assert len(dashboards) == len(list((ROOT / "dashboards").glob("*.json")))
+
+
+@pytest.mark.parametrize("rel", BUILDS)
+def test_every_mount_names_a_volume_and_every_probe_a_declared_port(rel):
+    for d in by_kind(build(rel), "Deployment"):
+        spec = d["spec"]["template"]["spec"]
+        volumes = {v["name"] for v in spec.get("volumes", [])}
+        for c in spec["containers"] + spec.get("initContainers", []):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, (c["name"], m["name"])
+            ports = {p["name"] for p in c.get("ports", []) if "name" in p}
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                port = c.get(probe, {}).get("httpGet", {}).get("port")
+                if isinstance(port, str):
+                    assert port in ports, (c["name"], probe, port)
+        sidecar = [c for c in spec["containers"] if c["name"] == SIDECAR]
+        if sidecar:  # a writable /tmp under the read-only root
+            assert "/tmp" in {m["mountPath"] for m in sidecar[0]["volumeMounts"]}
