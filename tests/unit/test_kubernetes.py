@@ -395,3 +395,14 @@ def test_every_mount_names_a_volume_and_every_probe_a_declared_port(rel):
         sidecar = [c for c in spec["containers"] if c["name"] == SIDECAR]
         if sidecar:  # a writable /tmp under the read-only root
             assert "/tmp" in {m["mountPath"] for m in sidecar[0]["volumeMounts"]}
+
+
+def test_image_tag_follows_the_package_version():
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for rel in BUILDS:
+        for d in by_kind(build(rel), "Deployment"):
+            for c in d["spec"]["template"]["spec"]["containers"]:
+                if c["name"] == SIDECAR:
+                    assert c["image"] == f"ghcr.io/vllm-cache-sidecar/vllm-cache-sidecar:{version}"
