@@ -10,6 +10,7 @@ name the file and the reason, never its content.
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class RequestOptions:
 
     headers: dict[str, str]
     ssl: ssl.SSLContext | None
-    auth: Any  # aiohttp.BasicAuth | None
+    auth: Any  # always None: basic auth is in headers
 
     def __iter__(self):
         return iter((self.headers, self.ssl, self.auth))
@@ -48,7 +49,8 @@ def request_options(target: TargetConfig) -> RequestOptions:
     * ``headers``: ``Authorization: Bearer ...`` when ``bearer_token_file`` is set.
     * ``ssl``: an :class:`ssl.SSLContext` when the target has ``tls`` settings (CA file, client
       certificate, ``insecure_skip_verify``); ``None`` means the client's default verification.
-    * ``auth``: an ``aiohttp.BasicAuth`` when ``basic_auth`` is set, else ``None``.
+    * ``auth``: always ``None`` (kept for the tuple shape): basic auth goes into ``headers`` as
+      ``Authorization: Basic ...`` (UTF-8, RFC 7617), as aiohttp 4 wants it.
 
     Raises :class:`TargetAuthError` (safe message) when a file is missing or unusable.
     """
@@ -58,11 +60,10 @@ def request_options(target: TargetConfig) -> RequestOptions:
     if target.bearer_token_file:
         token = read_secret(target.bearer_token_file, "bearer_token_file")
         headers["Authorization"] = f"Bearer {token}"
-    auth = None
     if target.basic_auth:
-        auth = _basic_auth(target)
+        headers["Authorization"] = _basic_auth(target)
     context = tls_context(target.tls) if target.tls else None
-    return RequestOptions(headers, context, auth)
+    return RequestOptions(headers, context, None)
 
 
 def read_secret(path: str, what: str) -> str:
@@ -89,9 +90,7 @@ def read_secret(path: str, what: str) -> str:
     return text
 
 
-def _basic_auth(target: TargetConfig) -> Any:
-    import aiohttp
-
+def _basic_auth(target: TargetConfig) -> str:
     ba = target.basic_auth
     assert ba is not None
     if ba.password_file:
@@ -102,7 +101,8 @@ def _basic_auth(target: TargetConfig) -> Any:
         raise TargetAuthError(f"target {target.name}: basic_auth username must not contain ':'")
     if any(ord(c) < 0x20 for c in ba.username + password):
         raise TargetAuthError(f"target {target.name}: basic_auth contains control characters")
-    return aiohttp.BasicAuth(ba.username, password)
+    token = base64.b64encode(f"{ba.username}:{password}".encode("utf-8")).decode("ascii")
+    return f"Basic {token}"
 
 
 # ---------------------------------------------------------------- TLS
