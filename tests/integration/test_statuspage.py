@@ -33,6 +33,8 @@ V32_CONC = FIXTURES / "vllm-0.32.0" / "concurrent"
 V085_ON = FIXTURES / "vllm-0.8.5.post2-v0-hidden" / "prefix_on_shared"
 
 XSS_NAME = "<script>alert(1)</script>"
+#: ``--target NAME=URL`` takes no '/' in NAME (it would be part of a URL): an unclosed tag
+XSS_CLI_NAME = "<script>alert(1)"
 XSS_LABEL = "<script>document.title='pwned-label'</script>"
 XSS_ATTR = "\"><img src=x onerror=\"document.title='pwned-attr'\">"
 XSS_MODEL = "<script>document.title='pwned-model'</script>\"><svg onload=alert(3)>"
@@ -276,7 +278,7 @@ def test_target_name_from_the_command_line_is_escaped(tmp_path):
         env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
         proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--listen",
                                  f"127.0.0.1:{port}", "--interval", "0.5", "--windows", "10s,30s",
-                                 "--target", f"{XSS_NAME}={rs.url('x')}"], cwd=REPO, env=env,
+                                 "--target", f"{XSS_CLI_NAME}={rs.url('x')}"], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -291,7 +293,7 @@ def test_target_name_from_the_command_line_is_escaped(tmp_path):
     dom = Dom(raw)
     assert not [e for e in dom.elements if e["tag"] == "script"]
     (h2,) = [e for e in dom.elements if e["tag"] == "h2"]
-    assert h2["text"] == XSS_NAME
+    assert h2["text"] == XSS_CLI_NAME
     assert "pwned" not in dom.title
 
 
@@ -302,8 +304,11 @@ def test_screenshot_artifact(stack, device, size):
     shot = ARTIFACTS / f"statuspage-{device}.png"
     if shot.exists():
         shot.unlink()
-    r = chromium(f"--window-size={size}", f"--screenshot={shot}", base + "/")
-    assert r.returncode == 0, r.stderr[-2000:]
+    for _ in range(3):  # a loaded machine sometimes loses a headless frame: try again
+        r = chromium(f"--window-size={size}", f"--screenshot={shot}", base + "/")
+        if r.returncode == 0 and shot.exists():
+            break
+    assert shot.exists(), f"no screenshot (exit {r.returncode}): {r.stderr[-2000:]}"
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
