@@ -175,7 +175,8 @@ def validate(doc, version):
         kv.validate(doc, version, strict=True)
     except kv.ValidationError as exc:
         path = ".".join(map(str, exc.path))
-        raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}")
+        raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}") \
+            from None
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -198,7 +199,8 @@ def test_the_validators_do_reject_bad_objects():
         validate(pm, K8S_VERSIONS[0])
     rule = copy.deepcopy(one(docs, "PrometheusRule"))
     rule["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"
-    with pytest.raises(Exception):
+    pydantic = pytest.importorskip("pydantic")
+    with pytest.raises((AssertionError, pydantic.ValidationError), match="for"):
         validate(rule, K8S_VERSIONS[0])
 
 
