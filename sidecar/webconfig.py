@@ -30,9 +30,11 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import os
 import re
 import ssl
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
@@ -40,6 +42,7 @@ from typing import Any, Awaitable, Callable, Iterable
 from sidecar.config import ConfigError, load_yaml_text
 
 REALM = "vllm-cache-sidecar"
+log = logging.getLogger(__name__)
 
 # exporter-toolkit's client_auth_type values. Python's ssl cannot demand a certificate without
 # verifying it, so RequireAnyClientCert is refused rather than silently changed; RequestClientCert
@@ -144,7 +147,10 @@ class WebConfig:
     def middleware(self, exempt_paths: Iterable[str] = ()) -> Callable[..., Awaitable[Any]]:
         """An aiohttp middleware: basic auth (401 + ``WWW-Authenticate``), allowed client SANs
         (403), and the configured response headers. ``exempt_paths`` skip basic auth only
-        (exporter-toolkit protects everything: pass nothing unless you mean it)."""
+        (exporter-toolkit protects everything: pass nothing unless you mean it).
+
+        Users, headers and allowed SANs are re-read when the file changes (checked at most once
+        a second); while the file is invalid, protected paths answer 500 (fail closed)."""
         return _make_middleware(self, frozenset(exempt_paths))
 
     def summary(self) -> dict[str, Any]:
@@ -559,40 +565,102 @@ def check_password(users: dict[str, str], user: str, password: bytes, dummy: byt
     return ok and hashed is not None
 
 
+class _LiveSettings:
+    """The per-request part of the web config (users, headers, allowed SANs), re-read when the
+    file changes, as the exporter-toolkit does: a rotated password needs no restart.
+
+    A file that turns invalid fails closed: protected paths answer 500 until it is fixed, so a
+    typo made while revoking a user never keeps that user in. TLS settings other than the
+    certificate files (which :meth:`WebConfig.ssl_context` reloads itself) need a restart.
+    """
+
+    CHECK_EVERY = 1.0
+
+    def __init__(self, config: WebConfig):
+        self.path = config.path
+        self.error: str | None = None
+        self.checked = time.monotonic()
+        self.stamp = _file_stamp(self.path)
+        self.apply(config)
+
+    def apply(self, config: WebConfig) -> None:
+        users = dict(config.basic_auth_users)
+        if users != getattr(self, "users", None):
+            self.dummy = dummy_hash(users) if users else b""
+        self.users = users
+        self.headers = config.headers
+        self.sans = set(config.tls.client_allowed_sans) if config.tls else set()
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if self.path is None or now - self.checked < self.CHECK_EVERY:
+            return
+        self.checked = now
+        stamp = _file_stamp(self.path)
+        if stamp == self.stamp:
+            return
+        self.stamp = stamp
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                config = parse_web_config(fh.read(), self.path)
+        except (OSError, UnicodeDecodeError, ConfigError) as exc:
+            reason = str(exc) if isinstance(exc, ConfigError) else f"cannot read {self.path}"
+            if reason != self.error:
+                log.error("web config %s is invalid, refusing protected requests until it is "
+                          "fixed: %s", self.path, reason)
+            self.error = reason
+            return
+        self.apply(config)
+        if self.error:
+            log.info("web config %s is valid again", self.path)
+        self.error = None
+
+
+def _file_stamp(path: str | None) -> tuple | None:
+    if path is None:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("missing",)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def _make_middleware(config: WebConfig, exempt: frozenset[str]) -> Callable[..., Awaitable[Any]]:
     from aiohttp import web
 
-    users = dict(config.basic_auth_users)
+    live = _LiveSettings(config)
     cache = _AuthCache()
-    dummy = dummy_hash(users) if users else b""
-    sans = set(config.tls.client_allowed_sans) if config.tls else set()
-    headers = config.headers
 
     async def authorised(request: web.Request) -> bool:
         creds = parse_basic_authorization(request.headers.get("Authorization"))
         if creds is None:
             return False
         user, password = creds
+        users = live.users
         key = cache.key(user, password, users.get(user, ""))
         if user in users and cache.hit(key):
             return True
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, check_password, users, user, password,
-                                        dummy)
+        ok = await loop.run_in_executor(None, check_password, users, user, password, live.dummy)
         if ok:
             cache.add(key)
         return ok
 
     def finish(response: web.StreamResponse) -> web.StreamResponse:
-        for name, value in headers:
+        for name, value in live.headers:
             response.headers[name] = value
         return response
 
     @web.middleware
     async def web_config_middleware(request: web.Request, handler: Callable[..., Awaitable[Any]]):
-        if sans and not _peer_san_allowed(request, sans):
+        live.refresh()
+        protected = request.path not in exempt
+        if live.error is not None and protected:
+            return finish(web.Response(status=500, text="web config invalid: see the logs\n"))
+        if live.sans and not _peer_san_allowed(request, live.sans):
             return finish(web.Response(status=403, text="client certificate not allowed\n"))
-        if users and request.path not in exempt and not await authorised(request):
+        if live.users and protected and not await authorised(request):
             return finish(web.Response(status=401, text="Unauthorized\n",
                                        headers={"WWW-Authenticate": f'Basic realm="{REALM}"'}))
         try:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import datetime
 import ipaddress
+import os
 import ssl
 
 import pytest
@@ -384,6 +385,42 @@ def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path,
             for ctx in (plain, with_cert):
                 async with httpx.AsyncClient(verify=ctx) as c:
                     assert (await c.get(f"https://127.0.0.1:{port}/metrics")).status_code == 200
+        finally:
+            await runner.cleanup()
+
+    asyncio.run(scenario())
+
+
+def test_users_are_reloaded_from_the_file_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
+    import httpx
+
+    from sidecar import webconfig
+
+    monkeypatch.setattr(webconfig._LiveSettings, "CHECK_EVERY", 0.0)  # look at every request
+    path = write(tmp_path, f"basic_auth_users:\n  prom: {HASH}\n")
+    wc = load_web_config(path)
+    new_hash = bcrypt.hashpw(b"rotated", bcrypt.gensalt(rounds=4)).decode()
+
+    def rewrite(text):
+        tmp = tmp_path / "web.yml.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+    async def scenario():
+        runner, port = await serve(wc, exempt=("/healthz",))
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as c:
+                assert (await c.get("/metrics", auth=("prom", "s3cret"))).status_code == 200
+                rewrite(f"basic_auth_users:\n  prom: {new_hash}\n")
+                assert (await c.get("/metrics", auth=("prom", "s3cret"))).status_code == 401
+                assert (await c.get("/metrics", auth=("prom", "rotated"))).status_code == 200
+                rewrite("basic_auth_users:\n  prom: not-a-hash\n")
+                r = await c.get("/metrics", auth=("prom", "rotated"))
+                assert r.status_code == 500 and "not-a-hash" not in r.text
+                assert (await c.get("/healthz")).status_code == 200
+                rewrite(f"basic_auth_users:\n  prom: {new_hash}\n  other: {HASH}\n")
+                assert (await c.get("/metrics", auth=("prom", "rotated"))).status_code == 200
+                assert (await c.get("/metrics", auth=("other", "s3cret"))).status_code == 200
         finally:
             await runner.cleanup()
 
