@@ -9,6 +9,7 @@ under ``.artifacts/`` for people, the dumped DOM is checked number by number aga
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -23,10 +24,12 @@ import httpx
 import pytest
 from conftest import FIXTURES, REPO
 
+from sidecar.bodies import get_value, set_value
 from sidecar.explain import fmt_pct
 from sidecar.replay import ReplayServer, load_fixture
 
 ARTIFACTS = REPO / ".artifacts"
+Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 V32_ON = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
 V32_OFF = FIXTURES / "vllm-0.32.0" / "prefix_off"
 V32_CONC = FIXTURES / "vllm-0.32.0" / "concurrent"
@@ -128,6 +131,22 @@ def hostile_bodies() -> tuple[list[bytes], str | None]:
     return [b.replace(b'model_name="tiny"', b'model_name="' + value + b'"') for b in bodies], version
 
 
+def live_bodies(n: int = 12) -> tuple[list[bytes], str | None]:
+    """Steady traffic after the real capture: counters keep growing at a varying hit ratio,
+    so the page has something to draw (the captures themselves last about a second)."""
+    bodies, _, version = load_fixture(V32_ON)
+    last = bodies[-1]
+    q, h = get_value(last, Q), get_value(last, H)
+    out = []
+    for i in range(n):
+        dq = 2000.0 + 100 * i
+        q, h = q + dq, h + dq * (0.45 + 0.3 * math.sin(i / 2))
+        body = set_value(set_value(last, Q, q), H, round(h))
+        body = set_value(body, "vllm:prompt_tokens_total", q)
+        out.append(set_value(body, "vllm:kv_cache_usage_perc", 0.3 + 0.04 * i))
+    return out, version
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """Replayed targets and the real sidecar (config-file targets), until the module ends."""
@@ -138,7 +157,11 @@ def stack(tmp_path_factory):
         rs.add_fixture("v0", V085_ON)
         hostile, version = hostile_bodies()
         rs.add("hostile", hostile, version=version)
-        targets = [{"name": "on", "url": rs.url("on"), "labels": {"pod": "vllm-on-0"}},
+        live, version = live_bodies()
+        rs.add("live", live, version=version)
+        targets = [{"name": "live-traffic", "url": rs.url("live"),
+                    "labels": {"namespace": "inference", "pod": "vllm-7f9c-0"}},
+                   {"name": "on", "url": rs.url("on"), "labels": {"pod": "vllm-on-0"}},
                    {"name": "off", "url": rs.url("off")},
                    {"name": "concurrent", "url": rs.url("conc")},
                    {"name": "v0-engine", "url": rs.url("v0")},
@@ -218,9 +241,28 @@ def page_figures(dom: Dom) -> dict:
 
 
 # ------------------------------------------------------------------------------ tests
+@pytest.mark.parametrize("device,size", [("desktop", "1280,2600"), ("phone", "390,4200")])
+def test_screenshot_artifact(stack, device, size):
+    base, _ = stack
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / f"statuspage-{device}.png"
+    if shot.exists():
+        shot.unlink()
+    for _ in range(3):  # a loaded machine sometimes loses a headless frame: try again
+        r = chromium(f"--window-size={size}", f"--screenshot={shot}", base + "/")
+        if r.returncode == 0 and shot.exists():
+            break
+    assert shot.exists(), f"no screenshot (exit {r.returncode}): {r.stderr[-2000:]}"
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == tuple(int(x) for x in size.split(","))
+    assert len(data) > 20_000  # a rendered page, not a blank canvas
+
+
 def test_numbers_on_the_page_match_the_api(stack):
     base, _ = stack
-    for _ in range(20):  # the state moves with each scrape: compare a page taken between
+    for _ in range(60):  # the state moves with each scrape: compare a page taken between
         before = figures(api(base))  # two identical API answers
         dom = Dom(dump_dom(base + "/"))
         after = figures(api(base))
@@ -236,9 +278,9 @@ def test_numbers_on_the_page_match_the_api(stack):
     assert before["off"]["caching"] is False and before["dead"]["up"] is False
     assert before["v0-engine"]["engines"][("tiny", "0")][0].keys() == {"lifetime"}
     # up/down, last-scrape age, sparkline and KV bar are present for people
-    assert dom.title.startswith("vllm-cache-sidecar: 5/6 up")
+    assert dom.title.startswith("vllm-cache-sidecar: 6/7 up")
     assert all("ago" in e["text"] for e in dom.find("age"))
-    assert len(dom.find("spark")) == 5 and len(dom.find("bar")) == 5
+    assert len(dom.find("spark")) == 6 and len(dom.find("bar")) == 6
     assert [e["attrs"].get("content") for e in dom.elements
             if e["attrs"].get("http-equiv") == "refresh"] == ["10"]
 
@@ -295,22 +337,3 @@ def test_target_name_from_the_command_line_is_escaped(tmp_path):
     (h2,) = [e for e in dom.elements if e["tag"] == "h2"]
     assert h2["text"] == XSS_CLI_NAME
     assert "pwned" not in dom.title
-
-
-@pytest.mark.parametrize("device,size", [("desktop", "1280,2600"), ("phone", "390,4200")])
-def test_screenshot_artifact(stack, device, size):
-    base, _ = stack
-    ARTIFACTS.mkdir(exist_ok=True)
-    shot = ARTIFACTS / f"statuspage-{device}.png"
-    if shot.exists():
-        shot.unlink()
-    for _ in range(3):  # a loaded machine sometimes loses a headless frame: try again
-        r = chromium(f"--window-size={size}", f"--screenshot={shot}", base + "/")
-        if r.returncode == 0 and shot.exists():
-            break
-    assert shot.exists(), f"no screenshot (exit {r.returncode}): {r.stderr[-2000:]}"
-    data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == tuple(int(x) for x in size.split(","))
-    assert len(data) > 20_000  # a rendered page, not a blank canvas
