@@ -141,3 +141,15 @@ def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
                     proc.kill()
                     proc.wait()
     assert rc == 0
+
+
+def test_installed_image_supports_basic_auth_web_configs(installed, tmp_path):
+    """bcrypt must be a runtime dependency: a web config with basic_auth_users has to load in
+    the image exactly as it does in development."""
+    web = tmp_path / "web.yml"
+    web.write_text("basic_auth_users:\n  prometheus: $2b$04$" + "a" * 53 + "\n")
+    out = subprocess.run([str(installed / "bin" / "python"), "-c",
+                          "import sys; from sidecar.webconfig import load_web_config; "
+                          "print(load_web_config(sys.argv[1]).auth_enabled)", str(web)],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
