@@ -89,11 +89,20 @@ def parse_targets_file(text: str, path: str,
 # ---------------------------------------------------------------- internals
 
 def _load_document(text: str, path: str) -> Any:
-    """JSON when it looks like JSON (exact JSON errors), else YAML; line numbers from YAML."""
+    """By extension as in Prometheus (``.json`` is JSON, ``.yml``/``.yaml`` YAML); other names
+    are JSON when they parse as JSON, else YAML. Line numbers come from the YAML loader."""
     stripped = text.lstrip()
     if not stripped:
         return None
-    if stripped[0] in "[{" or path.endswith(".json"):
+    lower = path.lower()
+    if lower.endswith((".yml", ".yaml")):
+        return load_yaml_text(text, path)
+    if lower.endswith(".json") or stripped[0] in "[{":
+        if not lower.endswith(".json"):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError:
+                return load_yaml_text(text, path)
         try:
             plain = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -44,6 +44,15 @@ def test_json_is_accepted_exactly_like_yaml():
     assert [t.name for t in from_json] == ["a:1", "b:2"]
 
 
+def test_format_follows_the_extension_like_prometheus():
+    flow_yaml = "[{targets: [a:1], labels: {x: y}}]"  # YAML flow style, not JSON
+    assert [t.name for t in parse_targets_file(flow_yaml, "sd.yaml")] == ["a:1"]
+    assert [t.name for t in parse_targets_file(flow_yaml, "sd")] == ["a:1"]
+    with pytest.raises(ConfigError, match="invalid JSON"):
+        parse_targets_file(flow_yaml, "sd.json")
+    assert [t.name for t in parse_targets_file('[{"targets": ["b:2"]}]', "targets")] == ["b:2"]
+
+
 def test_name_label_names_the_target_and_is_not_a_static_label():
     text = '[{"targets": ["10.1.2.3:8000"], "labels": {"name": "decode-0", "zone": "a"}}]'
     (t,) = parse_targets_file(text, "sd.json")
