@@ -408,3 +408,34 @@ def test_image_tag_follows_the_package_version():
             for c in d["spec"]["template"]["spec"]["containers"]:
                 if c["name"] == SIDECAR:
                     assert c["image"] == f"ghcr.io/vllm-cache-sidecar/vllm-cache-sidecar:{version}"
+
+
+def test_servicemonitor_variant_for_sidecar_mode(tmp_path):
+    """components/servicemonitor-sidecar instead of the PodMonitor: a headless Service over the
+    injected pods and a ServiceMonitor on it, all lined up and schema-valid."""
+    if kubectl() is None:
+        pytest.skip("kubectl not installed")
+    example = K8S / "examples/llm-d-decode"
+    for name in ("decode-deployment.yaml", "sidecar-target.yaml"):
+        (tmp_path / name).write_text((example / name).read_text())
+    rel = os.path.relpath(K8S / "components", tmp_path)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "namespace": "llm-d", "resources": ["decode-deployment.yaml"],
+        "components": [f"{rel}/sidecar", f"{rel}/servicemonitor-sidecar"]}))
+    out = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
+    for d in docs:
+        validate(d, K8S_VERSIONS[0])
+    pod = one(docs, "Deployment")["spec"]["template"]
+    svc, sm = one(docs, "Service"), one(docs, "ServiceMonitor")
+    assert svc["spec"]["clusterIP"] == "None"
+    for k, v in svc["spec"]["selector"].items():
+        assert pod["metadata"]["labels"].get(k) == v
+    for k, v in sm["spec"]["selector"]["matchLabels"].items():
+        assert svc["metadata"]["labels"].get(k) == v
+    (ep,) = sm["spec"]["endpoints"]
+    assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+    target_port = svc["spec"]["ports"][0]["targetPort"]
+    assert target_port in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", [])}
