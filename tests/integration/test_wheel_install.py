@@ -69,7 +69,12 @@ def installed(tmp_path_factory) -> Path:
     run([sys.executable, "-m", "venv", str(venv)])
     run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--find-links",
          str(wheels), f"vllm-cache-sidecar=={VERSION}"], env=env)
+    run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(venv)])  # as the image does
     return venv
+
+
+def tree(*roots: Path) -> set[str]:
+    return {str(p) for root in roots for p in root.rglob("*")}
 
 
 def test_the_wheel_holds_the_package_and_nothing_else(installed):
@@ -118,7 +123,11 @@ def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
                "--interval", "1", "--windows", "10s,30s", "--log-format", "json",
                "--target", f"vllm={replay.url('vllm')}",
                "--target", "dead=http://127.0.0.1:9/metrics"]
+        home = tmp_path / "home"
+        home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
+        env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")  # the image's environment
+        before = tree(installed, tmp_path)
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True)
         try:
@@ -141,6 +150,8 @@ def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
                     proc.kill()
                     proc.wait()
     assert rc == 0
+    # a read-only root filesystem is fine: the service wrote nothing, not even bytecode
+    assert tree(installed, tmp_path) == before
 
 
 def test_installed_image_supports_basic_auth_web_configs(installed, tmp_path):
