@@ -65,6 +65,15 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
+def _seq(x: Any) -> tuple[Any, ...]:
+    """Evidence that should be a list, whatever shape it arrived in."""
+    if x is None:
+        return ()
+    if isinstance(x, (list, tuple)):
+        return tuple(x)
+    return (x,)
+
+
 def fmt_count(x: float | None) -> str:
     v = _num(x)
     return "n/a" if v is None else f"{v:,.0f}"
@@ -214,7 +223,7 @@ def _no_vllm(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation
 
 
 def _caching_disabled(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
-    engines = ev.get("engines") or ()
+    engines = _seq(ev.get("engines"))
     nums = [f"vllm:cache_config_info reports enable_prefix_caching=\"False\" on engine(s) "
             f"{', '.join(map(str, engines)) or '?'}: every prompt is computed from scratch and "
             f"the prefix-cache hit ratio stays empty (n/a)."]
@@ -426,7 +435,7 @@ _ERAS = {
 
 
 def _legacy(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
-    names = tuple(ev.get("names") or ())
+    names = _seq(ev.get("names"))
     schema = str(ev.get("schema") or s.schema)
     nums = [f"Metric-name era: {schema}"
             + (f" — {_ERAS[schema]}" if schema in _ERAS else "") + "."]
@@ -454,7 +463,12 @@ def _generic(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation
 
 
 def _clock(t: float | None) -> str:
-    return "?" if t is None else time.strftime("%H:%M:%S UTC", time.gmtime(t))
+    """Wall-clock time of day of a unix time; '?' for anything that is not one."""
+    v = _num(t)
+    try:
+        return "?" if v is None else time.strftime("%H:%M:%S UTC", time.gmtime(v))
+    except (OverflowError, OSError, ValueError):
+        return "?"
 
 
 EXPLAINERS: dict[str, Callable[[Diagnosis, dict[str, Any], TargetSnapshot], Explanation]] = {

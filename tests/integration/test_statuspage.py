@@ -337,3 +337,100 @@ def test_target_name_from_the_command_line_is_escaped(tmp_path):
     (h2,) = [e for e in dom.elements if e["tag"] == "h2"]
     assert h2["text"] == XSS_CLI_NAME
     assert "pwned" not in dom.title
+
+
+# ------------------------------------------------------------------------------ any snapshot
+# The page, the explanations and doctor's renderers are pure: any state a remote server can
+# put us in must render, and no remote string may ever become markup.
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from sidecar.diagnose import CODES  # noqa: E402
+from sidecar.doctor import Report, Style, render_json, render_text  # noqa: E402
+from sidecar.explain import explain_all  # noqa: E402
+from sidecar.model import (CacheConfig, Diagnosis, EngineMetrics, EngineState,  # noqa: E402
+                           TargetSnapshot, WindowStats)
+from sidecar.statuspage import render  # noqa: E402
+
+ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "p", "a", "div",
+                "span", "main", "section", "h2", "h3", "h4", "strong", "figure", "figcaption",
+                "svg", "line", "circle", "polyline", "polygon", "details", "summary", "code", "ul",
+                "ol", "li", "footer"}
+PAYLOADS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"><b onclick=x>",
+            "'><iframe src=x>", "</span></div><object>", "<svg onload=alert(1)>", "&lt;b&gt;"]
+plain = st.text(alphabet=st.sampled_from("<>&\"'/=ab \x1b\n;:") | st.characters(), max_size=24)
+text = plain | st.sampled_from(PAYLOADS) | st.builds(lambda a, p: a + p, plain,
+                                                     st.sampled_from(PAYLOADS))
+num = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 10**9)
+ratio = st.floats(min_value=0, max_value=1) | st.just(float("nan"))
+
+
+@st.composite
+def snapshots(draw):
+    windows = []
+    for label, secs in (("10s", 10.0), ("30s", 30.0)):
+        windows.append(WindowStats(label, secs, draw(st.sampled_from([0.0, 5.0])),
+                                   queries=draw(st.floats(0, 1e6)), hits=draw(st.floats(0, 1e6)),
+                                   hit_ratio=draw(ratio), preemptions=draw(st.floats(0, 10)),
+                                   prompt_tokens=draw(st.floats(0, 1e6)),
+                                   mean_prompt_tokens=draw(st.floats(0, 4096) | st.just(
+                                       float("nan")))))
+    engines = tuple(
+        EngineState(m := draw(text), e := draw(text),
+                    EngineMetrics(m, e, prefix_queries=draw(st.none() | st.floats(0, 1e9)),
+                                  prefix_hits=draw(st.none() | st.floats(0, 1e9)),
+                                  external_queries=draw(st.none() | st.floats(0, 1e6)),
+                                  kv_usage=draw(st.none() | ratio | st.floats(-1, 2)),
+                                  running=draw(st.none() | st.floats(0, 100)),
+                                  waiting=draw(st.none() | st.floats(0, 100)),
+                                  v0_hit_rate=draw(st.none() | ratio)),
+                    lifetime_hit_ratio=draw(ratio), windows=tuple(windows),
+                    ratio_points=tuple(draw(st.lists(st.tuples(st.floats(1e9, 1e9 + 60), ratio),
+                                                     max_size=6))))
+        for _ in range(draw(st.integers(0, 2))))
+    configs = tuple(CacheConfig(draw(text), draw(st.none() | st.booleans()),
+                                block_size=draw(st.none() | st.sampled_from([16, 128])),
+                                num_gpu_blocks=draw(st.none() | st.integers(0, 10**6)),
+                                hash_algo=draw(st.none() | text),
+                                kv_offloading_backend=draw(st.none() | text),
+                                labels=tuple(draw(st.lists(st.tuples(
+                                    st.sampled_from(["sliding_window", "mamba_cache_mode",
+                                                     "is_attention_free", "x"]), text),
+                                    max_size=3))))
+                    for _ in range(draw(st.integers(0, 2))))
+    keys = ["window", "queries", "hits", "block_size", "mean_prompt_tokens", "kv_usage",
+            "preemptions", "external_queries", "external_hits", "names", "schema", "reason",
+            "error", "engines", "restarts", "last_restart", "prompt_tokens"]
+    diags = tuple(Diagnosis(code, CODES.get(code, "info"), draw(text), tuple(
+        (k, draw(num | text | st.tuples(text))) for k in draw(st.lists(st.sampled_from(keys),
+                                                                        unique=True))))
+        for code in draw(st.lists(st.sampled_from(sorted(CODES) + ["new_code"]), max_size=4)))
+    scraped = draw(st.booleans())
+    return TargetSnapshot(
+        name=draw(text), url="http://" + draw(text), labels=tuple(draw(st.lists(
+            st.tuples(st.sampled_from(["pod", "team"]), text), max_size=2))),
+        scraped=scraped, up=scraped and draw(st.booleans()),
+        last_scrape=draw(st.none() | st.floats(1e9, 1e9 + 60)),
+        last_success=draw(st.none() | st.floats(1e9, 1e9 + 60)),
+        scrape_duration=draw(st.none() | st.floats(0, 5)), last_error=draw(st.none() | text),
+        last_error_reason=draw(st.none() | st.sampled_from(["connect", "timeout", "parse",
+                                                            "no_vllm_metrics"])),
+        version=draw(st.none() | text), schema=draw(text), engines=engines,
+        cache_configs=configs, diagnoses=diags, windows=("10s", "30s"),
+        restart_times=tuple(draw(st.lists(st.floats(1e9, 1e9 + 60), max_size=2))))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(snapshots(), max_size=3))
+def test_any_state_renders_and_no_remote_string_becomes_markup(snaps):
+    page = render(snaps, 1e9 + 60)
+    dom = Dom(page)
+    assert {e["tag"] for e in dom.elements} <= ALLOWED_TAGS
+    assert not [k for e in dom.elements for k in e["attrs"] if k.startswith("on")]
+    for s in snaps:
+        explain_all(s)
+    reports = [Report(s, 2, 1) for s in snaps]
+    json.loads(render_json(reports, 1.0))
+    out = render_text(reports, 1.0, Style(True))
+    assert "\x1b[2J" not in out and not any(c in out for c in "\x00\x07\x9b")
