@@ -373,7 +373,7 @@ def _reset(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
 def _kv_pressure(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
     usage = _num(ev.get("kv_usage"))
     pre = _num(ev.get("preemptions")) or 0.0
-    nums = [f"KV-cache usage is {fmt_pct(usage)} (pressure from 90%)."]
+    nums = [f"KV-cache usage is {fmt_pct(usage)} (the pressure threshold is 90%)."]
     if pre:
         nums.append(f"{pre:,.0f} request(s) were preempted in the shortest window: their KV "
                     f"blocks were freed and they are recomputed later.")
@@ -426,8 +426,9 @@ def _external(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanatio
 
 
 _ERAS = {
-    "v0": "the V0 engine's gauges (vLLM < 0.10, or VLLM_USE_V1=0): no prefix-cache counters, "
-          "only gpu_prefix_cache_hit_rate, a block ratio since start",
+    "v0": "the V0 engine's gauges (VLLM_USE_V1=0, or a vLLM from before V1 became the "
+          "default): no prefix-cache counters, only gpu_prefix_cache_hit_rate, a block ratio "
+          "since start",
     "v1-legacy": "the first V1 names gpu_prefix_cache_* (vLLM 0.7.3 - 0.9.1; they counted "
                  "blocks, not tokens, before 0.9.0)",
     "v1-dual": "old and new names side by side with equal values (vLLM 0.9.2 - 0.11)",
