@@ -11,6 +11,7 @@ these, so a user sees the same reasoning everywhere.
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -164,29 +165,38 @@ def _target_down(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explana
                     f"{_clock(s.last_success)}), so the server went away or is restarting.")
     else:
         nums.append("No scrape of this target has succeeded yet.")
-    by_reason: dict[str, list[tuple[str, str]]] = {
-        "connect": [("vLLM is not running, crashed, or is still loading the model "
-                     "(the API server opens its port only once the engine is up)", ""),
-                    ("the URL points at the wrong host or port (vLLM serves on port 8000 by "
-                     "default; --port changes it)", ""),
-                    ("a firewall or Kubernetes NetworkPolicy blocks the sidecar", "")],
-        "timeout": [("the server is overloaded and answers /metrics too slowly, or the timeout "
-                     "is too short for a large body", ""),
-                    ("a proxy or load balancer in front of vLLM holds the connection", "")],
-        "http_status": [("the path is wrong (vLLM serves metrics at /metrics of its API port)", ""),
-                        ("a proxy in front of vLLM needs authentication (bearer_token_file / "
-                         "basic_auth in the target config)", "")],
-        "too_large": [("the body exceeds --max-body-bytes: very many series (LoRA adapters, many "
-                       "engines) or not a vLLM endpoint", "")],
-        "parse": [("the URL is not a Prometheus endpoint (an HTML page, a JSON API, a proxy "
-                   "error page)", "")],
+    by_reason: dict[str, list[str]] = {
+        "connect": ["vLLM is not running, crashed, or is still loading the model (the API server "
+                    "opens its port only once the engine is up)",
+                    "the URL points at the wrong host or port (vLLM serves on port 8000 by "
+                    "default; --port changes it)",
+                    "a firewall or Kubernetes NetworkPolicy blocks the sidecar"],
+        "timeout": ["the server is overloaded and answers /metrics too slowly, or the timeout is "
+                    "too short for a large body",
+                    "a proxy or load balancer in front of vLLM holds the connection"],
+        "http_status": ["the path is wrong (vLLM serves metrics at /metrics of its API port)",
+                        "a proxy in front of vLLM needs authentication (bearer_token_file / "
+                        "basic_auth in the target config)",
+                        "vLLM or a proxy in front of it fails with a server error"],
+        "too_large": ["the body exceeds --max-body-bytes: very many series (LoRA adapters, many "
+                      "engines) or not a vLLM endpoint"],
+        "parse": ["the URL is not a Prometheus endpoint (an HTML page, a JSON API, a proxy "
+                  "error page)"],
     }
     matching = by_reason.get(reason)
     if matching:
         causes = [Cause(t, 3 - min(i, 1), f"scrape failed with '{reason}'" if i == 0 else "")
-                  for i, (t, _) in enumerate(matching)]
+                  for i, t in enumerate(matching)]
     else:  # an unknown reason: the first suspect of each kind
-        causes = [Cause(items[0][0], 1) for items in by_reason.values()]
+        causes = [Cause(items[0], 1) for items in by_reason.values()]
+    status = re.search(r"HTTP (\d{3})", error) if reason == "http_status" else None
+    if status:
+        code = int(status.group(1))
+        pick = 0 if code in (404, 405) else 1 if code in (401, 403, 407) else 2 if code >= 500 \
+            else None
+        if pick is not None:
+            causes = [Cause(c.text, 4 if i == pick else 2, f"HTTP {code}" if i == pick else "")
+                      for i, c in enumerate(causes)]
     if reason == "connect" and s.last_success:
         causes.insert(0, Cause("vLLM crashed or is restarting", 4,
                                f"it answered until {_clock(s.last_success)}"))

@@ -217,6 +217,17 @@ def test_target_down_connect_ranks_by_history():
     assert x2.causes[0].text == "vLLM crashed or is restarting"
 
 
+@pytest.mark.parametrize("error,top", [("HTTP 404 Not Found", "the path is wrong"),
+                                       ("HTTP 401 Unauthorized", "a proxy in front of vLLM needs"),
+                                       ("HTTP 502 Bad Gateway", "vLLM or a proxy in front")])
+def test_target_down_http_status_ranks_by_status_code(error, top):
+    tracker = TargetTracker("t", parse_windows("1m"), url="http://vllm.test:8000/metrics")
+    snap = tracker.observe(ScrapeOutcome(T0, 0.01, reason="http_status", error=error))
+    x = only(snap, "target_down")
+    assert x.causes[0].text.startswith(top)
+    assert x.causes[0].because == error[:8]
+
+
 # ------------------------------------------------------------------------------ info rules
 def test_legacy_names_dual_era():
     x = only(feed(bodies(V10_ON)), "legacy_metric_names")
