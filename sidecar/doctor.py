@@ -323,13 +323,21 @@ def main(ns: argparse.Namespace, stdout: TextIO | None = None) -> int:
         print(f"vllm-cache-sidecar doctor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     duration = max(0.0, float(ns.duration))
-    reports = asyncio.run(observe(targets, duration, max_bytes))
+    try:
+        reports = asyncio.run(observe(targets, duration, max_bytes))
+    except KeyboardInterrupt:
+        print("vllm-cache-sidecar doctor: interrupted", file=sys.stderr)
+        return 130
     if ns.json:
-        out.write(render_json(reports, duration))
+        text = render_json(reports, duration)
     else:
         tty = out.isatty()
         style = Style(tty and not os.environ.get("NO_COLOR"))
         width = min(110, max(60, shutil.get_terminal_size((100, 24)).columns - 2)) if tty else 100
-        out.write(render_text(reports, duration, style, width))
-    out.flush()
+        text = render_text(reports, duration, style, width)
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:  # `doctor | head`: the reader left; the exit code still counts
+        pass
     return exit_code(reports)
