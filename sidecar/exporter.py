@@ -70,7 +70,7 @@ class ServiceStatus:
 
 
 class _Families:
-    """Lazily created families, so an empty one is never emitted."""
+    """Lazily created families, so an empty one is never emitted (the Collector's sink)."""
 
     def __init__(self) -> None:
         self.items: dict[str, Metric] = {}
@@ -84,11 +84,64 @@ class _Families:
         m.add_sample(name, labels, float(value))
 
 
-def _nan(x: float | None) -> float:
-    return math.nan if x is None else x
+def _escape(value: str) -> str:
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+    return value
 
 
-def _engine(f: _Families, base: dict[str, str], e: EngineState) -> None:
+def _number(x: float) -> str:
+    if x != x:
+        return "NaN"
+    if x in (math.inf, -math.inf):
+        return "+Inf" if x > 0 else "-Inf"
+    return repr(float(x))
+
+
+class _Lines:
+    """The renderer's sink: exposition lines per family, formatted once per scrape."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[str]] = {}
+
+    def add(self, short: str, labels: dict[str, str], value: float, suffix: str = "") -> None:
+        name = P + short + ("_total" if FAMILIES[short][0] == "counter" else suffix)
+        lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+        self.items.setdefault(short, []).append(f"{name}{{{lab}}} {_number(value)}\n")
+
+
+def render_target(s: TargetSnapshot, static: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """One target's series as text, per family: rendered when its snapshot changes, so that
+    serving /metrics is a join, whatever the number of targets."""
+    sink = _Lines()
+    _target(sink, s, static)
+    return {k: "".join(v) for k, v in sink.items.items()}
+
+
+def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], ...] = (),
+           status: ServiceStatus | None = None, openmetrics: bool = False) -> str:
+    """The sidecar's families from pre-rendered target fragments, in text 0.0.4 or OpenMetrics
+    (sample lines are identical; only HELP/TYPE naming differs). ``# EOF`` is the caller's."""
+    head = _Lines()
+    head.add("build_info", {"version": __version__}, 1)
+    if status is not None:
+        _status(head, dict(static), status)
+    maps = [{k: "".join(v) for k, v in head.items.items()}, *fragments]
+    out = []
+    for short, (typ, doc) in FAMILIES.items():
+        parts = [m[short] for m in maps if short in m]
+        if not parts:
+            continue
+        name = P + short
+        if not openmetrics and typ == "counter":
+            name += "_total"
+        doc = doc.replace("\\", "\\\\").replace("\n", "\\n")
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
+        out.extend(parts)
+    return "".join(out)
+
+
+def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState) -> None:
     lab = {**base, "model_name": e.model_name, "engine": e.engine}
     c = e.current
     for short, val in (("prefix_cache_queries", c.prefix_queries),
@@ -130,7 +183,7 @@ def _engine(f: _Families, base: dict[str, str], e: EngineState) -> None:
                 f.add("latency_seconds", {**pl, "quantile": q}, v)
 
 
-def _target(f: _Families, s: TargetSnapshot, static: tuple[tuple[str, str], ...]) -> None:
+def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, str], ...]) -> None:
     base = {**dict(static), **dict(s.labels), "target": s.name}
     f.add("target_up", base, 1.0 if s.up else 0.0)
     if s.scrape_duration is not None:
@@ -162,17 +215,20 @@ def _target(f: _Families, s: TargetSnapshot, static: tuple[tuple[str, str], ...]
         _engine(f, base, e)
 
 
+def _status(f: _Families | _Lines, st: dict[str, str], status: ServiceStatus) -> None:
+    f.add("config_last_reload_successful", st, 1.0 if status.last_reload_ok else 0.0)
+    if status.last_reload_success is not None:
+        f.add("config_last_reload_success_timestamp_seconds", st, status.last_reload_success)
+    f.add("config_reload_failures", st, status.reload_failures)
+
+
 def families(snapshots: Iterable[TargetSnapshot],
              static: tuple[tuple[str, str], ...] = (),
              status: ServiceStatus | None = None) -> list[Metric]:
     f = _Families()
     f.add("build_info", {"version": __version__}, 1)
     if status is not None:
-        st = dict(static)
-        f.add("config_last_reload_successful", st, 1.0 if status.last_reload_ok else 0.0)
-        if status.last_reload_success is not None:
-            f.add("config_last_reload_success_timestamp_seconds", st, status.last_reload_success)
-        f.add("config_reload_failures", st, status.reload_failures)
+        _status(f, dict(static), status)
     for s in snapshots:
         _target(f, s, static)
     return list(f.items.values())

@@ -11,14 +11,13 @@ from typing import Protocol, Sequence
 
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.registry import CollectorRegistry
 
 from .api import targets_document
 from .model import TargetSnapshot
 
 
 class State(Protocol):
-    registry: CollectorRegistry
+    def metrics(self, openmetrics: bool = False) -> bytes: ...
 
     def snapshots(self) -> Sequence[TargetSnapshot]: ...
 
@@ -38,8 +37,9 @@ def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
 
 def build_app(state: State, middlewares: Sequence = ()) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(state.registry)
+        # prometheus_client's negotiation decides the format; the body comes pre-rendered
+        _, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = state.metrics(openmetrics=content_type.startswith("application/openmetrics-text"))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def healthz(request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from .config import Config, ConfigError, TargetConfig, redact_url
 from .derive import TargetTracker
-from .exporter import ServiceStatus, SnapshotCollector
+from .exporter import ServiceStatus, SnapshotCollector, render, render_target
 from .model import TargetSnapshot
 from .scrape import scrape
 from .server import build_app
@@ -50,13 +50,18 @@ class Sidecar:
         self._running: dict[str, _Running] = {}
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
         self.status = ServiceStatus()
+        #: the process's own metrics (served after the sidecar's families)
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process_registry)
+        PlatformCollector(registry=self.process_registry)
+        GCCollector(registry=self.process_registry)
+        #: the exact reference: prometheus_client renders the same snapshots through a Collector;
+        #: tests prove :meth:`metrics` equal to it (see tests/unit/test_exporter.py)
+        self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(SnapshotCollector(self.snapshots, config.static_labels,
                                                  status=lambda: self.status))
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
+        self._fragments: dict[str, tuple[TargetSnapshot, dict[str, str]]] = {}
         self.port: int | None = None
         self.extra_targets: tuple[TargetConfig, ...] = ()
 
@@ -66,6 +71,25 @@ class Sidecar:
 
     def ready(self) -> bool:
         return all(r.tracker.snapshot.scraped for r in self._running.values())
+
+    def metrics(self, openmetrics: bool = False) -> bytes:
+        """/metrics: the targets' pre-rendered fragments joined, then the process metrics."""
+        frags = [self._fragment(r) for r in self._running.values()]
+        ours = render(frags, self.config.static_labels, self.status, openmetrics)
+        if openmetrics:
+            from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+            proc = om_latest(self.process_registry).decode()
+            proc = proc[: -len("# EOF\n")] if proc.endswith("# EOF\n") else proc
+            return (ours + proc + "# EOF\n").encode()
+        from prometheus_client.exposition import generate_latest
+        return ours.encode() + generate_latest(self.process_registry)
+
+    def _fragment(self, r: _Running) -> dict[str, str]:
+        cached = self._fragments.get(r.target.name)
+        snap = r.tracker.snapshot
+        if cached is None or cached[0] is not snap:
+            cached = self._fragments[r.target.name] = (snap, render_target(snap, self.config.static_labels))
+        return cached[1]
 
     # ------------------------------------------------------------------ targets
     def set_targets(self, targets: tuple[TargetConfig, ...]) -> None:
@@ -77,6 +101,7 @@ class Sidecar:
                 if r.task:
                     r.task.cancel()
                 del self._running[name]
+                self._fragments.pop(name, None)
                 log.info("target %s removed", name, extra={"target": name})
         for name, t in wanted.items():
             if name not in self._running:
@@ -111,6 +136,7 @@ class Sidecar:
                 r.version_tried = loop.time()
             was_up = r.tracker.snapshot.up or not r.tracker.snapshot.scraped
             snap = r.tracker.observe(outcome)
+            self._fragment(r)  # render now, off the /metrics path
             if not snap.up and was_up:
                 log.warning("target %s: scrape failed (%s): %s", r.target.name, outcome.reason,
                             outcome.error, extra={"target": r.target.name, "reason": outcome.reason})
