@@ -219,6 +219,7 @@ CSS = """
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);font:15px/1.45 system-ui,-apple-system,
 "Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+a{color:var(--info)}
 header{padding:18px 16px 8px;max-width:1100px;margin:0 auto}
 h1{font-size:22px;margin:0 0 4px}
 .sub{color:var(--muted);margin:0;font-size:13px}
