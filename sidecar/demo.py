@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar import tinymodel
-from sidecar.traffic import TrafficConfig, TrafficStats, run_traffic
+from sidecar.traffic import PromptMaker, TrafficConfig, TrafficStats, run_traffic
 from sidecar.vllm_server import (SidecarProcess, VllmServer, VllmServerConfig, VllmStartError,
                                  port_open)
 
@@ -141,7 +141,7 @@ async def _bursts(base: TrafficConfig, every: float, stop: asyncio.Event, stats:
         burst = TrafficConfig(base_url=base.base_url, model=base.model, requests=32,
                               concurrency=32, shared_fraction=base.shared_fraction,
                               prefix_words=base.prefix_words, max_tokens=max_tokens,
-                              seed=base.seed + 1000 + n)
+                              seed=base.seed)
         await run_traffic(burst, stats=stats, stop=stop)
 
 
@@ -172,17 +172,47 @@ def _models(base_url: str) -> tuple[str, int | None]:
     return first["id"], first.get("max_model_len")
 
 
+def _token_count(base_url: str, model: str, prompt: str) -> int | None:
+    """Tokens of ``prompt`` for this model (vLLM's /tokenize); None if it cannot say."""
+    req = urllib.request.Request(
+        base_url.rstrip("/") + "/tokenize",
+        data=json.dumps({"model": model, "prompt": prompt}).encode(),
+        headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return int(json.load(resp)["count"])
+    except Exception:  # an older vLLM or another server: fall back to the word count
+        return None
+
+
+def plan_prompts(vllm_url: str, model: str, max_len: int | None) -> tuple[int, int]:
+    """(prefix words, long-request max_tokens) that fit this model's context.
+
+    Another model's tokenizer may spend several tokens per pseudo-word: measure one prompt and
+    shrink the prefix until a prompt takes at most half the context.
+    """
+    limit = max_len or 1024
+    words = 300
+    tokens = words * 2
+    for _ in range(6):
+        probe = PromptMaker(TrafficConfig(base_url=vllm_url, prefix_words=words, shared_fraction=1))
+        counted = _token_count(vllm_url, model, probe.next()[1])
+        tokens = counted if counted is not None else words * 2
+        if tokens <= limit // 2 or words <= 20:
+            break
+        words = max(20, int(words * (limit // 2) / tokens * 0.9))
+    long_tokens = max(16, min(400, limit - tokens - 64))
+    return words, long_tokens
+
+
 async def drive(args: argparse.Namespace, vllm_url: str, sidecar_url: str) -> TrafficStats:
     model, max_len = _models(vllm_url)
-    prefix_words = 300
-    if max_len and max_len < 1024:  # keep prompts inside a smaller context
-        prefix_words = max(40, max_len // 4)
+    prefix_words, long_tokens = plan_prompts(vllm_url, model, max_len)
     cfg = TrafficConfig(base_url=vllm_url, model=model, requests=None, duration=args.duration,
                         concurrency=args.concurrency, shared_fraction=args.shared_fraction,
                         prefix_words=prefix_words, rate=args.rate, max_tokens=16)
     stop = asyncio.Event()
     stats = TrafficStats()
-    long_tokens = max(16, min(400, (max_len or 1024) - 2 * prefix_words - 64))
     side = [asyncio.create_task(_report_loop(sidecar_url, stats, args.duration, args.refresh,
                                              stop))]
     if args.burst_every > 0:
