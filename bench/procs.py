@@ -82,7 +82,8 @@ def start_sidecar(config: Path, interval: float, windows: str) -> tuple[subproce
     return proc, port
 
 
-def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> bool:
+    """Wait for ``/readyz``; False if it never came (the bench measures anyway and says so)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -90,11 +91,11 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> Non
             raise RuntimeError(f"sidecar exited {proc.returncode}: {log}")
         try:
             if get(f"http://127.0.0.1:{port}/readyz", 5)[0] == 200:
-                return
+                return True
         except OSError:
             pass
         time.sleep(0.5)
-    raise RuntimeError("sidecar never became ready")
+    return False
 
 
 def stop(proc: subprocess.Popen) -> None:

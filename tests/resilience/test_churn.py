@@ -1,25 +1,31 @@
-"""Target churn: 1,000 targets added and removed again and again through ``Sidecar.set_targets``.
+"""Target churn: 1,000 targets added and removed again and again through targets-file reloads.
 
-(The same entry point a targets-file reload calls.) After each round ``/metrics`` holds exactly
-the current targets' series, no scrape task is left behind, and the memory held by the process
-(tracemalloc, after a full collection) does not grow from round to round.
+The file is rewritten each round and picked up by the service's own watcher
+(:class:`sidecar.reload.TargetsFileWatcher` calling ``Sidecar.targets_file_changed``, as
+``run()`` wires it). After each round ``/metrics`` holds exactly the current targets' series
+(with the current static labels), no scrape task is left behind, and the memory held by the
+process (tracemalloc, after a full collection) does not grow from round to round.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import tracemalloc
+from pathlib import Path
 
 import aiohttp
 from faultserver import FaultServer, real_bodies
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config import Config, TargetConfig, Window
+from sidecar.config import Config, Window
+from sidecar.derive import TargetTracker
+from sidecar.reload import TargetsFileWatcher
 from sidecar.service import Sidecar
 
 N = 1000
-ROUNDS = 4
+ROUNDS = 3
 KEEP = ("vllm:prefix_cache_", "vllm:kv_cache_usage_perc", "vllm:cache_config_info",
         "vllm:prompt_tokens_total", "vllm:num_requests_")
 
@@ -31,11 +37,20 @@ def small_body() -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def targets_in_metrics(http: aiohttp.ClientSession, port: int) -> set[str]:
+def write_targets(path: Path, port: int, names: list[str], rnd: int) -> None:
+    """file_sd JSON: one group per target (``name`` label), all served by the same fake vLLM."""
+    groups = [{"targets": [f"127.0.0.1:{port}"],
+               "labels": {"name": n, "__metrics_path__": "/vllm/metrics", "round": str(rnd)}}
+              for n in names]
+    path.write_text(json.dumps(groups))
+
+
+async def series_targets(http: aiohttp.ClientSession, port: int) -> set[tuple[str, str]]:
+    """(target, round label) of every series in ``/metrics`` that has a target."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
-    return {s.labels["target"] for fam in text_string_to_metric_families(text)
-            for s in fam.samples if "target" in s.labels}
+    return {(s.labels["target"], s.labels.get("round", "")) for fam in
+            text_string_to_metric_families(text) for s in fam.samples if "target" in s.labels}
 
 
 def scrape_tasks() -> int:
@@ -51,34 +66,44 @@ async def all_scraped(sidecar: Sidecar, names: set[str]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _churn() -> tuple[list[int], list[int]]:
+async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     server = await FaultServer(static={"vllm": small_body()}).start()
+    path = tmp / "targets.json"
+    path.write_text("[]")
     # A long interval: each target is scraped once right after it is added, then waits.
     config = Config(listen="127.0.0.1:0", interval=60.0, windows=(Window("5m", 300.0),),
-                    targets=())
+                    targets=(), targets_file=str(path))
     sidecar = Sidecar(config)
+    watcher = TargetsFileWatcher(str(path), on_change=sidecar.targets_file_changed,
+                                 on_error=sidecar.targets_file_failed)
+    sidecar.extra_targets = watcher.load_initial()
     await sidecar.start()
-    tasks_before = scrape_tasks()
-    memory: list[int] = []
-    tasks_after: list[int] = []
+    memory: list[int] = []  # after each round's removal
+    live: list[int] = []  # with the round's 1,000 targets in place
+    tasks_left: list[int] = []
     try:
         async with aiohttp.ClientSession() as http:
             for rnd in range(ROUNDS):
-                # Half of the names carry over from the previous round (with a changed URL, so
+                # Half of the names carry over from the previous round with a changed label (so
                 # they restart), half are new; the other half of the old ones go away.
                 names = [f"t{i}" for i in range(rnd * N // 2, rnd * N // 2 + N)]
-                targets = tuple(TargetConfig(n, server.url("vllm") + f"?round={rnd}")
-                                for n in names)
-                sidecar.set_targets(targets)
+                write_targets(path, server.port, names, rnd)
+                assert await watcher.check(), "the reload was not picked up"
                 await asyncio.wait_for(all_scraped(sidecar, set(names)), 120)
-                assert await targets_in_metrics(http, sidecar.port) == set(names)
-                sidecar.set_targets(())
+                assert await series_targets(http, sidecar.port) == {(n, str(rnd)) for n in names}
+                if rnd > 0:
+                    gc.collect()
+                    live.append(tracemalloc.get_traced_memory()[0])
+                path.write_text("[]")
+                assert await watcher.check()
                 for _ in range(20):  # let the cancelled scrape tasks unwind
                     await asyncio.sleep(0.01)
-                assert await targets_in_metrics(http, sidecar.port) == set()
+                assert await series_targets(http, sidecar.port) == set()
                 assert sidecar.snapshots() == []
-                tasks_after.append(scrape_tasks())
+                tasks_left.append(scrape_tasks())
                 gc.collect()
+                trackers = [o for o in gc.get_objects() if isinstance(o, TargetTracker)]
+                assert trackers == [], f"{len(trackers)} trackers of removed targets still alive"
                 if rnd == 0:  # round 0 warms caches (interned strings, pools); trace from here
                     tracemalloc.start()
                 memory.append(tracemalloc.get_traced_memory()[0])
@@ -87,14 +112,16 @@ async def _churn() -> tuple[list[int], list[int]]:
         tracemalloc.stop()
         await sidecar.stop()
         await server.stop()
-    return memory, [t - tasks_before for t in tasks_after]
+    return memory, live, tasks_left
 
 
-def test_churn_leaks_no_series_no_tasks_and_no_memory() -> None:
-    memory, extra_tasks = asyncio.run(_churn())
-    assert extra_tasks == [0] * ROUNDS
+def test_churn_through_reloads_leaks_no_series_no_tasks_and_no_memory(tmp_path: Path) -> None:
+    memory, live, tasks_left = asyncio.run(_churn(tmp_path))
+    assert tasks_left == [0] * ROUNDS
     # Allocations made since round 0 and still alive after all targets are gone: they must not
-    # grow with the number of rounds. 1 MiB of slack is under a tenth of what one round of
-    # 1,000 leaked targets would hold (a scraped target's state is tens of KiB).
+    # grow with the number of rounds. The slack (1 MiB) is well under what one round of 1,000
+    # targets holds while live, so leaking a round's targets would fail here.
+    slack = 1024 * 1024
+    assert min(live) - memory[-1] > 2 * slack, ([m // 1024 for m in live], memory[-1] // 1024)
     growth = memory[-1] - memory[1]
-    assert growth < 1024 * 1024, [m // 1024 for m in memory]
+    assert growth < slack, [m // 1024 for m in memory]
