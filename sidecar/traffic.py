@@ -60,6 +60,7 @@ class TrafficStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     in_flight: int = 0
+    failing: int = 0  # consecutive failures (the target may be down)
     last_error: str | None = None
 
     @property
@@ -109,6 +110,7 @@ async def _one(client: httpx.AsyncClient, config: TrafficConfig, prompt: str, ki
         resp.raise_for_status()
         usage = resp.json().get("usage") or {}
         stats.ok += 1
+        stats.failing = 0
         stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         stats.completion_tokens += int(usage.get("completion_tokens") or 0)
         if kind == SHARED:
@@ -117,6 +119,7 @@ async def _one(client: httpx.AsyncClient, config: TrafficConfig, prompt: str, ki
             stats.unique += 1
     except (httpx.HTTPError, ValueError) as exc:
         stats.failed += 1
+        stats.failing += 1
         stats.last_error = f"{type(exc).__name__}: {exc}"[:200]
     finally:
         stats.in_flight -= 1
@@ -155,7 +158,7 @@ async def run_traffic(config: TrafficConfig, stats: TrafficStats | None = None,
                                               on_progress and on_progress(stats)))
             if config.rate:
                 await asyncio.sleep(1.0 / config.rate)
-            elif stats.failed and stats.in_flight == 0:
+            elif stats.failing:
                 await asyncio.sleep(0.5)  # target down: do not spin
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

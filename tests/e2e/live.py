@@ -104,3 +104,43 @@ def start_vllm(model_dir: Path, logs: Path, name: str, prefix_caching: bool) -> 
                                          log_path=str(logs / f"vllm-{name}.log")))
     server.start()
     return server
+
+
+class Watcher:
+    """Reads the sidecar's ``/metrics`` every 0.2 s in a thread, keeping every answer.
+
+    Tests then judge what the sidecar said *while* something happened, instead of betting that
+    one read lands at the right moment on a busy machine.
+    """
+
+    def __init__(self, sidecar: SidecarProcess) -> None:
+        import threading
+
+        self.url = sidecar.base_url + "/metrics"
+        self.seen: list[Series] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.is_set():
+            try:
+                self.seen.append(series(fetch(self.url)))
+            except (OSError, ValueError):
+                pass
+            self._done.wait(0.2)
+
+    def __enter__(self) -> "Watcher":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def values(self, name: str, **labels: str) -> list[float]:
+        return [v for data in self.seen for v in pick(data, name, **labels)]
+
+    def diagnoses(self, target: str = "live", up: bool | None = None) -> list[set[str]]:
+        """Active diagnosis codes per answer; ``up`` keeps only answers with that target_up."""
+        return [diagnoses(data, target) for data in self.seen
+                if up is None or pick(data, "vllm_sidecar_target_up", target=target) == [float(up)]]
