@@ -70,10 +70,13 @@ def main() -> int:
     maker = PromptMaker(TrafficConfig(base_url="", shared_fraction=1.0, prefixes=2, seed=1))
     prompts = [maker.next()[1] for _ in range(12)]
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    long = SamplingParams(max_tokens=400, temperature=0.0, ignore_eos=True)
     before = counters(llm)
-    with OfflineCollector(llm, interval=0.2) as stats:
+    with OfflineCollector(llm, interval=0.1) as stats:
         for i in range(0, len(prompts), 4):  # several batches: later ones hit the cache
             llm.generate(prompts[i:i + 4], params, use_tqdm=False)
+        # a batch of long requests, so that a sample sees KV blocks in use
+        llm.generate([maker.next()[1] for _ in range(32)], long, use_tqdm=False)
     after = counters(llm)
     diffs = same_as_scrape(llm)
     report = stats.report()

@@ -38,11 +38,11 @@ def test_offline_caching_on_matches_vllm_counters(model_dir, logs):
     assert report["prefix_cache_queries"] == queries > 0
     assert report["prefix_cache_hits"] == hits > 0
     assert report["prefix_cache_hit_ratio"] == pytest.approx(hits / queries)
-    # 12 prompts on 2 shared prefixes of 3+ full blocks: most prompt tokens are cache hits
+    # 44 prompts on 2 shared prefixes of 3+ full blocks: most prompt tokens are cache hits
     assert 0.3 < report["prefix_cache_hit_ratio"] < 1.0
     assert report["prompt_tokens"] == after["vllm:prompt_tokens"] - before["vllm:prompt_tokens"]
     assert report["prefix_caching_enabled"] is True
-    assert 0.0 <= report["kv_cache_usage_max"] <= 1.0
+    assert 0.0 < report["kv_cache_usage_max"] <= 1.0  # the long batch held KV blocks
     assert "prefix_caching_disabled" not in report["diagnoses"]
     assert "zero_hit_rate" not in report["diagnoses"]
     # the get_metrics() conversion normalises exactly like a scrape of the same registry
