@@ -130,7 +130,7 @@ def progress_line(stats: TrafficStats, duration: float | None) -> str:
 # -- the run ---------------------------------------------------------------------------------
 async def _bursts(base: TrafficConfig, every: float, stop: asyncio.Event, stats: TrafficStats,
                   max_tokens: int) -> None:
-    """Every ``every`` seconds, 32 concurrent long requests: KV usage rises, then falls."""
+    """Every ``every`` seconds, 64 long requests, 32 at a time: KV usage rises, then falls."""
     n = 0
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
@@ -138,7 +138,7 @@ async def _bursts(base: TrafficConfig, every: float, stop: asyncio.Event, stats:
         if stop.is_set():
             return
         n += 1
-        burst = TrafficConfig(base_url=base.base_url, model=base.model, requests=32,
+        burst = TrafficConfig(base_url=base.base_url, model=base.model, requests=64,
                               concurrency=32, shared_fraction=base.shared_fraction,
                               prefix_words=base.prefix_words, max_tokens=max_tokens,
                               seed=base.seed)
