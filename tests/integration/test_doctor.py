@@ -6,13 +6,12 @@ import json
 import os
 import pty
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, clean_env, free_port
 
 from sidecar.bodies import get_value, set_value
 from sidecar.replay import ReplayServer, load_fixture
@@ -24,22 +23,16 @@ V10_ON = FIXTURES / "vllm-0.10.1.1.post2" / "prefix_on_shared"
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
+def doctor_env() -> dict[str, str]:
+    """Neither the developer's sidecar settings nor their NO_COLOR."""
+    env = clean_env()
     env.pop("NO_COLOR", None)
     return env
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "sidecar", "doctor", *args], cwd=REPO,
-                          env=clean_env(), capture_output=True, text=True)
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+                          env=doctor_env(), capture_output=True, text=True)
 
 
 @pytest.fixture()
@@ -135,7 +128,7 @@ def test_no_vllm_metrics_exits_2(replay):
 
 
 def test_dead_target_exits_2(replay):
-    url = f"http://127.0.0.1:{closed_port()}/metrics"
+    url = f"http://127.0.0.1:{free_port()}/metrics"
     r = doctor("--target", "dead=" + url, "--duration", "0")
     assert r.returncode == 2, r.stdout + r.stderr
     assert f"== dead  {url}  DOWN" in r.stdout
@@ -148,7 +141,7 @@ def test_dead_target_exits_2(replay):
 def test_worst_target_decides_the_exit_code(replay):
     replay.add_fixture("on", V32_ON)
     replay.add_fixture("off", V32_OFF)
-    dead = f"http://127.0.0.1:{closed_port()}/metrics"
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
     r = doctor("--target", "on=" + replay.url("on"), "--target", "off=" + replay.url("off"),
                "--target", "dead=" + dead, "--duration", "1")
     assert r.returncode == 2
@@ -159,7 +152,7 @@ def test_worst_target_decides_the_exit_code(replay):
 # ------------------------------------------------------------------------------ --json
 def test_json_shape(replay):
     replay.add_fixture("off", V32_OFF)
-    dead = f"http://127.0.0.1:{closed_port()}/metrics"
+    dead = f"http://127.0.0.1:{free_port()}/metrics"
     r = doctor("--target", "off=" + replay.url("off"), "--target", "dead=" + dead,
                "--duration", "1", "--json")
     assert r.returncode == 2
@@ -213,7 +206,7 @@ def test_terminal_gets_colour_and_hostile_strings_stay_inert(replay):
     replay.add("off", [b.replace(b"\\u001b", "\x1b".encode()) for b in hostile], version=version)
     master, slave = pty.openpty()
     p = subprocess.Popen([sys.executable, "-m", "sidecar", "doctor", "--duration", "1",
-                          "--target", "off=" + replay.url("off")], cwd=REPO, env=clean_env(),
+                          "--target", "off=" + replay.url("off")], cwd=REPO, env=doctor_env(),
                          stdin=slave, stdout=slave, stderr=slave)
     os.close(slave)
     chunks = []

@@ -17,30 +17,23 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
 import pytest
 import yaml
+from conftest import FIXTURES, REPO, SidecarProcess, free_port, growing, terminate, wait_until
 
-from sidecar.bodies import multi_engine
+from sidecar.bodies import multi_engine, set_value
 from sidecar.replay import ReplayServer
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))
-COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s+)(\S+)(.*)$")
 
 #: target name -> (capture folder, static labels, how the bodies are served)
 TARGETS: dict[str, tuple[str, dict[str, str], str]] = {
@@ -69,62 +62,29 @@ POD_IN_DEPTH = ("vllm-nohits-0", NO_HITS)
 
 
 # ----------------------------------------------------------------------------- bodies
-def _map_samples(body: bytes, fn) -> bytes:
-    out = []
-    for line in body.decode().split("\n"):
-        m = _SAMPLE.match(line)
-        if m:
-            value = fn(m.group(1), float(m.group(4)))
-            if value is not None:
-                line = f"{m.group(1)}{m.group(2) or ''}{m.group(3)}{value!r}{m.group(5)}"
-        out.append(line)
-    return "\n".join(out).encode()
-
-
-def growing(bodies: list[bytes], extra: int) -> list[bytes]:
-    """The real bodies, then the last one with every counter and histogram scaled up step by
-    step: traffic keeps flowing for as long as the test runs, gauges and labels stay as vLLM
-    wrote them."""
-    out = list(bodies)
-    for k in range(1, extra + 1):
-        factor = 1 + 0.05 * k
-        out.append(_map_samples(bodies[-1], lambda n, v, f=factor:
-                                v * f if n.endswith(COUNTER_SUFFIXES) else None))
-    return out
-
-
 def without_hits(body: bytes) -> bytes:
     """Prefix caching on, queries counted, but no hit ever (a cache that never matches)."""
-    return _map_samples(body, lambda n, v: 0.0 if n == "vllm:prefix_cache_hits_total" else None)
+    return set_value(body, "vllm:prefix_cache_hits_total", 0.0)
 
 
 # ----------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, what: str, tries: int = 600, pause: float = 0.25):
+def wait_for(check, what: str):
     """Poll ``check`` until truthy; a guard against hanging, not a timing assertion."""
-    last = None
-    for _ in range(tries):
-        last = check()
-        if last:
-            return last
-        time.sleep(pause)
-    raise AssertionError(f"never happened: {what}\nlast: {last!r}")
+    return wait_until(check, what, timeout=150.0, pause=0.25)
 
 
-def wait_until_empty(problems, what: str, tries: int = 240, pause: float = 0.5) -> None:
+def wait_until_empty(problems, what: str) -> None:
     """Poll ``problems()`` until it returns no problem; else fail listing the last ones."""
     last: list[str] = []
-    for _ in range(tries):
-        last = problems()
-        if not last:
-            return
-        time.sleep(pause)
-    raise AssertionError(f"{what}:\n" + "\n".join(last))
+
+    def none_left() -> bool:
+        last[:] = problems()
+        return not last
+
+    try:
+        wait_until(none_left, what, timeout=120.0, pause=0.5)
+    except AssertionError:
+        raise AssertionError(f"{what}:\n" + "\n".join(last)) from None
 
 
 def parse_duration(text: str) -> float:
@@ -143,17 +103,6 @@ def shortened_rules(text: str) -> str:
             if "for" in rule:
                 rule["for"] = f"{max(1, int(parse_duration(rule['for']) / 60))}s"
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -207,11 +156,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 fake.bodies = fake.bodies[-1:]
             targets.append({"name": name, "url": replay.url(name), "labels": labels})
         (tmp / "sidecar.yaml").write_text(yaml.safe_dump({"targets": targets}))
-        sidecar_port = free_port()
-        sidecar = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--config", str(tmp / "sidecar.yaml"),
-             "--listen", f"127.0.0.1:{sidecar_port}", "--interval", "1", "--windows", "10s,30s"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=(tmp / "sidecar.log").open("wb"))
+        sidecar = SidecarProcess(["--config", str(tmp / "sidecar.yaml"), "--interval", "1",
+                                  "--windows", "10s,30s"])
+        sidecar_port = sidecar.port
 
         (tmp / "rules.yaml").write_text(shortened_rules(RULES.read_text()))
         (tmp / "prometheus.yml").write_text(yaml.safe_dump({
@@ -230,7 +177,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         client = httpx.Client(base_url=f"http://127.0.0.1:{prom_port}", timeout=10)
 
         def ready() -> bool:
-            assert sidecar.poll() is None, (tmp / "sidecar.log").read_text()
+            assert sidecar.proc.poll() is None, sidecar.logs
             assert prom.poll() is None, (tmp / "prometheus.log").read_text()
             try:
                 return client.get("/-/ready").status_code == 200
@@ -246,8 +193,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     finally:
         if client is not None:
             client.close()
-        stop(prom)
-        stop(sidecar)
+        terminate(prom, 10)
+        if sidecar is not None:
+            sidecar.stop()
         replay.stop_thread()
 
 

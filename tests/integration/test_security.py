@@ -16,15 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
-import json
 import os
 import secrets
-import signal
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -32,21 +26,24 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from conftest import (
+    FIXTURES,
+    GUARD_SECONDS,
+    SidecarProcess,
+    issue,
+    key_pem,
+    make_ca,
+    pem,
+    sidecar_cli,
+    wait_until,
+)
 
 bcrypt = pytest.importorskip("bcrypt")
 pytest.importorskip("cryptography")
 
 from aiohttp import web  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or ROOT.parent / "shared" / "fixtures")
 BODY_DIR = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
-#: a guard so a broken build fails instead of hanging; never a performance limit
-GUARD_SECONDS = 90
 
 
 def secret(tag: str) -> str:
@@ -55,51 +52,17 @@ def secret(tag: str) -> str:
 
 # ---------------------------------------------------------------- certificates
 
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(cn):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def issue(ca, cn, sans=("127.0.0.1", "localhost"), client=False):
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    alt = [x509.IPAddress(ipaddress.ip_address(s)) if s[0].isdigit() else x509.DNSName(s)
-           for s in sans]
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
-
-
 def write_pair(folder: Path, stem: str, pair) -> tuple[str, str]:
     key, cert = pair
     crt, k = folder / f"{stem}.crt", folder / f"{stem}.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()))
+    crt.write_bytes(pem(cert))
+    k.write_bytes(key_pem(key))
     return str(crt), str(k)
 
 
 def write_ca(folder: Path, stem: str, ca) -> str:
     path = folder / f"{stem}.crt"
-    path.write_bytes(ca[1].public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(pem(ca[1]))
     return str(path)
 
 
@@ -213,75 +176,6 @@ class Canary:
         await self.runner.cleanup()
 
 
-# ---------------------------------------------------------------- the sidecar process
-
-class Sidecar:
-    """``python -m sidecar run ...`` with JSON logs collected from stderr."""
-
-    def __init__(self, args: list[str], cwd: Path):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--listen", "127.0.0.1:0",
-             "--log-format", "json", *args],
-            cwd=cwd, env=dict(env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.port: int | None = None
-        self._listening = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self._out = threading.Thread(target=self._read_stdout, daemon=True)
-        self._out.start()
-        if not self._listening.wait(GUARD_SECONDS) or self.port is None:
-            self.stop()
-            raise AssertionError("sidecar did not start:\n" + self.logs)
-
-    def _read(self):
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            try:
-                msg = json.loads(line).get("msg", "")
-            except ValueError:
-                msg = ""
-            if msg.startswith("listening on "):
-                self.port = int(msg.split()[2].rpartition(":")[2])
-                self._listening.set()
-        self._listening.set()
-
-    def _read_stdout(self):
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def logs(self) -> str:
-        return "".join(self.lines)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(10)
-        self._out.join(10)
-        return self.proc.returncode
-
-
-def wait_until(fn, what: str):
-    deadline = time.monotonic() + GUARD_SECONDS
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"never happened: {what} (last: {last!r})")
-
-
 # ---------------------------------------------------------------- the scene
 
 @pytest.fixture(scope="module")
@@ -342,9 +236,10 @@ def scene(pki, tmp_path_factory):
         "tls_server_config": {"cert_file": pki["sidecar_crt"], "key_file": pki["sidecar_key"]},
         "basic_auth_users": {"prometheus": prom_hash},
     }))
-    sidecar = Sidecar(["--config", str(d / "config.yaml"), "--web-config", str(d / "web.yml"),
-                       "--interval", "1", "--windows", "10s,30s", "--log-level", "debug"], d)
-    base = f"https://127.0.0.1:{sidecar.port}"
+    sidecar = SidecarProcess(["--config", str(d / "config.yaml"), "--web-config",
+                              str(d / "web.yml"), "--interval", "1", "--windows", "10s,30s",
+                              "--log-level", "debug"], d, scheme="https")
+    base = sidecar.base
     client = httpx.Client(base_url=base, verify=ssl.create_default_context(
         cafile=pki["sidecar_ca"]), auth=("prometheus", s["prom_pass"]))
     try:
@@ -394,7 +289,7 @@ def settled(scene):
         return (set(u) == EXPECT_UP | EXPECT_DOWN
                 and all(u[n] == 1 for n in EXPECT_UP) and all(u[n] == 0 for n in EXPECT_DOWN)
                 and u)
-    wait_until(ok, "good targets up, bad ones down")
+    wait_until(ok, "good targets up, bad ones down", timeout=GUARD_SECONDS)
     return scene
 
 
@@ -485,8 +380,10 @@ def test_rotated_token_file_is_picked_up_without_restart(settled):
     tmp = d / "token.new"
     tmp.write_text(s["new_token"] + "\n")
     os.replace(tmp, d / "token")  # as a Kubernetes Secret update swaps the file
-    wait_until(lambda: f"Bearer {s['new_token']}" in fake.seen["bearer"], "new token used")
-    wait_until(lambda: up(settled).get("bearer") == 1, "bearer target up again")
+    wait_until(lambda: f"Bearer {s['new_token']}" in fake.seen["bearer"], "new token used",
+               timeout=GUARD_SECONDS)
+    wait_until(lambda: up(settled).get("bearer") == 1, "bearer target up again",
+               timeout=GUARD_SECONDS)
 
 
 # ---------------------------------------------------------------- no fetch on request
@@ -527,9 +424,7 @@ def test_secrets_never_appear_in_any_output(settled, tmp_path):
         "/metrics (OpenMetrics)": c.get(
             "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text,
     }
-    check = subprocess.run([sys.executable, "-m", "sidecar", "check-config",
-                            str(scene["dir"] / "config.yaml")], capture_output=True, text=True,
-                           cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    check = sidecar_cli("check-config", str(scene["dir"] / "config.yaml"), cwd=tmp_path)
     assert check.returncode == 0, check.stderr
     outputs["check-config"] = check.stdout + check.stderr
     outputs["logs"] = scene["sidecar"].logs
@@ -552,10 +447,10 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tmp_path):
     (tmp_path / "web.yml").write_text(yaml.safe_dump({"tls_server_config": {
         "cert_file": pki["sidecar_crt"], "key_file": pki["sidecar_key"],
         "client_ca_file": pki["target_ca"], "client_auth_type": "RequireAndVerifyClientCert"}}))
-    sidecar = Sidecar(["--web-config", str(tmp_path / "web.yml"), "--target",
-                       "dead=http://127.0.0.1:9/metrics", "--interval", "1", "--windows", "10s"],
-                      tmp_path)
-    base = f"https://127.0.0.1:{sidecar.port}"
+    sidecar = SidecarProcess(["--web-config", str(tmp_path / "web.yml"), "--target",
+                              "dead=http://127.0.0.1:9/metrics", "--interval", "1",
+                              "--windows", "10s"], tmp_path, scheme="https")
+    base = sidecar.base
     try:
         plain = ssl.create_default_context(cafile=pki["sidecar_ca"])
         with pytest.raises(httpx.TransportError):
@@ -584,11 +479,8 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tmp_path):
 def test_bad_web_config_refuses_to_start_with_file_and_line(tmp_path, text, line, fragment):
     path = tmp_path / "web.yml"
     path.write_text(text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
-    result = subprocess.run([sys.executable, "-m", "sidecar", "run", "--listen", "127.0.0.1:0",
-                             "--web-config", str(path), "--target", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, cwd=tmp_path,
-                            env=dict(env, PYTHONPATH=str(ROOT)))
+    result = sidecar_cli("run", "--listen", "127.0.0.1:0", "--web-config", str(path),
+                         "--target", "http://127.0.0.1:9", cwd=tmp_path)
     assert result.returncode == 2
     out = result.stdout + result.stderr
     assert f"{path}:{line}:" in out and fragment in out

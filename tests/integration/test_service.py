@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import math
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
 import pytest
-from conftest import FIXTURES, load_capture
+from conftest import FIXTURES, SidecarProcess, load_capture, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -20,12 +17,6 @@ from sidecar.bodies import multi_engine, set_value
 from sidecar.replay import ReplayServer
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def samples(text: str) -> list:
@@ -39,15 +30,9 @@ def value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def wait_for(fn, timeout=30.0, every=0.2):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met in {timeout}s (last: {last!r})")
+def wait_for(fn, what: str):
+    """Poll ``fn`` until truthy; a guard against hanging, never a timing assertion."""
+    return wait_until(fn, what, timeout=30.0)
 
 
 @pytest.fixture()
@@ -58,28 +43,22 @@ def replay():
 
 @pytest.fixture()
 def sidecar_proc():
-    procs = []
+    """Start the real service (``SidecarProcess``) on the given ``--target`` specs; every one
+    started is stopped with SIGTERM at the end of the test."""
+    started: list[SidecarProcess] = []
 
     def start(*targets: str, interval="0.3", windows="3s,6s", extra=()):
-        port = free_port()
-        args = [sys.executable, "-m", "sidecar", "run", "--listen", f"127.0.0.1:{port}",
-                "--interval", interval, "--windows", windows, *extra]
+        args = ["--interval", interval, "--windows", windows, *extra]
         for t in targets:
             args += ["--target", t]
-        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        procs.append(p)
-        base = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _get(base + "/healthz"))
-        return p, base
+        sidecar = SidecarProcess(args)
+        started.append(sidecar)
+        wait_for(lambda: _get(sidecar.base + "/healthz"), "/healthz answers")
+        return sidecar, sidecar.base
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    for sidecar in started:
+        sidecar.stop(10)
 
 
 def _get(url: str):
@@ -98,7 +77,7 @@ def until(base: str, cond) -> str:
     def check():
         text = metrics(base)
         return text if cond(text) else None
-    return wait_for(check)
+    return wait_for(check, "the condition on /metrics")
 
 
 def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_proc):
@@ -113,7 +92,8 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
         f"restart={replay.url('restart')}", f"dp={replay.url('dp')}", f"slow={replay.url('slow')}",
         f"garbage={replay.url('garbage')}", "dead=http://127.0.0.1:1/metrics")
     # every target scraped once -> ready
-    wait_for(lambda: (_get(base + "/readyz") or httpx.Response(500)).status_code == 200)
+    wait_for(lambda: (_get(base + "/readyz") or httpx.Response(500)).status_code == 200,
+             "/readyz says ready")
     final_q = value(bodies[3].decode(), Q)
     text = until(base, lambda t: value(t, "vllm_sidecar_prefix_cache_queries_total",
                                                    target="restart") == final_q)
@@ -135,7 +115,7 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
             t = metrics(base)
             return t if (value(t, "vllm_sidecar_scrape_errors_total", target=target,
                                reason=reason) or 0) >= 1 else None
-        text = wait_for(failed)
+        text = wait_for(failed, f"{target} failed with {reason}")
         assert value(text, "vllm_sidecar_target_up", target=target) == 0
         assert value(text, "vllm_sidecar_diagnosis", target=target, code="target_down") == 1
         assert value(text, "vllm_sidecar_prefix_cache_hit_ratio", target=target) is None
@@ -153,7 +133,8 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
 def test_openmetrics_negotiation_and_text_default(replay, sidecar_proc):
     replay.add_fixture("on", FIXTURES / "vllm-0.32.0/prefix_on_shared")
     _, base = sidecar_proc(f"on={replay.url('on')}")
-    wait_for(lambda: value(metrics(base), "vllm_sidecar_target_up", target="on") == 1)
+    wait_for(lambda: value(metrics(base), "vllm_sidecar_target_up", target="on") == 1,
+             "target on up")
     plain = httpx.get(base + "/metrics")
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     om = httpx.get(base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -203,12 +184,12 @@ def test_too_large_body_is_refused(replay, sidecar_proc):
 
 def test_sigterm_stops_cleanly(replay, sidecar_proc):
     replay.add("slow", [b"x 1\n"], delay=5.0)
-    proc, base = sidecar_proc(f"slow={replay.url('slow')}", interval="2", windows="10s")
+    sidecar, base = sidecar_proc(f"slow={replay.url('slow')}", interval="2", windows="10s")
     time.sleep(0.5)  # a scrape is in flight
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(10) == 0
-    err = proc.stderr.read()
-    assert "Traceback" not in err
+    sidecar.proc.send_signal(signal.SIGTERM)
+    assert sidecar.proc.wait(10) == 0
+    sidecar.stop()  # already exited: collects the rest of its output
+    assert "Traceback" not in sidecar.logs
 
 
 def test_nan_ratio_rendered_as_nan(replay, sidecar_proc):

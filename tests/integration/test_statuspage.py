@@ -10,19 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 from html.parser import HTMLParser
 
 import httpx
 import pytest
-from conftest import FIXTURES, REPO
+from conftest import FIXTURES, REPO, SidecarProcess, free_port, wait_until
 
 from sidecar.bodies import get_value, set_value
 from sidecar.explain import fmt_pct
@@ -45,26 +40,23 @@ XSS_MODEL = "<script>document.title='pwned-model'</script>\"><svg onload=alert(3
 HANG_GUARD = 180
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def poll(fn, what: str, tries: int = 600, every: float = 0.2):
-    for _ in range(tries):
-        got = fn()
-        if got:
-            return got
-        time.sleep(every)
-    raise AssertionError(f"never happened: {what}")
-
-
 def _get(url: str) -> httpx.Response | None:
     try:
         return httpx.get(url, timeout=10)
     except httpx.HTTPError:
         return None
+
+
+def ready_sidecar(args: list[str]) -> SidecarProcess:
+    """The real sidecar at a half-second interval, once its /readyz says ready."""
+    sidecar = SidecarProcess(["--interval", "0.5", "--windows", "10s,30s", *args])
+    try:
+        wait_until(lambda: (r := _get(sidecar.base + "/readyz")) is not None
+                   and r.status_code == 200, "sidecar ready", timeout=120.0)
+    except BaseException:
+        sidecar.stop(HANG_GUARD)
+        raise
+    return sidecar
 
 
 # ------------------------------------------------------------------------------ chromium
@@ -170,27 +162,14 @@ def stack(tmp_path_factory):
                    {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/metrics"}]
         cfg = tmp_path_factory.mktemp("statuspage") / "sidecar.yaml"
         cfg.write_text(json.dumps({"targets": targets}))  # JSON is YAML
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
-        proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--config", str(cfg),
-                                 "--listen", f"127.0.0.1:{port}", "--interval", "0.5",
-                                 "--windows", "10s,30s"], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
+        sidecar = ready_sidecar(["--config", str(cfg)])
         try:
-            poll(lambda: (r := _get(base + "/readyz")) is not None and r.status_code == 200,
-                 "sidecar ready")
             # every replay served its whole sequence and then its last body once more
-            poll(lambda: all(f.hits > len(f.bodies) for f in rs.fakes.values()),
-                 "replays played through")
-            yield base, rs
+            wait_until(lambda: all(f.hits > len(f.bodies) for f in rs.fakes.values()),
+                       "replays played through", timeout=120.0)
+            yield sidecar.base, rs
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(HANG_GUARD)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            sidecar.stop(HANG_GUARD)
 
 
 def api(base: str) -> dict:
@@ -316,22 +295,13 @@ def test_target_name_from_the_command_line_is_escaped(tmp_path):
     hostile, version = hostile_bodies()
     with ReplayServer() as rs:
         rs.add("x", hostile, version=version)
-        port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
-        proc = subprocess.Popen([sys.executable, "-m", "sidecar", "run", "--listen",
-                                 f"127.0.0.1:{port}", "--interval", "0.5", "--windows", "10s,30s",
-                                 "--target", f"{XSS_CLI_NAME}={rs.url('x')}"], cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
+        sidecar = ready_sidecar(["--target", f"{XSS_CLI_NAME}={rs.url('x')}"])
         try:
-            poll(lambda: (r := _get(base + "/readyz")) is not None and r.status_code == 200,
-                 "sidecar ready")
             page = tmp_path / "page.html"
-            page.write_text(httpx.get(base + "/", timeout=10).text)
+            page.write_text(httpx.get(sidecar.base + "/", timeout=10).text)
             raw = dump_dom(page.as_uri())
         finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(HANG_GUARD)
+            sidecar.stop(HANG_GUARD)
     dom = Dom(raw)
     assert not [e for e in dom.elements if e["tag"] == "script"]
     (h2,) = [e for e in dom.elements if e["tag"] == "h2"]

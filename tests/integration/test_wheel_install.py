@@ -14,34 +14,29 @@ pip needs a package index for step 2 (as docker build does).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
-import time
 import tomllib
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import FIXTURES, REPO, SidecarProcess, clean_env, wait_until
 
 from sidecar.replay import ReplayServer
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURE = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or ROOT.parent / "shared" / "fixtures")
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
 
 def build_context(dest: Path) -> Path:
     """The files .dockerignore lets into the build context (an allowlist of ``!`` lines)."""
-    allowed = [line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
                if line.startswith("!")]
     dest.mkdir(parents=True, exist_ok=True)
     for name in allowed:
-        src = ROOT / name
+        src = REPO / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         elif src.exists():
@@ -98,57 +93,32 @@ def test_console_script_help(installed):
         assert flag in out.stdout
 
 
-def listening_port(proc: subprocess.Popen) -> int:
-    """The port from the ``listening on HOST:PORT`` log line (we asked for port 0)."""
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        try:
-            msg = json.loads(line)["msg"]
-        except (ValueError, KeyError):
-            continue
-        if msg.startswith("listening on "):
-            # keep draining stderr so the sidecar never blocks on a full pipe
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
-            return int(msg.split()[2].rpartition(":")[2])
-    raise AssertionError(f"the sidecar exited ({proc.wait()}) before listening")
-
-
 def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
-    fixture = FIXTURE / "vllm-0.32.0" / "prefix_on_shared"
+    fixture = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
     if not (fixture / "meta.json").exists():
-        pytest.skip(f"no fixtures at {FIXTURE}")
+        pytest.skip(f"no fixtures at {FIXTURES}")
     with ReplayServer() as replay:
         replay.add_fixture("vllm", fixture)
-        cmd = [str(installed / "bin" / "vllm-cache-sidecar"), "run", "--listen", "127.0.0.1:0",
-               "--interval", "1", "--windows", "10s,30s", "--log-format", "json",
-               "--target", f"vllm={replay.url('vllm')}",
-               "--target", "dead=http://127.0.0.1:9/metrics"]
+        args = ["--interval", "1", "--windows", "10s,30s",
+                "--target", f"vllm={replay.url('vllm')}",
+                "--target", "dead=http://127.0.0.1:9/metrics"]
         home = tmp_path / "home"
         home.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_SIDECAR_")}
-        env.update(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")  # the image's environment
+        # the image's environment; no PYTHONPATH, so nothing comes from the source tree
+        env = clean_env(HOME=str(home), PYTHONDONTWRITEBYTECODE="1")
         before = tree(installed, tmp_path)
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        sidecar = SidecarProcess(args, tmp_path, env=env,
+                                 command=[str(installed / "bin" / "vllm-cache-sidecar")])
         try:
-            base = f"http://127.0.0.1:{listening_port(proc)}"
+            base = sidecar.base
             assert httpx.get(base + "/healthz").status_code == 200
-            deadline = time.monotonic() + 60  # a guard against hanging, not a performance limit
-            while httpx.get(base + "/readyz").status_code != 200:
-                assert time.monotonic() < deadline, "never ready"
-                time.sleep(0.2)
+            wait_until(lambda: httpx.get(base + "/readyz").status_code == 200, "the installed sidecar ready")
             text = httpx.get(base + "/metrics").text
             assert 'vllm_sidecar_target_up{target="vllm"} 1.0' in text
             assert 'vllm_sidecar_target_up{target="dead"} 0.0' in text
             assert "vllm_sidecar_prefix_cache_hit_ratio{" in text
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                rc = proc.wait(30)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+            rc = sidecar.stop()
     assert rc == 0
     # a read-only root filesystem is fine: the service wrote nothing, not even bytecode
     assert tree(installed, tmp_path) == before

@@ -10,24 +10,15 @@ used by deploy/prometheus/rules.yaml and dashboards/*.json must be in it.
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Iterator
 
-import httpx
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
+from conftest import FIXTURES, REPO, SidecarProcess, growing, wait_until
 
 from sidecar.replay import ReplayServer
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 ERAS = {
     "shared032": "vllm-0.32.0/prefix_on_shared",
     "off032": "vllm-0.32.0/prefix_off",
@@ -37,43 +28,6 @@ ERAS = {
 }
 #: labels that come from the deployment (sidecar static labels), not from the sidecar's logic
 DEPLOYMENT_LABELS = {"namespace", "pod", "job", "instance"}
-COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s+)(\S+)(.*)$")
-
-
-def growing(bodies: list[bytes], extra: int) -> list[bytes]:
-    """The real bodies, then the last one with every counter and histogram scaled up step by
-    step, so traffic keeps flowing (windowed rates and latency stay defined) after the capture
-    ends. Gauges and label sets stay exactly as vLLM wrote them."""
-    last = bodies[-1].decode()
-    out = list(bodies)
-    for k in range(1, extra + 1):
-        factor = 1 + 0.05 * k
-        lines = []
-        for line in last.split("\n"):
-            m = _SAMPLE.match(line)
-            if m and m.group(1).endswith(COUNTER_SUFFIXES):
-                line = f"{m.group(1)}{m.group(2) or ''}{m.group(3)}{float(m.group(4)) * factor!r}{m.group(5)}"
-            lines.append(line)
-        out.append("\n".join(lines).encode())
-    return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check, what: str, tries: int = 300, pause: float = 0.2):
-    """Poll ``check`` until it returns something truthy; a hang guard, not a timing assertion."""
-    last = None
-    for _ in range(tries):
-        last = check()
-        if last:
-            return last
-        time.sleep(pause)
-    raise AssertionError(f"never happened: {what} (last: {last!r})")
 
 
 # ----------------------------------------------------------------------------- what is used
@@ -114,7 +68,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
     """sample name -> label sets, read from the real sidecar's /metrics."""
     tmp = tmp_path_factory.mktemp("names_guard")
     replay = ReplayServer().start_in_thread()
-    proc = None
+    sidecar = None
     try:
         targets = []
         captured = {}
@@ -126,33 +80,23 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
             targets.append({"name": name, "url": replay.url(name), "labels": labels})
         cfg = tmp / "sidecar.yaml"
         cfg.write_text(yaml.safe_dump({"targets": targets}))
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run", "--config", str(cfg),
-             "--listen", f"127.0.0.1:{port}", "--interval", "0.5", "--windows", "3s,10s"],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sidecar = SidecarProcess(["--config", str(cfg), "--interval", "0.5",
+                                  "--windows", "3s,10s"])
 
         def scraped_past_the_captures() -> bool:
             # every real body served, then enough grown ones to fill the 3s window
             return all(f.hits > captured[n] + 8 for n, f in replay.fakes.items())
 
-        wait_for(lambda: proc.poll() is not None or scraped_past_the_captures(),
-                 "the sidecar scraped every replayed capture")
-        assert proc.poll() is None, proc.stderr.read().decode()
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        wait_until(lambda: sidecar.proc.poll() is not None or scraped_past_the_captures(),
+                   "the sidecar scraped every replayed capture")
+        assert sidecar.proc.poll() is None, sidecar.logs
         samples: dict[str, list[dict[str, str]]] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                samples.setdefault(s.name, []).append(dict(s.labels))
+        for name, labels in sidecar.metrics():
+            samples.setdefault(name, []).append(dict(labels))
         yield samples
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if sidecar is not None:
+            sidecar.stop()
         replay.stop_thread()
 
 

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import datetime
-import ipaddress
 import os
 import ssl
 
 import pytest
+from conftest import issue, key_pem, make_ca, pem
 
 bcrypt = pytest.importorskip("bcrypt")
 pytest.importorskip("cryptography")
 
 from aiohttp import web  # noqa: E402
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from sidecar.config import ConfigError  # noqa: E402
 from sidecar.webconfig import (  # noqa: E402
@@ -38,48 +33,6 @@ HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
 
 # ---------------------------------------------------------------- certificates
-
-def _name(cn):
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_ca(cn="test-ca"):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(_name(cn))
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def issue(ca, cn, sans=("127.0.0.1", "localhost"), client=False):
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    alt = [x509.IPAddress(ipaddress.ip_address(s)) if s[0].isdigit() else x509.DNSName(s)
-           for s in sans]
-    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = (x509.CertificateBuilder().subject_name(_name(cn)).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return key, cert
-
-
-def pem(cert):
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-def key_pem(key):
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
 
 @pytest.fixture
 def pki(tmp_path):
@@ -265,6 +218,24 @@ async def serve(wc: WebConfig, exempt=()):
     return runner, port
 
 
+def https_statuses(wc: WebConfig, *contexts: ssl.SSLContext) -> list[int]:
+    """The status of ``GET /metrics`` on a real server with ``wc``, once per client context."""
+    import httpx
+
+    async def scenario():
+        runner, port = await serve(wc)
+        try:
+            out = []
+            for ctx in contexts:
+                async with httpx.AsyncClient(verify=ctx) as c:
+                    out.append((await c.get(f"https://127.0.0.1:{port}/metrics")).status_code)
+            return out
+        finally:
+            await runner.cleanup()
+
+    return asyncio.run(scenario())
+
+
 def test_middleware_answers_401_then_200_and_adds_headers(tmp_path):
     import httpx
 
@@ -323,24 +294,12 @@ def test_tls_certificate_rotation_is_served_without_restart(tmp_path, pki):
 
 
 def test_client_allowed_sans_rejects_other_client_certificates(tmp_path, pki):
-    import httpx
-
     text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
             "  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus.monitoring]\n")
     wc = load_web_config(write(tmp_path, text))
-
-    async def scenario():
-        runner, port = await serve(wc)
-        try:
-            ctx = ssl.create_default_context(cafile=str(pki["ca"]))
-            ctx.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))  # SAN scraper.monitoring
-            async with httpx.AsyncClient(verify=ctx) as c:
-                r = await c.get(f"https://127.0.0.1:{port}/metrics")
-                assert r.status_code == 403
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(scenario())
+    ctx = ssl.create_default_context(cafile=str(pki["ca"]))
+    ctx.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))  # SAN scraper.monitoring
+    assert https_statuses(wc, ctx) == [403]
 
 
 # ---------------------------------------------------------------- exporter-toolkit compatibility
@@ -370,25 +329,13 @@ def test_client_ca_with_no_client_cert_is_ignored_with_a_warning(tmp_path, pki):
 
 
 def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path, pki):
-    import httpx
-
     text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
             "  client_ca_file: ca.crt\n  client_auth_type: VerifyClientCertIfGiven\n")
     wc = load_web_config(write(tmp_path, text))
-
-    async def scenario():
-        runner, port = await serve(wc)
-        try:
-            plain = ssl.create_default_context(cafile=str(pki["ca"]))
-            with_cert = ssl.create_default_context(cafile=str(pki["ca"]))
-            with_cert.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))
-            for ctx in (plain, with_cert):
-                async with httpx.AsyncClient(verify=ctx) as c:
-                    assert (await c.get(f"https://127.0.0.1:{port}/metrics")).status_code == 200
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(scenario())
+    plain = ssl.create_default_context(cafile=str(pki["ca"]))
+    with_cert = ssl.create_default_context(cafile=str(pki["ca"]))
+    with_cert.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))
+    assert https_statuses(wc, plain, with_cert) == [200, 200]
 
 
 def test_users_are_reloaded_from_the_file_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
