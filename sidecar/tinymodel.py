@@ -113,6 +113,9 @@ def build(path: Path | None = None, force: bool = False) -> Path:
         _build_tokenizer(tmp)
         _build_model(tmp)
         (tmp / MARKER).write_text(json.dumps({"recipe": RECIPE, "vocab": VOCAB_SIZE}) + "\n")
+        if is_built(path) and not force:  # another process finished first: keep its build
+            shutil.rmtree(tmp, ignore_errors=True)
+            return path
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
