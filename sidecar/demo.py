@@ -237,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM behaves like Ctrl-C, so `kill <demo pid>` cleans up too.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if port_open("127.0.0.1", args.sidecar_port):
+            print(f"port {args.sidecar_port} is busy: is a sidecar already running? Stop it or "
+                  f"use --sidecar-port N.")
+            return 2
         if args.vllm_url:
             vllm_url = args.vllm_url.rstrip("/")
             if vllm_url.endswith("/metrics"):
