@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -110,14 +109,15 @@ def vllm_on(model_dir: Path, logs: Path) -> Iterator[VllmServer]:
 
 
 @pytest.fixture
-def sidecar_for(logs: Path) -> Iterator[Callable[..., SidecarProcess]]:
+def sidecar_for(logs: Path,
+                request: pytest.FixtureRequest) -> Iterator[Callable[..., SidecarProcess]]:
     """Start a fresh sidecar subprocess on a free port against the given vLLM(s)."""
     started: list[SidecarProcess] = []
 
     def start(*servers: VllmServer, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
         targets = [f"{n}={s.metrics_url}" for n, s in zip(names, servers)]
         proc = SidecarProcess(targets, interval=INTERVAL, windows=WINDOWS,
-                              log_path=str(logs / f"sidecar-{len(started)}-{time.time():.0f}.log"))
+                              log_path=str(logs / f"sidecar-{request.node.name}-{len(started)}.log"))
         started.append(proc)
         proc.start()
         return proc
