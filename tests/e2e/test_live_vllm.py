@@ -6,6 +6,8 @@ import math
 import time
 
 import pytest
+from prometheus_client.openmetrics.parser import \
+    text_string_to_metric_families as text_string_to_openmetrics
 from live import LONG, SHORT, Watcher, diagnoses, fetch, is_nan, one, pick, scraped_after, \
     series, traffic, wait_until
 
@@ -61,6 +63,14 @@ def test_shared_prefix_counters_equal_vllm_and_ratios(vllm_on, sidecar_for):
     assert one(ours, "vllm_sidecar_prefix_caching_enabled", target="live", engine="0") == 1
     assert one(ours, "vllm_sidecar_target_up", target="live") == 1
     assert "zero_hit_rate" not in diagnoses(ours, "live")
+
+    # the same numbers in OpenMetrics, for scrapers that ask for it
+    om = fetch(sidecar.base_url + "/metrics",
+               accept="application/openmetrics-text;version=1.0.0;charset=utf-8")
+    fams = {f.name: f for f in text_string_to_openmetrics(om)}
+    queries = fams["vllm_sidecar_prefix_cache_queries"]
+    assert queries.type == "counter"
+    assert [s.value for s in queries.samples if s.name.endswith("_total")] == [vq]
 
 
 def test_concurrent_long_requests_show_kv_usage_and_delta(vllm_on, sidecar_for):
