@@ -138,7 +138,7 @@ def test_a_failing_target_is_down_and_serves_no_vllm_numbers(run: Run, case: str
 @pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_targets_keep_updating_next_to_the_broken_ones(run: Run, name: str) -> None:
     scraped = [p for p in run.polls if of(p, P + "scrape_duration_seconds", name)]
-    assert len(scraped) >= POLLS - 2
+    assert len(scraped) >= POLLS // 2
     for poll in scraped:
         assert of(poll, P + "target_up", name) == [1.0]
         assert sum(of(poll, P + "scrape_errors_total", name)) == 0
