@@ -8,8 +8,6 @@ import logging
 import sys
 from typing import Any, Sequence
 
-import yaml
-
 from . import __version__
 from .config import ConfigError, load_config, parse_target_spec
 
@@ -91,6 +89,8 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
         doc["targets_file_targets"] = [t.redacted() for t in extra]
     else:
         doc = config.redacted()
+    import yaml
+
     yaml.safe_dump(doc, sys.stdout, sort_keys=False)
     return 0
 

@@ -12,9 +12,12 @@ import os
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
+from functools import lru_cache
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-import yaml
+if TYPE_CHECKING:  # yaml is imported only when a file is read (it costs ~1 MB of RSS)
+    import yaml
 
 DEFAULT_URL = "http://127.0.0.1:8000/metrics"
 DEFAULT_LISTEN = "0.0.0.0:9490"
@@ -292,22 +295,35 @@ class _Map(dict):
     key_lines: dict[str, int]
 
 
-class _LineLoader(yaml.SafeLoader):
-    pass
+@lru_cache(maxsize=1)
+def _loader() -> type:
+    """A SafeLoader that records line numbers (built on first use, importing yaml then)."""
+    import yaml
 
+    class _LineLoader(yaml.SafeLoader):
+        pass
 
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)
-    m = _Map()
-    m.line = node.start_mark.line + 1
-    m.key_lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if key in m:
-            raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
-        m[key] = loader.construct_object(value_node, deep=True)
-        m.key_lines[str(key)] = key_node.start_mark.line + 1
-    return m
+    def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+        loader.flatten_mapping(node)
+        m = _Map()
+        m.line = node.start_mark.line + 1
+        m.key_lines = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in m:
+                raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
+            m[key] = loader.construct_object(value_node, deep=True)
+            m.key_lines[str(key)] = key_node.start_mark.line + 1
+        return m
+
+    def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
+        seq = _Seq(loader.construct_object(child, deep=True) for child in node.value)
+        seq.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return seq
+
+    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
+    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
+    return _LineLoader
 
 
 class _Seq(list):
@@ -316,19 +332,11 @@ class _Seq(list):
     item_lines: list[int]
 
 
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
-    seq = _Seq(loader.construct_object(child, deep=True) for child in node.value)
-    seq.item_lines = [child.start_mark.line + 1 for child in node.value]
-    return seq
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
-
-
 def load_yaml_text(text: str, file: str) -> Any:
+    import yaml
+
     try:
-        return yaml.load(text, Loader=_LineLoader)  # noqa: S506 - SafeLoader subclass
+        return yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader subclass
     except ConfigError as exc:
         raise ConfigError(exc.message, file, exc.line) from None
     except yaml.MarkedYAMLError as exc:

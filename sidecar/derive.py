@@ -147,7 +147,6 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
-        self.ratios: deque[tuple[float, float]] = deque()  # (t, ratio since the previous point)
         self.last: EngineMetrics | None = None
         self.gen = 0
 
@@ -210,8 +209,6 @@ class _EngineHistory:
             v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None if restarted else b.count, restarted)
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
-        if prev is not None:
-            self.ratios.append((t, _ratio(v[1] - prev.v[1], v[0] - prev.v[0])))
         self.points.append(_Point(t, layout, v))
         self.last = m
 
@@ -220,8 +217,6 @@ class _EngineHistory:
         pts = self.points
         while len(pts) >= 2 and pts[1].t <= horizon:
             pts.popleft()
-        while self.ratios and self.ratios[0][0] <= pts[0].t:
-            self.ratios.popleft()
 
     def baseline(self, t0: float) -> _Point:
         """The latest point at or before ``t0``, else the oldest we have."""
@@ -272,8 +267,16 @@ class _EngineHistory:
                 return p.hist(i)
         return None
 
-    def ratio_points(self) -> tuple[tuple[float, float], ...]:
-        return tuple(self.ratios)
+    def ratio_series(self) -> array:
+        """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines)."""
+        out = array("d")
+        prev = None
+        for p in self.points:
+            if prev is not None:
+                out.append(p.t)
+                out.append(_ratio(p.v[1] - prev.v[1], p.v[0] - prev.v[0]))
+            prev = p
+        return out
 
 
 def _zero_hist(h: Histogram | None) -> Histogram | None:
@@ -288,14 +291,11 @@ def _zero_like(m: EngineMetrics) -> EngineMetrics:
                    kv_usage=None, created=None, **zero)
 
 
-def _restarted(prev: Normalised | None, cur: Normalised) -> bool:
+def _restarted(prev_start: float | None, old: dict[tuple[str, str], EngineMetrics],
+               cur: Normalised) -> bool:
     """Did vLLM restart between two good scrapes? Any counter down, or a start time changed."""
-    if prev is None:
-        return False
-    if (prev.process_start is not None and cur.process_start is not None
-            and prev.process_start != cur.process_start):
+    if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
         return True
-    old = {e.key: e for e in prev.engines}
     for e in cur.engines:
         o = old.get(e.key)
         if o is None:
@@ -325,7 +325,9 @@ class TargetTracker:
         self.labels = labels
         self.windows = tuple(sorted(windows, key=lambda w: w.seconds))
         self._engines: dict[tuple[str, str], _EngineHistory] = {}
-        self._last_good: Normalised | None = None
+        #: of the last good scrape: vLLM's start time and its engines' keys (restart detection)
+        self._last_start: float | None = None
+        self._last_keys: frozenset[tuple[str, str]] | None = None
         self._restart_times: deque[float] = deque()
         self._restarts = 0
         self._errors: dict[str, int] = {}
@@ -357,13 +359,16 @@ class TargetTracker:
             self.snapshot = replace(snap, diagnoses=diagnose(snap))
             return self.snapshot
         norm = outcome.normalised
-        reset = _restarted(self._last_good, norm)
+        reset = self._last_keys is not None and _restarted(
+            self._last_start, {k: h.last for k, h in self._engines.items()
+                               if k in self._last_keys and h.last is not None}, norm)
         if reset:
             self._restarts += 1
             self._restart_times.append(t)
         prev_t = self._last_success
-        prev_keys = {e.key for e in self._last_good.engines} if self._last_good else None
-        self._last_good = norm
+        prev_keys = self._last_keys
+        self._last_start = norm.process_start
+        self._last_keys = frozenset(e.key for e in norm.engines)
         self._last_success = t
         engines = []
         for m in norm.engines:
@@ -406,4 +411,4 @@ class TargetTracker:
         return EngineState(
             model_name=m.model_name, engine=m.engine, current=m, lifetime_hit_ratio=lifetime,
             windows=tuple(hist.window(w, now, n) for w, n in zip(self.windows, resets)),
-            ratio_points=hist.ratio_points())
+            ratio_series=hist.ratio_series())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 NAN = float("nan")
 
@@ -151,8 +151,14 @@ class EngineState:
     current: EngineMetrics
     lifetime_hit_ratio: float = NAN
     windows: tuple[WindowStats, ...] = ()
-    #: (unix time, hit ratio between this sample and the previous one) over the longest window
-    ratio_points: tuple[tuple[float, float], ...] = ()
+    #: (unix time, hit ratio between this sample and the previous one) over the longest window;
+    #: a flat sequence t0, r0, t1, r1, ... (one array per snapshot instead of a tuple per point)
+    ratio_series: Sequence[float] = ()
+
+    @property
+    def ratio_points(self) -> tuple[tuple[float, float], ...]:
+        s = self.ratio_series
+        return tuple(zip(s[0::2], s[1::2]))
 
     def window(self, label: str) -> WindowStats | None:
         for w in self.windows:

@@ -119,7 +119,9 @@ class Sidecar:
     async def _loop(self, r: _Running) -> None:
         interval = self.config.interval
         loop = asyncio.get_running_loop()
-        next_at = loop.time() + random.uniform(0, min(interval, 1.0) if not r.tracker.snapshot.scraped else 0)
+        # Spread first scrapes over the interval, so thousands of targets do not start in the same
+        # second (timeouts, a memory peak of bodies in flight); each keeps its phase afterwards.
+        next_at = loop.time() + (0.0 if r.tracker.snapshot.scraped else random.uniform(0, interval))
         timeout = self.config.timeout_for(r.target)
         while True:
             delay = next_at - loop.time()

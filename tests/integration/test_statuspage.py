@@ -356,8 +356,8 @@ def snapshots(draw):
                                   waiting=draw(st.none() | st.floats(0, 100)),
                                   v0_hit_rate=draw(st.none() | ratio)),
                     lifetime_hit_ratio=draw(ratio), windows=tuple(windows),
-                    ratio_points=tuple(draw(st.lists(st.tuples(st.floats(1e9, 1e9 + 60), ratio),
-                                                     max_size=6))))
+                    ratio_series=tuple(x for pair in draw(st.lists(
+                        st.tuples(st.floats(1e9, 1e9 + 60), ratio), max_size=6)) for x in pair))
         for _ in range(draw(st.integers(0, 2))))
     configs = tuple(CacheConfig(draw(text), draw(st.none() | st.booleans()),
                                 block_size=draw(st.none() | st.sampled_from([16, 128])),
