@@ -67,7 +67,8 @@ def rule_down(s: TargetSnapshot) -> Diagnosis | None:
 def rule_no_vllm(s: TargetSnapshot) -> Diagnosis | None:
     if s.last_error_reason != "no_vllm_metrics":
         return None
-    return _d("no_vllm_metrics", "the target answers but exposes no vllm: series",
+    detail = f": {s.last_error}" if s.last_error else ""
+    return _d("no_vllm_metrics", f"the target answers but exposes no vllm: series{detail}",
               error=s.last_error)
 
 
