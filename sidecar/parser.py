@@ -22,6 +22,11 @@ _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _ESCAPE_RE = re.compile(r"\\[\\\"n]")
 
 
+#: raw label-set text -> parsed labels, shared by all targets (bounded; cleared when full)
+_LABELS: dict[str, tuple[tuple[str, str], ...]] = {}
+_LABELS_MAX = 100_000
+
+
 class ParseError(ValueError):
     """The body is not valid exposition text; ``line`` is 1-based."""
 
@@ -151,7 +156,20 @@ def parse(body: bytes | str, content_type: str | None = None,
         while line[end] in " \t" and end + 1 < len(line) and line[end + 1] in " \t{":
             end += 1  # ``name {labels} value`` is valid text too
         if line[end] == "{":
-            labels, end = _parse_labels(line, end, lineno)
+            # Label sets repeat exactly from scrape to scrape (and across targets of a model):
+            # reuse the parsed tuple for text seen before. A key is only ever a text that parses
+            # as one whole label set, so a hit parses exactly as a miss would.
+            close = line.rfind("}") + 1
+            raw = line[end:close]
+            labels = _LABELS.get(raw)
+            if labels is None:
+                labels, end = _parse_labels(line, end, lineno)
+                if end == close:
+                    if len(_LABELS) >= _LABELS_MAX:
+                        _LABELS.clear()
+                    _LABELS[raw] = labels
+            else:
+                end = close
         else:
             labels = ()
         rest = line[end:]
