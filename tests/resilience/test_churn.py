@@ -70,8 +70,9 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     server = await FaultServer(static={"vllm": small_body()}).start()
     path = tmp / "targets.json"
     path.write_text("[]")
-    # A long interval: each target is scraped once right after it is added, then waits.
-    config = Config(listen="127.0.0.1:0", interval=60.0, windows=(Window("5m", 300.0),),
+    # A short interval: the service spreads first scrapes over one interval, so every target of
+    # a round has been scraped within about a second.
+    config = Config(listen="127.0.0.1:0", interval=1.0, windows=(Window("5m", 300.0),),
                     targets=(), targets_file=str(path))
     sidecar = Sidecar(config)
     watcher = TargetsFileWatcher(str(path), on_change=sidecar.targets_file_changed,
