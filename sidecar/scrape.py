@@ -29,6 +29,8 @@ class _TooLarge(Exception):
 
 def request_options(target: TargetConfig) -> dict[str, Any]:
     """Headers / TLS for a target (secrets read at scrape time so rotated files are picked up)."""
+    if not (target.bearer_token_file or target.basic_auth or target.tls):
+        return {}
     try:
         from .targetauth import request_options as _opts  # provided by the security module
     except ImportError:  # pragma: no cover - the module ships with the package
