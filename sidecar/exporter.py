@@ -185,6 +185,8 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState) -> None
 
 def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, str], ...]) -> None:
     base = {**dict(static), **dict(s.labels), "target": s.name}
+    if not s.scraped:
+        return  # no scrape yet, no evidence either way: absent, as Prometheus' own ``up``
     f.add("target_up", base, 1.0 if s.up else 0.0)
     if s.scrape_duration is not None:
         f.add("scrape_duration_seconds", base, s.scrape_duration)

@@ -462,7 +462,7 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tmp_path):
         good = ssl.create_default_context(cafile=pki["sidecar_ca"])
         good.load_cert_chain(pki["client_crt"], pki["client_key"])
         r = httpx.get(base + "/metrics", verify=good)
-        assert r.status_code == 200 and "vllm_sidecar_target_up" in r.text
+        assert r.status_code == 200 and "vllm_sidecar_build_info" in r.text
     finally:
         assert sidecar.stop() == 0
 

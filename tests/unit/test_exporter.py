@@ -108,4 +108,6 @@ def test_static_and_target_labels_on_every_series():
 def test_target_config_labels_reach_the_tracker():
     t = TargetConfig(name="x", url="http://h:1/metrics", labels=(("team", "a"),))
     tr = TargetTracker(t.name, parse_windows("1m"), labels=t.labels)
+    assert render_target(tr.snapshot) == {}  # not scraped yet: no evidence, no series
+    tr.observe(ScrapeOutcome(0, 0.1, reason="connect", error="refused"))
     assert 'team="a"' in "".join(render_target(tr.snapshot).values())
