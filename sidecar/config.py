@@ -600,14 +600,21 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     return Config(**kwargs)
 
 
-def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+def read_text_file(path: str, what: str) -> str:
+    """A settings file's text, or a :class:`ConfigError` that says why it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except OSError as exc:
-        raise ConfigError(f"cannot read config: {exc.strerror or exc}", path) from None
+        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}", path) from None
+    try:
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+
+
+def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+    text = read_text_file(path, "config")
     return _settings_from_mapping(load_yaml_text(text, path), path)
 
 

@@ -33,6 +33,7 @@ from sidecar.config import (
     default_target_name,
     load_yaml_text,
     normalise_url,
+    read_text_file,
 )
 
 _GROUP_KEYS = {"targets", "labels"}
@@ -47,15 +48,7 @@ def load_targets_file(path: str, defaults: TargetConfig | None = None) -> tuple[
 
 def read_targets_file(path: str) -> str:
     """The file's text, or a :class:`ConfigError` that says why it could not be read."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read targets file: {exc.strerror or exc}", path) from None
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    return read_text_file(path, "targets file")
 
 
 def parse_targets_file(text: str, path: str,

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from sidecar.config import ConfigError, load_yaml_text
+from sidecar.config import ConfigError, load_yaml_text, read_text_file
 
 REALM = "vllm-cache-sidecar"
 log = logging.getLogger(__name__)
@@ -168,13 +168,7 @@ class WebConfig:
 
 def load_web_config(path: str) -> WebConfig:
     """Read, parse and validate ``path``; relative file names are relative to its folder."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read web config: {exc.strerror or exc}", path) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
+    text = read_text_file(path, "web config")
     config = parse_web_config(text, path)
     if config.tls:
         _check_tls_files(config.tls, path, text)
