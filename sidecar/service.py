@@ -31,6 +31,7 @@ from .server import build_app
 
 log = logging.getLogger("sidecar")
 VERSION_RETRY_SECONDS = 60.0
+MAX_CONNECTIONS = 256
 
 
 @dataclass
@@ -179,7 +180,10 @@ class Sidecar:
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, ssl_context: ssl.SSLContext | None = None,
                     middlewares: tuple = ()) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, enable_cleanup_closed=True)
+        # At most MAX_CONNECTIONS scrapes in flight: bounds the memory of bodies being read and of
+        # the keep-alive pool (a scrape waiting for a connection still counts against its timeout).
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=60,
+                                         enable_cleanup_closed=True)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
                                               timeout=aiohttp.ClientTimeout(total=None))
         self.set_targets(self.all_targets())
