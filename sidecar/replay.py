@@ -47,7 +47,48 @@ def load_fixture(directory: str | Path,
     return bodies, types, meta.get("vllm_version")
 
 
-class ReplayServer:
+class InThread:
+    """Run an async server (``start()``/``stop()`` coroutines) on its own loop in a thread, so
+    synchronous tests can use it as a context manager."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+    def start_in_thread(self):
+        ready = threading.Event()
+
+        def main() -> None:
+            self._loop = asyncio.new_event_loop()
+            self._loop.run_until_complete(self.start())
+            ready.set()
+            self._loop.run_forever()
+            self._loop.run_until_complete(self.stop())
+            self._loop.close()
+
+        self._thread = threading.Thread(target=main, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def __enter__(self):
+        return self.start_in_thread()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
+
+
+class ReplayServer(InThread):
     """An aiohttp server of fake vLLM targets. Use :meth:`start_in_thread` from sync code."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
@@ -55,8 +96,6 @@ class ReplayServer:
         self.port = port
         self.fakes: dict[str, Fake] = {}
         self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, name: str, bodies: list[bytes], content_type: str = TEXT_004,
             version: str | None = "0.32.0", **kw) -> Fake:
@@ -105,35 +144,6 @@ class ReplayServer:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
-
-    # -------------------------------------------------------------- sync helpers for tests
-    def start_in_thread(self) -> "ReplayServer":
-        ready = threading.Event()
-
-        def main() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start())
-            ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self.stop())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=main, name="replay", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop_thread(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    def __enter__(self) -> "ReplayServer":
-        return self.start_in_thread()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_thread()
-
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m sidecar.replay", description=__doc__)

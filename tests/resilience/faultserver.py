@@ -13,10 +13,11 @@ import json
 import os
 import socket
 import struct
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Awaitable, Callable
+
+from sidecar.replay import InThread
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
@@ -172,7 +173,7 @@ def _static(body: bytes) -> Case:
     return serve
 
 
-class FaultServer:
+class FaultServer(InThread):
     """``await start()`` in a running loop, or ``with FaultServer(...)`` to run it in a thread."""
 
     def __init__(self, max_body: int = 256 * 1024, static: dict[str, bytes] | None = None):
@@ -184,8 +185,6 @@ class FaultServer:
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     def url(self, case: str) -> str:
         return f"http://127.0.0.1:{self.port}/{case}/metrics"
@@ -229,27 +228,6 @@ class FaultServer:
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    def __enter__(self) -> "FaultServer":
-        ready = threading.Event()
-
-        def main() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self.start())
-            ready.set()
-            self._loop.run_forever()
-            self._loop.run_until_complete(self.stop())
-            self._loop.close()
-
-        self._thread = threading.Thread(target=main, name="faultserver", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
 
 
 def refused_url() -> str:
