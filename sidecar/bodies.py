@@ -58,6 +58,17 @@ def scale_counters(body: bytes | str, names: tuple[str, ...], factor: float) -> 
     return "\n".join(out).encode("utf-8")
 
 
+def no_hits(body: bytes | str) -> bytes:
+    """The body with no prefix-cache hit from any tier: the hit counter and, where vLLM counts
+    hits by source (0.32+), every source at zero (a consistent body: sources sum to hits)."""
+    out = set_value(body, "vllm:prefix_cache_hits_total", 0)
+    text = out.decode("utf-8")
+    if "vllm:prompt_tokens_cached_by_source_total" in text:
+        for src in set(re.findall(r'prompt_tokens_cached_by_source_total\{[^}]*source="([^"]*)"', text)):
+            out = set_value(out, "vllm:prompt_tokens_cached_by_source_total", 0, {"source": src})
+    return out
+
+
 def multi_engine(bodies: list[bytes | str], engine_label: str = "engine") -> bytes:
     """One data-parallel body from per-engine bodies: body i's ``engine="0"`` series become
     ``engine="i"``. Comment lines and non-engine series come from the first body only."""

@@ -26,8 +26,10 @@ DEFAULT_WINDOWS = "1m,5m"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "VLLM_SIDECAR_"
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+#: label names the sidecar sets itself: a static label of that name is a config error
 RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason",
-                   "version", "schema", "le", "quantile"}
+                   "version", "schema", "le", "quantile", "replica", "source", "tier", "mode",
+                   "family", "exposer", "phase", "finished_reason"}
 
 
 class ConfigError(ValueError):

@@ -84,6 +84,7 @@ async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: 
         if delay > 0:
             await asyncio.sleep(delay)
         outcome = await scrape(session, target, timeout=timeout, max_bytes=max_bytes,
+                               identity=tracker.identity_labels,
                                want_version=tracker.snapshot.version is None)
         tracker.observe(outcome)
         done += 1

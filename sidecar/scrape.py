@@ -87,11 +87,13 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
 
 
 def parse_body(body: bytes, content_type: str | None, started: float,
-               duration: float) -> ScrapeOutcome:
-    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data)."""
+               duration: float, identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
+    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
+
+    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``)."""
     try:
         parsed = parse(body, content_type, WANTED)
-        norm = normalise(parsed.samples)
+        norm = normalise(parsed.samples, identity=identity)
     except ParseError as exc:
         return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}")
     if parsed.vllm_lines == 0:
@@ -102,7 +104,8 @@ def parse_body(body: bytes, content_type: str | None, started: float,
 
 
 async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeout: float,
-                 max_bytes: int, want_version: bool = False) -> ScrapeOutcome:
+                 max_bytes: int, want_version: bool = False,
+                 identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
     """Scrape ``target`` once; never raises for anything the target does."""
     started = time.time()
     t0 = time.perf_counter()
@@ -132,7 +135,7 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
     except (aiohttp.ClientError, OSError) as exc:
         return fail("connect", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
     duration = time.perf_counter() - t0
-    outcome = parse_body(body, content_type, started, duration)
+    outcome = parse_body(body, content_type, started, duration, identity)
     if outcome.ok and want_version:
         outcome.version = await fetch_version(session, target, timeout)
     outcome.duration = time.perf_counter() - t0

@@ -133,7 +133,8 @@ class Sidecar:
                                 and loop.time() - r.version_tried > VERSION_RETRY_SECONDS))
             assert self._session is not None
             outcome = await scrape(self._session, r.target, timeout=timeout,
-                                   max_bytes=self.config.max_body_bytes, want_version=want_version)
+                                   max_bytes=self.config.max_body_bytes, want_version=want_version,
+                                   identity=r.tracker.identity_labels)
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts
                 r.version_tried = loop.time()
