@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
-from .model import CacheConfig, Diagnosis, EngineState, TargetSnapshot, WindowStats
+from .model import CacheConfig, Diagnosis, EngineState, Refused, TargetSnapshot, WindowStats
 from .normalize import EXPOSER_ROUTER, SCHEMA_V0, SCHEMA_V1_LEGACY
 
 #: code -> severity, exactly as the contract fixes them
@@ -68,7 +68,7 @@ def _match_unit(s: TargetSnapshot) -> tuple[int, str] | None:
     return (size, "block_size") if size else None
 
 
-def engine_name(e: EngineState | CacheConfig) -> str:
+def engine_name(e: EngineState | CacheConfig | Refused) -> str:
     """``engine 0`` or ``engine 0 (ReplicaId=r1,...)``: how findings name one engine identity."""
     return f"engine {e.engine}" + (f" ({e.replica})" if e.replica else "")
 

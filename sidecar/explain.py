@@ -420,6 +420,18 @@ def tier_split(w: Any, short: bool = False) -> list[tuple[str, str, float]]:
     return out
 
 
+def exposer_note(s: TargetSnapshot) -> str:
+    """What to know when the target is not a vLLM API server itself ('' when it is)."""
+    if s.exposer == "production-stack-router":
+        return ("This target is a vLLM production-stack router, not an engine: its vllm: series "
+                "are per-backend gauges (one engine per `server`, no model_name). Scrape the "
+                "engines directly for full detail (windows, latency, cache config).")
+    if s.exposer == "ray-serve":
+        return ("This target is Ray Serve LLM's metrics port (ray_vllm_* names): one engine per "
+                "ReplicaId/WorkerId.")
+    return ""
+
+
 def _no_traffic(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
     window = ev.get("window", "window")
     nums = [f"No prompt tokens arrived in the last {window}; hit ratios for it are n/a."]

@@ -63,8 +63,6 @@ class EngineMetrics:
     #: ``vllm:kv_offload_tiering_chunk_{queries,hits}`` (0.28+): (tier, chunks), tiers sorted
     tier_queries: tuple[tuple[str, float], ...] = ()
     tier_hits: tuple[tuple[str, float], ...] = ()
-    #: ``vllm:admission_rejections`` (0.32+, no ``engine`` label: engine "0"), all reasons
-    admission_rejections: float | None = None
     ttft: Histogram | None = None
     e2e: Histogram | None = None
     queue: Histogram | None = None
@@ -127,6 +125,8 @@ class Normalised:
     #: label names that tell engines apart beyond model_name/engine (contract "Identity")
     identity_labels: frozenset[str] = frozenset()
     refused: tuple[Refused, ...] = ()
+    #: ``vllm:admission_rejections_total`` (0.32+; no ``engine`` label), all reasons and models
+    admission_rejections: float | None = None
 
     @property
     def has_vllm(self) -> bool:

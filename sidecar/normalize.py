@@ -49,7 +49,7 @@ ALIASES: dict[str, tuple[Source, ...]] = {
     "hits_by_source": (Source("vllm:prompt_tokens_cached_by_source", COUNTER),),
     "tier_queries": (Source("vllm:kv_offload_tiering_chunk_queries", COUNTER),),
     "tier_hits": (Source("vllm:kv_offload_tiering_chunk_hits", COUNTER),),
-    "admission_rejections": (Source("vllm:admission_rejections", COUNTER),),
+    "admission_rejections": (Source("vllm:admission_rejections", COUNTER),),  # target level
 }
 
 #: counters kept per value of one dimension label (field -> label)
@@ -57,7 +57,7 @@ LABELLED = {"request_success": "finished_reason", "hits_by_source": "source",
             "tier_queries": "tier", "tier_hits": "tier"}
 #: plain counters: below 0 or NaN is impossible (contract "Impossible values")
 PLAIN_COUNTERS = ("prefix_queries", "prefix_hits", "external_queries", "external_hits",
-                  "prompt_tokens", "generation_tokens", "preemptions", "admission_rejections")
+                  "prompt_tokens", "generation_tokens", "preemptions")
 
 #: deprecated names the sidecar does not read but reports under ``legacy_metric_names``
 LEGACY_ONLY = (
@@ -251,6 +251,7 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
     seen_fields: dict[str, set[int]] = {}
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     starts: set[float] = set()
+    rejections: float | None = None
     vllm_count = 0
     for name, labels, value in samples:
         if name == PROCESS_START:
@@ -275,6 +276,10 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
             legacy.add(src.family)
         if not fld:
             continue
+        if fld == "admission_rejections":  # no ``engine`` label: the API server's, not an engine's
+            if part == "value" and value == value and value >= 0:
+                rejections = (rejections or 0.0) + value
+            continue
         acc = engines.setdefault(
             (lab.get("model_name", ""), lab.get("engine", "0"), replica_of(lab, ident)), _Acc())
         seen_fields.setdefault(fld, set()).add(prio)
@@ -296,6 +301,7 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
         exposer=exposer,
         identity_labels=ident,
         refused=tuple(refused),
+        admission_rejections=rejections,
     )
 
 
