@@ -26,7 +26,8 @@ ERAS = {
     "v0101": "vllm-0.10.1.1.post2/prefix_on_shared",
     "v085": "vllm-0.8.5.post2-v0-hidden/prefix_on_shared",
 }
-#: Ray Serve LLM's metrics port, made from the 0.32 capture: ray_vllm_ names, two replicas
+#: Ray Serve LLM's metrics port, made from the 0.32 capture: ray_vllm_ names, two replicas, and
+#: the tiered-offload counters (vLLM 0.28+, config-gated, so in none of the plain captures)
 RAY = "ray032"
 #: labels that come from the deployment (sidecar static labels), not from the sidecar's logic
 DEPLOYMENT_LABELS = {"namespace", "pod", "job", "instance"}
@@ -74,6 +75,11 @@ def ray_body(body: bytes) -> bytes:
                 out.append(line.replace("{", f'{{ReplicaId="{r}",', 1))
         elif not line.startswith("ray_vllm_"):
             out.append(line)
+    for kind, value in (("queries", 40), ("hits", 10)):
+        out.append(f"# TYPE ray_vllm_kv_offload_tiering_chunk_{kind}_total counter")
+        for r in ("r1", "r2"):
+            out.append(f'ray_vllm_kv_offload_tiering_chunk_{kind}_total{{ReplicaId="{r}",'
+                       f'engine="0",model_name="tiny",tier="0:primary"}} {value}')
     return ("\n".join(out) + "\n").encode()
 
 
