@@ -113,3 +113,36 @@ def _family_of(name: str, known: dict[str, list[str]]) -> str:
         if name.endswith(suffix) and name[: -len(suffix)] in known:
             return name[: -len(suffix)]
     return name
+
+
+#: a vLLM production-stack router's /metrics (issue 10): vLLM-named gauges per backend `server`,
+#: no model_name/engine; ``ROUTER % n`` sets backend-a's queries
+ROUTER = """# TYPE vllm:gpu_prefix_cache_queries_total gauge
+vllm:gpu_prefix_cache_queries_total{server="http://backend-a:8000"} %d
+vllm:gpu_prefix_cache_queries_total{server="http://backend-b:8000"} 1000
+vllm:gpu_prefix_cache_queries_total{server="http://backend-c:8000"} 11000
+# TYPE vllm:gpu_prefix_cache_hits_total gauge
+vllm:gpu_prefix_cache_hits_total{server="http://backend-a:8000"} 7500
+vllm:gpu_prefix_cache_hits_total{server="http://backend-b:8000"} 500
+vllm:gpu_prefix_cache_hits_total{server="http://backend-c:8000"} 105
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{server="http://backend-a:8000"} 5
+vllm:num_requests_running{server="http://backend-b:8000"} 2
+vllm:num_requests_running{server="http://backend-c:8000"} 3
+"""
+
+RAY_LABELS = 'engine="0",model_name="m",SessionName="s",Version="2.52.0"'
+
+
+def ray_body(replicas: dict[str, tuple[int, int]]) -> str:
+    """Ray Serve LLM's metrics port: ``ray_vllm_`` names, replicas {ReplicaId: (queries, hits)}
+    all saying engine="0" for one model."""
+    out = ["# TYPE ray_vllm_prefix_cache_queries_total counter"]
+    for r, (q, _) in replicas.items():
+        out.append(f'ray_vllm_prefix_cache_queries_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
+                   f'{RAY_LABELS}}} {q}')
+    out.append("# TYPE ray_vllm_prefix_cache_hits_total counter")
+    for r, (_, h) in replicas.items():
+        out.append(f'ray_vllm_prefix_cache_hits_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
+                   f'{RAY_LABELS}}} {h}')
+    return "\n".join(out) + "\n"
