@@ -87,9 +87,17 @@ class TargetConfig:
     @property
     def version_url(self) -> str:
         """vLLM's ``/version`` beside the metrics path (``/x/metrics`` -> ``/x/version``)."""
+        return self.sibling_url("version")
+
+    @property
+    def health_url(self) -> str:
+        """vLLM's ``/health`` beside the metrics path."""
+        return self.sibling_url("health")
+
+    def sibling_url(self, name: str) -> str:
         parts = urlsplit(self.url)
-        path = parts.path[: -len("metrics")] + "version" if parts.path.endswith("/metrics") \
-            else "/version"
+        path = parts.path[: -len("metrics")] + name if parts.path.endswith("/metrics") \
+            else "/" + name
         return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def redacted(self) -> dict[str, Any]:

@@ -197,10 +197,19 @@ def _target_down(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explana
         if pick is not None:
             causes = [Cause(c.text, 4 if i == pick else 2, f"HTTP {code}" if i == pick else "")
                       for i, c in enumerate(causes)]
+    if reason == "http_status" and "data-parallel supervisor" in error:
+        causes.insert(0, Cause("a data-parallel supervisor port: with "
+                               "--data-parallel-multi-port-external-lb vLLM runs one API server "
+                               "per local rank on port + i (each with its own /metrics); the "
+                               "supervisor port answers /health but has no /metrics", 6,
+                               "/metrics 404 while /health answers 200"))
     if reason == "connect" and s.last_success:
         causes.insert(0, Cause("vLLM crashed or is restarting", 4,
                                f"it answered until {_clock(s.last_success)}"))
-    fix = ["Check the server is up: curl -s -o /dev/null -w '%{http_code}' "
+    dp = ["Scrape each data-parallel rank directly: one target per rank at port + i "
+          "(rank 0 on the --port, rank 1 on --port + 1, ...); see docs/deploy.md, Topologies."] \
+        if "data-parallel supervisor" in error else []
+    fix = dp + ["Check the server is up: curl -s -o /dev/null -w '%{http_code}' "
            + s.url.rsplit("/", 1)[0] + "/health  (200 when the engine is ready)",
            "Check the process/pod logs for a crash (out of memory, CUDA errors) or a slow model load.",
            "Fix the target URL/port, the network path or the credentials, whichever the reason "

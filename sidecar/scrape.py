@@ -86,6 +86,25 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
         return None
 
 
+async def health_answers(session: aiohttp.ClientSession, target: TargetConfig,
+                         timeout: float) -> bool:
+    """Does vLLM's ``/health`` beside the metrics path answer 200? Used to tell a data-parallel
+    supervisor port (``--data-parallel-multi-port-external-lb``: ``/health`` but no
+    ``/metrics``) from a wrong URL."""
+    try:
+        opts = request_options(target)
+        async with asyncio.timeout(timeout):
+            async with session.get(target.health_url, allow_redirects=False, **opts) as resp:
+                return resp.status == 200
+    except Exception:  # noqa: BLE001 - only a hint for the explanation; never an error
+        return False
+
+
+DP_SUPERVISOR_HINT = ("/health answers 200 but /metrics is 404: a data-parallel supervisor port "
+                      "(--data-parallel-multi-port-external-lb) has no /metrics; scrape each rank "
+                      "on port + i instead")
+
+
 def parse_body(body: bytes, content_type: str | None, started: float,
                duration: float, identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
@@ -121,7 +140,11 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
         async with asyncio.timeout(timeout):
             async with session.get(target.url, allow_redirects=False, **opts) as resp:
                 if resp.status != 200:
-                    return fail("http_status", f"HTTP {resp.status} {resp.reason or ''}".strip())
+                    status = f"HTTP {resp.status} {resp.reason or ''}".strip()
+                    if resp.status == 404 and await health_answers(session, target,
+                                                                   min(timeout, 2.0)):
+                        status += f"; {DP_SUPERVISOR_HINT}"
+                    return fail("http_status", status)
                 body = await _read_capped(resp, max_bytes)
                 content_type = resp.headers.get("Content-Type")
     except asyncio.TimeoutError:
