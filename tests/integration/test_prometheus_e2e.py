@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, REPO, SidecarProcess, free_port, growing, terminate, wait_until
 
-from sidecar.bodies import multi_engine, set_value
+from sidecar.bodies import get_value, multi_engine, no_hits, set_value
 from sidecar.replay import ReplayServer
 
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
@@ -62,9 +62,20 @@ POD_IN_DEPTH = ("vllm-nohits-0", NO_HITS)
 
 
 # ----------------------------------------------------------------------------- bodies
+TIER = ("# TYPE vllm:kv_offload_tiering_chunk_queries_total counter\n"
+        'vllm:kv_offload_tiering_chunk_queries_total{{engine="0",model_name="tiny",tier="0:primary"}} {q}\n'
+        "# TYPE vllm:kv_offload_tiering_chunk_hits_total counter\n"
+        'vllm:kv_offload_tiering_chunk_hits_total{{engine="0",model_name="tiny",tier="0:primary"}} 0.0\n')
+
+
 def without_hits(body: bytes) -> bytes:
-    """Prefix caching on, queries counted, but no hit ever (a cache that never matches)."""
-    return set_value(body, "vllm:prefix_cache_hits_total", 0.0)
+    """Prefix caching on, queries counted, but no hit ever, from any tier (a cache that never
+    matches; vLLM 0.32's hits by source at zero too). Its KV connector and an offload tier are
+    looked up as well and serve nothing either, so the tier panels show numbers (0 %)."""
+    out = no_hits(body)
+    q = get_value(out, "vllm:prefix_cache_queries_total")
+    out = set_value(out, "vllm:external_prefix_cache_queries_total", q)
+    return out + TIER.format(q=q // 16).encode()
 
 
 # ----------------------------------------------------------------------------- processes

@@ -136,7 +136,7 @@ def test_valid_bodies_are_read_exactly_as_written(case) -> None:
     assert [(n, lab) for n, lab, _ in got] == [(n, lab) for n, lab, _ in expected]
     assert all(same(a[2], b[2]) for a, b in zip(got, expected))
     assert parse(text.encode("utf-8"), TEXT).vllm_lines == sum(
-        1 for n, _, _ in expected if n.startswith("vllm:"))
+        1 for n, _, _ in expected if n.startswith(("vllm:", "ray_vllm_")))
 
 
 # ------------------------------------------------------------------ derivation
@@ -204,14 +204,23 @@ def test_derivation_invariants_hold_for_any_sequence(steps) -> None:
         (_, r), = series["vllm_sidecar_target_restarts_total"]
         assert r >= restarts
         if step[0] == "ok":
-            queries = step[1]
-            # pass-through: exactly vLLM's value, even when it went down
-            (_, q), = series["vllm_sidecar_prefix_cache_queries_total"]
-            assert same(q, queries)
-            # ... and a drop of vLLM's counter is counted as a restart
-            if last_queries is not None and queries < last_queries:
-                assert r >= restarts + 1
-            last_queries = queries
+            queries, hits, kv = step[1], step[2], step[3]
+            # impossible values are never exported (contract "Impossible values"): a counter
+            # below 0 or NaN, hits above queries (both refused), usage outside 0..1
+            possible = queries >= 0 and not (hits >= 0 and hits > queries)
+            if possible:
+                # pass-through: exactly vLLM's value, even when it went down
+                (_, q), = series["vllm_sidecar_prefix_cache_queries_total"]
+                assert same(q, queries)
+                # ... and a drop below the last seen value is counted as a restart
+                if last_queries is not None and queries < last_queries:
+                    assert r >= restarts + 1
+                last_queries = queries
+            else:
+                assert "vllm_sidecar_prefix_cache_queries_total" not in series
+                assert series["vllm_sidecar_out_of_range_values_total"]
+            usage = [v for _, v in series.get("vllm_sidecar_kv_cache_usage_ratio", [])]
+            assert usage == ([kv] if 0 <= kv <= 1 else [])
             assert series["vllm_sidecar_target_up"][0][1] == 1.0
         else:
             assert series["vllm_sidecar_target_up"][0][1] == 0.0
