@@ -65,6 +65,7 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "restarts": s.restarts,
         "version": s.version,
         "schema": s.schema,
+        "scrape_mode": s.scrape_mode,
         "legacy_names": list(s.legacy_names),
         "prefix_caching_enabled": s.prefix_caching_enabled,
         "cache_config": [

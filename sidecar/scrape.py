@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,8 @@ import aiohttp
 from .config import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
-from .parser import ParseError, parse
+from .parser import ParseError, Parsed, parse
+from .scrapefilter import FilterState, Request, Verdict, check
 
 ACCEPT = "text/plain;version=0.0.4"
 VERSION_MAX_BYTES = 64 * 1024
@@ -86,54 +88,150 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
         return None
 
 
-def parse_body(body: bytes, content_type: str | None, started: float,
-               duration: float) -> ScrapeOutcome:
-    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data)."""
+def _parse(body: bytes, content_type: str | None, started: float,
+           duration: float) -> tuple[ScrapeOutcome, Parsed | None]:
+    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
+    and the parsed samples when the body parsed (the filter checks which names it held)."""
     try:
         parsed = parse(body, content_type, WANTED)
         norm = normalise(parsed.samples)
     except ParseError as exc:
-        return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}")
+        return ScrapeOutcome(started, duration, reason="parse",
+                             error=f"invalid metrics body: {exc}"), None
     if parsed.vllm_lines == 0:
         return ScrapeOutcome(started, duration, reason="no_vllm_metrics",
                              error="no vllm: series in the body (stats disabled with "
-                                   "--disable-log-stats, or the engine is still starting)")
-    return ScrapeOutcome(started, duration, normalised=norm)
+                                   "--disable-log-stats, or the engine is still starting)"), parsed
+    return ScrapeOutcome(started, duration, normalised=norm), parsed
+
+
+def parse_body(body: bytes, content_type: str | None, started: float,
+               duration: float) -> ScrapeOutcome:
+    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data)."""
+    return _parse(body, content_type, started, duration)[0]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read in full (any status), or why there is none (``reason``/``error``)."""
+
+    status: int = 0
+    body: bytes = b""
+    content_type: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+async def _get(session: aiohttp.ClientSession, url: str, opts: dict[str, Any], max_bytes: int,
+               deadline: float, timeout: float) -> _Answer:
+    """GET ``url`` before ``deadline`` (loop time); classify every failure, never raise."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            async with session.get(url, allow_redirects=False, **opts) as resp:
+                if resp.status != 200:
+                    return _Answer(resp.status, reason="http_status",
+                                   error=f"HTTP {resp.status} {resp.reason or ''}".strip())
+                body = await _read_capped(resp, max_bytes)
+                return _Answer(200, body, resp.headers.get("Content-Type"))
+    except asyncio.TimeoutError:
+        return _Answer(reason="timeout", error=f"no complete answer within {timeout:g}s")
+    except _TooLarge as exc:
+        return _Answer(reason="too_large", error=str(exc))
+    except aiohttp.ClientResponseError as exc:
+        return _Answer(reason="http_status", error=f"bad HTTP response: {exc.message}")
+    except aiohttp.ClientPayloadError as exc:
+        return _Answer(reason="connect", error=f"connection broke while reading the body: {exc}")
+    except (aiohttp.ClientError, OSError) as exc:
+        return _Answer(reason="connect",
+                       error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+async def _full(session: aiohttp.ClientSession, target: TargetConfig, opts: dict[str, Any],
+                started: float, t0: float, max_bytes: int, deadline: float,
+                timeout: float) -> tuple[ScrapeOutcome, Parsed | None]:
+    answer = await _get(session, target.url, opts, max_bytes, deadline, timeout)
+    if answer.reason is not None:
+        return ScrapeOutcome(started, time.perf_counter() - t0, reason=answer.reason,
+                             error=answer.error), None
+    return _parse(answer.body, answer.content_type, started, time.perf_counter() - t0)
+
+
+def _names(parsed: Parsed | None) -> set[str]:
+    return {s[0] for s in parsed.samples} if parsed is not None else set()
 
 
 async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeout: float,
-                 max_bytes: int, want_version: bool = False) -> ScrapeOutcome:
-    """Scrape ``target`` once; never raises for anything the target does."""
+                 max_bytes: int, want_version: bool = False,
+                 state: FilterState | None = None, restarts: int = 0) -> ScrapeOutcome:
+    """Scrape ``target`` once (one cycle); never raises for anything the target does.
+
+    With a :class:`~sidecar.scrapefilter.FilterState` the cycle asks vLLM only for the samples the
+    sidecar reads when the filter is in use, and falls back to a full GET in the same cycle (under
+    the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
+    count, which makes a new probe due. A note to log, if any, is in ``outcome.extra["filter"]``.
+    """
     started = time.time()
     t0 = time.perf_counter()
-
-    def fail(reason: str, error: str) -> ScrapeOutcome:
-        return ScrapeOutcome(started, time.perf_counter() - t0, reason=reason, error=error)
-
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     try:
         opts = _merge_headers(request_options(target), {"Accept": ACCEPT})
     except Exception as exc:  # noqa: BLE001 - TargetAuthError and friends carry safe messages
-        return fail("connect", f"cannot prepare request: {exc}")
-    try:
-        async with asyncio.timeout(timeout):
-            async with session.get(target.url, allow_redirects=False, **opts) as resp:
-                if resp.status != 200:
-                    return fail("http_status", f"HTTP {resp.status} {resp.reason or ''}".strip())
-                body = await _read_capped(resp, max_bytes)
-                content_type = resp.headers.get("Content-Type")
-    except asyncio.TimeoutError:
-        return fail("timeout", f"no complete answer within {timeout:g}s")
-    except _TooLarge as exc:
-        return fail("too_large", str(exc))
-    except aiohttp.ClientResponseError as exc:
-        return fail("http_status", f"bad HTTP response: {exc.message}")
-    except aiohttp.ClientPayloadError as exc:
-        return fail("connect", f"connection broke while reading the body: {exc}")
-    except (aiohttp.ClientError, OSError) as exc:
-        return fail("connect", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    duration = time.perf_counter() - t0
-    outcome = parse_body(body, content_type, started, duration)
+        return ScrapeOutcome(started, time.perf_counter() - t0, reason="connect",
+                             error=f"cannot prepare request: {exc}")
+    request = state.next_request(loop.time(), restarts) if state is not None else None
+    note = None
+    if request is not None and request.filtered:
+        assert state is not None
+        outcome, note = await _filtered(session, target, opts, state, request, started, t0,
+                                        max_bytes, deadline, timeout, restarts)
+    else:
+        outcome, parsed = await _full(session, target, opts, started, t0, max_bytes, deadline,
+                                      timeout)
+        if request is not None and request.probe and outcome.ok:
+            assert state is not None
+            state.probed(_names(parsed), loop.time(), restarts)
+    if note:
+        outcome.extra["filter"] = note
     if outcome.ok and want_version:
         outcome.version = await fetch_version(session, target, timeout)
     outcome.duration = time.perf_counter() - t0
     return outcome
+
+
+async def _filtered(session: aiohttp.ClientSession, target: TargetConfig, opts: dict[str, Any],
+                    state: FilterState, request: Request, started: float, t0: float,
+                    max_bytes: int, deadline: float, timeout: float,
+                    restarts: int) -> tuple[ScrapeOutcome, str | None]:
+    """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
+    answer = await _get(session, request.url, opts, max_bytes, deadline, timeout)
+    if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
+        note = state.fall_back("the filtered request timed out")
+        return ScrapeOutcome(started, time.perf_counter() - t0, reason=answer.reason,
+                             error=answer.error), note
+    outcome, parsed = None, None
+    if answer.reason is None:
+        outcome, parsed = _parse(answer.body, answer.content_type, started,
+                                 time.perf_counter() - t0)
+    if answer.reason is not None and not answer.status:
+        # connect, too_large, a broken answer: the route misbehaved; the full GET tells the rest
+        verdict = Verdict(False, answer.error or "no answer")
+    else:
+        error = outcome.error if outcome is not None and parsed is None else None
+        verdict = check(answer.status, [s[0] for s in parsed.samples] if parsed else [], state.names,
+                        parsed.vllm_lines if parsed is not None else 0, parse_error=error)
+    if verdict.honoured and outcome is not None and outcome.ok:
+        note = state.fall_back(verdict.why) if verdict.ignored else None
+        return outcome, note
+    if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it
+        verdict = Verdict(False, outcome.error if outcome is not None else "no answer")
+    full, full_parsed = await _full(session, target, opts, started, t0, max_bytes, deadline,
+                                    timeout)
+    loop = asyncio.get_running_loop()
+    if full.ok:
+        note = state.after_full_retry(verdict, _names(full_parsed), loop.time(), restarts)
+    elif answer.status:  # the filtered route answered wrongly: not honoured, whatever came next
+        note = state.fall_back(verdict.why)
+    else:  # nothing answered either way: the target is down, which says nothing of the filter
+        note = None
+    return full, note
