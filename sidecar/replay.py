@@ -198,11 +198,15 @@ class ReplayServer(InThread):
             raise web.HTTPNotFound()
         return web.json_response({"version": fake.version})
 
-    async def start(self) -> None:
-        app = web.Application()
+    def add_routes(self, app: web.Application) -> None:
+        """The fake vLLM routes: ``/metrics``, ``/metrics/`` (the ``name[]`` filter), ``/version``."""
         app.router.add_get("/{name}/metrics", self._metrics)
         app.router.add_get("/{name}/metrics/", self._metrics)
         app.router.add_get("/{name}/version", self._version)
+
+    async def start(self) -> None:
+        app = web.Application()
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

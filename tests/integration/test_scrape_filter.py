@@ -16,6 +16,7 @@ import pytest
 from conftest import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
+from sidecar.bodies import get_value, set_value
 from sidecar.config import Config, TargetConfig, Window
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
@@ -55,9 +56,12 @@ async def _scenario(logged: "_ListHandler") -> Run:
     for name, route in ROUTES.items():
         replay.add(name, [body], slash_route=route)
     replay.add("off", [body])
+    start = get_value(body, "process_start_time_seconds")
+    replay.add("restarts", [body] * 3 + [set_value(body, "process_start_time_seconds", start + 60)])
     await replay.start()
     targets = [TargetConfig(n, replay.url(n)) for n in ROUTES]
     targets.append(TargetConfig("off", replay.url("off"), scrape_filter="off"))
+    targets.append(TargetConfig("restarts", replay.url("restarts")))
     config = Config(listen="127.0.0.1:0", interval=0.2, windows=(Window("10s", 10.0),),
                     targets=tuple(targets))
     sidecar = Sidecar(config)
@@ -140,6 +144,14 @@ def test_filtered_and_full_scrapes_give_identical_figures(run: Run) -> None:
         assert figures(last, target) == full, target
 
 
+def test_a_restart_seen_in_a_filtered_scrape_makes_the_next_scrape_a_probe(run: Run) -> None:
+    fake = run.fakes["restarts"]
+    assert of(run.polls[-1], P + "target_restarts_total", "restarts") == [1.0]
+    assert fake.hits - fake.filtered_hits == 2  # the first probe, and one after the restart
+    assert fake.hits >= SCRAPES
+    assert mode(run.polls[-1], "restarts") == {"filtered": 1.0, "full": 0.0}
+
+
 def test_scrape_filter_off_never_sends_the_query(run: Run) -> None:
     assert run.fakes["off"].slash_hits == 0
     assert mode(run.polls[-1], "off") == {"filtered": 0.0, "full": 1.0}
@@ -177,3 +189,34 @@ def test_the_reason_of_each_fallback_is_logged(run: Run) -> None:
         line = next(m for m in run.filter_logs if f"target {target}:" in m)
         assert word in line, line
     assert not [m for m in run.filter_logs if "target filtered:" in m or "target off:" in m]
+
+
+async def _doctor() -> tuple[list, dict]:
+    from sidecar.doctor import observe
+
+    replay = ReplayServer()
+    replay.add_fixture("live", FIXTURES / "vllm-0.32.0" / "prefix_on_shared")
+    replay.add("proxied", [BODY.read_bytes()], slash_route="404")
+    await replay.start()
+    try:
+        reports = await observe([TargetConfig("live", replay.url("live")),
+                                 TargetConfig("proxied", replay.url("proxied"))], duration=1.0)
+    finally:
+        await replay.stop()
+    return reports, replay.fakes
+
+
+def test_doctor_filters_like_the_service_and_shows_the_mode() -> None:
+    from sidecar.api import target_dict
+    from sidecar.doctor import Style, render_text
+    from sidecar.statuspage import target_block
+
+    reports, fakes = asyncio.run(_doctor())
+    live, proxied = reports
+    assert fakes["live"].filtered_hits >= 1 and fakes["proxied"].slash_hits == 1
+    assert (live.snapshot.scrape_mode, proxied.snapshot.scrape_mode) == ("filtered", "full")
+    assert live.ok_scrapes == live.scrapes and proxied.ok_scrapes == proxied.scrapes
+    text = render_text(reports, 1.0, Style(False))
+    assert "scrape mode filtered" in text and "scrape mode full" in text
+    assert target_dict(live.snapshot)["scrape_mode"] == "filtered"
+    assert '<span class="mode">filtered</span>' in target_block(live.snapshot, 0.0)
