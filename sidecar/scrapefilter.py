@@ -35,6 +35,7 @@ target; :mod:`sidecar.scrape` does the I/O. Rules (also in docs/metrics.md, "Ask
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Collection, Iterable
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -48,6 +49,8 @@ MODES = (FILTERED, FULL)
 PROBE_INTERVAL = 600.0
 #: wanted names that alone do not make a filter worth it (see the module docstring)
 _STATIC = frozenset({CACHE_CONFIG, PROCESS_START})
+#: name lists in use, one tuple per distinct list (bounded: a handful of vLLM versions)
+_SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
 def family_of(sample_name: str) -> str:
@@ -61,9 +64,20 @@ def families(sample_names: Iterable[str]) -> frozenset[str]:
     return frozenset(family_of(n) for n in sample_names)
 
 
+@lru_cache(maxsize=64)
+def _families_asked(names: tuple[str, ...]) -> frozenset[str]:
+    return families(names)
+
+
 def applies(url: str) -> bool:
     """The filter is only for a URL whose path ends in ``/metrics`` (vLLM's own route)."""
     return urlsplit(url).path.endswith("/metrics")
+
+
+@lru_cache(maxsize=64)
+def _query(names: tuple[str, ...]) -> str:
+    """The ``name[]`` query of a name list: one string shared by every target asking the same."""
+    return "&".join("name%5B%5D=" + quote(n, safe=":") for n in names)
 
 
 def filtered_url(url: str, names: Iterable[str]) -> str:
@@ -71,7 +85,7 @@ def filtered_url(url: str, names: Iterable[str]) -> str:
     first). ``[]`` is percent-encoded as RFC 3986 wants in a query (aiohttp would do it anyway);
     ``:`` may stay as it is."""
     parts = urlsplit(url)
-    query = "&".join("name%5B%5D=" + quote(n, safe=":") for n in names)
+    query = _query(tuple(names))
     if parts.query:
         query = f"{parts.query}&{query}"
     return urlunsplit((parts.scheme, parts.netloc, parts.path + "/", query, ""))
@@ -79,9 +93,13 @@ def filtered_url(url: str, names: Iterable[str]) -> str:
 
 def request_names(present: Iterable[str], wanted: Collection[str] = WANTED) -> tuple[str, ...]:
     """The sample names to ask for: the wanted ones the probe held (sorted, so the URL is stable),
-    or ``()`` when none of them is a vLLM family the normaliser reads."""
-    names = tuple(sorted(set(present) & set(wanted)))
-    return names if any(n not in _STATIC for n in names) else ()
+    or ``()`` when none of them is a vLLM family the normaliser reads. The strings and the tuple
+    are shared by every target whose probe held the same names (memory at thousands of targets)."""
+    present = set(present)
+    names = tuple(sorted(n for n in wanted if n in present))
+    if not any(n not in _STATIC for n in names):
+        return ()
+    return _SHARED.setdefault(names, names) if len(_SHARED) < 64 else names
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ def check(status: int, present: Iterable[str], requested: Collection[str], vllm_
     if parse_error is not None:
         return Verdict(False, f"the filtered answer does not parse: {parse_error}")
     present = list(present)
-    missing = families(requested) - families(present)
+    missing = _families_asked(tuple(requested)) - families(set(present))
     if missing:
         what = "an empty answer" if not present else f"{len(missing)} requested familie(s) missing"
         return Verdict(False, f"{what} ({', '.join(sorted(missing)[:3])}...)", frozenset(missing))
@@ -133,7 +151,6 @@ class FilterState:
     url: str
     setting: str = AUTO
     names: tuple[str, ...] = ()  # to request; () while the filter cannot be used
-    requested_url: str | None = None
     probed_at: float | None = None  # monotonic time of the last probe
     probed_restarts: int = 0  # tracker.restarts at the last probe
     fallback: str | None = None  # why the target scrapes in full until the next probe
@@ -156,14 +173,13 @@ class FilterState:
                or now - self.probed_at >= PROBE_INTERVAL)
         if due:
             return Request(self.url, False, True)
-        if self.fallback is not None or self.requested_url is None:
+        if self.fallback is not None:
             return Request(self.url, False, False)
-        return Request(self.requested_url, True, False)
+        return Request(filtered_url(self.url, self.names), True, False)
 
     def probed(self, present: Iterable[str], now: float, restarts: int) -> None:
         """A successful full scrape taken as a probe: rebuild the filter from what it held."""
         self.names = request_names(present)
-        self.requested_url = filtered_url(self.url, self.names) if self.names else None
         self.probed_at = now
         self.probed_restarts = restarts
         self.fallback = None
