@@ -25,8 +25,9 @@ T_SEL = 'namespace=~"$namespace", pod=~"$pod"'
 M_SEL = T_SEL + ', model_name=~"$model_name"'
 POD_T_SEL = T_SEL + ', target=~"$target"'
 POD_M_SEL = POD_T_SEL + ', model_name=~"$model_name"'
-BY_POD = "namespace, pod, target, model_name"
-LEGEND_POD = "{{target}} {{pod}} ({{model_name}})"
+#: one vLLM: a pod's target, plus `replica` where the target is a router or Ray Serve port
+BY_POD = "namespace, pod, target, model_name, replica"
+LEGEND_POD = "{{target}} {{pod}} ({{model_name}}) {{replica}}"
 
 RATIO_STEPS = [("red", None), ("orange", 0.1), ("green", 0.3)]
 USAGE_STEPS = [("green", None), ("orange", 0.9), ("red", 0.95)]
@@ -318,6 +319,18 @@ def overview() -> dict[str, Any]:
         "percentunit", RATIO_STEPS, lo=0, hi=1))
 
     p.append(timeseries(
+        lay, "Fleet hits by tier",
+        "Share of all looked-up prompt tokens served by each tier, over all selected pods: "
+        "sum(rate(hits by source)) / sum(rate(queries)). device = the engines' own KV memory, "
+        "host = CPU offload, disk / p2p / external = KV connectors (vLLM >= 0.32). The sum "
+        "over tiers is the effective hit ratio. Empty where vLLM does not count by source.",
+        [target(f"sum by (source) (rate(vllm_sidecar_prefix_cache_hits_by_source_total{{{M_SEL}}}"
+                "[$__rate_interval]))\n/ ignoring (source) group_left\n"
+                f"sum (rate(vllm_sidecar_prefix_cache_queries_total{{{M_SEL}}}[$__rate_interval]))",
+                "{{source}}")],
+        "percentunit", RATIO_STEPS, lo=0, hi=1))
+
+    p.append(timeseries(
         lay, "KV-cache usage per pod",
         "Fullest engine of each pod (engines of a data-parallel vLLM are never summed). "
         "Orange from 90%, red from 95%.",
@@ -401,8 +414,9 @@ def overview() -> dict[str, Any]:
 def pod() -> dict[str, Any]:
     lay = Layout()
     p: list[dict[str, Any]] = []
-    by_eng = "target, model_name, engine"
-    leg_eng = "{{model_name}} engine {{engine}}"
+    # replica: one vLLM behind a router or Ray Serve (empty for a plain vLLM)
+    by_eng = "target, model_name, engine, replica"
+    leg_eng = "{{model_name}} engine {{engine}} {{replica}}"
     p.append(stat(
         lay, "Up",
         "Whether the sidecar's last scrape of this vLLM succeeded and held vLLM metrics.",
@@ -463,6 +477,21 @@ def pod() -> dict[str, Any]:
          target(f"sum by ({by_eng}) (rate(vllm_sidecar_external_prefix_cache_hits_total"
                 f"{{{POD_M_SEL}}}[$__rate_interval]))", "external hits " + leg_eng, ref="D")],
         "suffix: tok/s", NEUTRAL, lo=0))
+
+    p.append(timeseries(
+        lay, "Which tier served the hits",
+        "Share of looked-up prompt tokens served by each tier over the sidecar's window: "
+        "device = the engine's own KV memory (GPU; CPU memory on CPU builds), host = CPU "
+        "offload, disk, p2p and external = KV connectors (vLLM >= 0.32 counts hits by "
+        "source). Also the KV connector's own hit ratio and each offload tier's chunk hit "
+        "ratio. Empty where vLLM does not expose the family.",
+        [target(f'vllm_sidecar_prefix_cache_hit_ratio_by_source{{{POD_M_SEL}, window=~"$window"}}',
+                "{{source}} " + leg_eng),
+         target(f'vllm_sidecar_external_prefix_cache_hit_ratio{{{POD_M_SEL}, window=~"$window"}}',
+                "connector " + leg_eng, ref="B"),
+         target(f'vllm_sidecar_offload_tier_hit_ratio{{{POD_M_SEL}, window=~"$window"}}',
+                "offload tier {{tier}} " + leg_eng, ref="C")],
+        "percentunit", RATIO_STEPS, lo=0, hi=1))
 
     p.append(timeseries(
         lay, "KV-cache usage per engine",

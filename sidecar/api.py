@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .explain import exposer_note, tier_split
 from .model import EngineState, TargetSnapshot, WindowStats, finite
 
 
@@ -22,7 +23,16 @@ def _window(w: WindowStats) -> dict[str, Any]:
         "mean_prompt_tokens": finite(w.mean_prompt_tokens),
         "latency_seconds": {p: {k: finite(v) for k, v in s.as_dict().items()} for p, s in w.latency},
         "restarts": w.resets,
+        "hits_by_tier": _tiers(w),
+        "external_hit_ratio": finite(w.external_hit_ratio),
+        "offload_tier_hit_ratio": {t: finite(r) for t, r in w.tier_ratios()},
     }
+
+
+def _tiers(w: WindowStats) -> list[dict[str, Any]]:
+    """Which tier served the hits: [{"source", "name", "hit_ratio"}], device first."""
+    return [{"source": src, "name": name, "hit_ratio": finite(r)}
+            for src, name, r in tier_split(w, short=True)]
 
 
 def _engine(e: EngineState) -> dict[str, Any]:
@@ -33,10 +43,12 @@ def _engine(e: EngineState) -> dict[str, Any]:
     return {
         "model_name": e.model_name,
         "engine": e.engine,
+        "replica": e.replica,
         "prefix_cache_queries": c.prefix_queries,
         "prefix_cache_hits": c.prefix_hits,
         "external_prefix_cache_queries": c.external_queries,
         "external_prefix_cache_hits": c.external_hits,
+        "prefix_cache_hits_by_source": dict(c.hits_by_source),
         "hit_ratio": ratios,
         "kv_cache_usage": finite(c.kv_usage),
         "requests_running": c.running,
@@ -50,6 +62,7 @@ def _engine(e: EngineState) -> dict[str, Any]:
 
 
 def target_dict(s: TargetSnapshot) -> dict[str, Any]:
+    running = [e.current.running for e in s.engines if e.current.running is not None]
     return {
         "name": s.name,
         "url": s.url,
@@ -66,10 +79,20 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "version": s.version,
         "schema": s.schema,
         "scrape_mode": s.scrape_mode,
+        "exposer": s.exposer,
+        "exposer_note": exposer_note(s) or None,
+        "identity_labels": list(s.identity_labels),
         "legacy_names": list(s.legacy_names),
+        "requests_running": sum(running) if running else None,
+        "refused": [{"family": r.family, "model_name": r.model_name, "engine": r.engine,
+                     "replica": r.replica, "value": _said(r.value), "why": r.why}
+                    for r in s.refused],
+        "out_of_range_values": dict(s.out_of_range),
         "prefix_caching_enabled": s.prefix_caching_enabled,
         "cache_config": [
-            {"engine": c.engine, "enable_prefix_caching": c.enable_prefix_caching,
+            {"engine": c.engine, "replica": c.replica,
+             "enable_prefix_caching": c.enable_prefix_caching,
+             "prefix_match_unit": c.prefix_match_unit,
              "block_size": c.block_size, "num_gpu_blocks": c.num_gpu_blocks,
              "prefix_caching_hash_algo": c.hash_algo,
              "kv_offloading_backend": c.kv_offloading_backend}
@@ -81,6 +104,11 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "windows": list(s.windows),
         "restart_times": list(s.restart_times),
     }
+
+
+def _said(x: float) -> float | str:
+    """What vLLM said, even when JSON has no number for it (NaN, +Inf)."""
+    return x if finite(x) is not None else repr(x)
 
 
 def _jsonable(v: Any) -> Any:

@@ -58,6 +58,17 @@ def scale_counters(body: bytes | str, names: tuple[str, ...], factor: float) -> 
     return "\n".join(out).encode("utf-8")
 
 
+def no_hits(body: bytes | str) -> bytes:
+    """The body with no prefix-cache hit from any tier: the hit counter and, where vLLM counts
+    hits by source (0.32+), every source at zero (a consistent body: sources sum to hits)."""
+    out = set_value(body, "vllm:prefix_cache_hits_total", 0)
+    text = out.decode("utf-8")
+    if "vllm:prompt_tokens_cached_by_source_total" in text:
+        for src in set(re.findall(r'prompt_tokens_cached_by_source_total\{[^}]*source="([^"]*)"', text)):
+            out = set_value(out, "vllm:prompt_tokens_cached_by_source_total", 0, {"source": src})
+    return out
+
+
 def multi_engine(bodies: list[bytes | str], engine_label: str = "engine") -> bytes:
     """One data-parallel body from per-engine bodies: body i's ``engine="0"`` series become
     ``engine="i"``. Comment lines and non-engine series come from the first body only."""
@@ -102,3 +113,36 @@ def _family_of(name: str, known: dict[str, list[str]]) -> str:
         if name.endswith(suffix) and name[: -len(suffix)] in known:
             return name[: -len(suffix)]
     return name
+
+
+#: a vLLM production-stack router's /metrics (issue 10): vLLM-named gauges per backend `server`,
+#: no model_name/engine; ``ROUTER % n`` sets backend-a's queries
+ROUTER = """# TYPE vllm:gpu_prefix_cache_queries_total gauge
+vllm:gpu_prefix_cache_queries_total{server="http://backend-a:8000"} %d
+vllm:gpu_prefix_cache_queries_total{server="http://backend-b:8000"} 1000
+vllm:gpu_prefix_cache_queries_total{server="http://backend-c:8000"} 11000
+# TYPE vllm:gpu_prefix_cache_hits_total gauge
+vllm:gpu_prefix_cache_hits_total{server="http://backend-a:8000"} 7500
+vllm:gpu_prefix_cache_hits_total{server="http://backend-b:8000"} 500
+vllm:gpu_prefix_cache_hits_total{server="http://backend-c:8000"} 105
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{server="http://backend-a:8000"} 5
+vllm:num_requests_running{server="http://backend-b:8000"} 2
+vllm:num_requests_running{server="http://backend-c:8000"} 3
+"""
+
+RAY_LABELS = 'engine="0",model_name="m",SessionName="s",Version="2.52.0"'
+
+
+def ray_body(replicas: dict[str, tuple[int, int]]) -> str:
+    """Ray Serve LLM's metrics port: ``ray_vllm_`` names, replicas {ReplicaId: (queries, hits)}
+    all saying engine="0" for one model."""
+    out = ["# TYPE ray_vllm_prefix_cache_queries_total counter"]
+    for r, (q, _) in replicas.items():
+        out.append(f'ray_vllm_prefix_cache_queries_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
+                   f'{RAY_LABELS}}} {q}')
+    out.append("# TYPE ray_vllm_prefix_cache_hits_total counter")
+    for r, (_, h) in replicas.items():
+        out.append(f'ray_vllm_prefix_cache_hits_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
+                   f'{RAY_LABELS}}} {h}')
+    return "\n".join(out) + "\n"

@@ -26,8 +26,10 @@ DEFAULT_WINDOWS = "1m,5m"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "VLLM_SIDECAR_"
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason", "mode",
-                   "version", "schema", "le", "quantile"}
+#: label names the sidecar sets itself: a static label of that name is a config error
+RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason",
+                   "version", "schema", "le", "quantile", "replica", "source", "tier", "mode",
+                   "family", "exposer", "phase", "finished_reason"}
 
 
 class ConfigError(ValueError):
@@ -87,9 +89,17 @@ class TargetConfig:
     @property
     def version_url(self) -> str:
         """vLLM's ``/version`` beside the metrics path (``/x/metrics`` -> ``/x/version``)."""
+        return self.sibling_url("version")
+
+    @property
+    def health_url(self) -> str:
+        """vLLM's ``/health`` beside the metrics path."""
+        return self.sibling_url("health")
+
+    def sibling_url(self, name: str) -> str:
         parts = urlsplit(self.url)
-        path = parts.path[: -len("metrics")] + "version" if parts.path.endswith("/metrics") \
-            else "/version"
+        path = parts.path[: -len("metrics")] + name if parts.path.endswith("/metrics") \
+            else "/" + name
         return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def redacted(self) -> dict[str, Any]:

@@ -9,6 +9,12 @@ that only grows. Between two scrapes it adds ``now - before``, or, when vLLM res
 went down, a ``_created`` or ``process_start_time_seconds`` changed), the whole new value — a
 restarted counter counted up from zero. The increase over a window is then one subtraction of
 accumulated values, exactly Prometheus' ``increase()`` without its extrapolation.
+
+``before`` is the counter's *last seen* value, kept per engine identity for the target's life (only
+the history expires): a counter that vanished from some bodies (an idle V0 server drops them) and
+returns lower is a restart; one that returns higher counts from its last seen value. When the
+tracker has no sample a whole window old, a counter whose ``_created`` (or vLLM's process start)
+lies inside the window counts from zero at that moment (contract "Windows").
 """
 
 from __future__ import annotations
@@ -24,10 +30,13 @@ from typing import Sequence
 from .config import Window
 from .diagnose import diagnose
 from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
-                    ScrapeOutcome, TargetSnapshot, WindowStats)
+                    ScrapeOutcome, TargetSnapshot, WindowStats, ratio)
 
 INF = float("inf")
-COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions")
+COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions",
+            "external_queries", "external_hits")
+#: counters kept per label value: EngineMetrics field names, each a tuple of (label, value)
+LABELLED = ("request_success", "hits_by_source", "tier_queries", "tier_hits")
 PHASES = ("ttft", "e2e", "queue")  # histograms kept bucket by bucket
 HISTS = PHASES + ("prompt_len",)  # prompt_len: only its sum and count
 QUANTILES = (0.5, 0.9, 0.99)
@@ -41,14 +50,14 @@ class _Layout:
     window), so a point is one flat ``array('d')`` and everything repetitive lives here once.
     """
 
-    reasons: tuple[str, ...]  # finished_reason order of the success counters
+    labelled: tuple[tuple[str, str], ...]  # (field, label value) order of the LABELLED counters
     bounds: tuple[tuple[float, ...] | None, ...]  # bucket bounds per PHASE (None: absent)
     gens: tuple[int, ...]  # per PHASE: changes when the bucket layout changes (never merged)
     offsets: tuple[int, ...] = ()  # derived: where each PHASE's buckets start
     width: int = 0  # derived: the array length
 
     def __post_init__(self) -> None:
-        off = _BASE + len(self.reasons)
+        off = _BASE + len(self.labelled)
         offsets = []
         for b in self.bounds:
             offsets.append(off)
@@ -85,8 +94,9 @@ class _Point:
         x = self.v[_KV]
         return None if math.isnan(x) else x
 
-    def success(self) -> dict[str, float]:
-        return dict(zip(self.layout.reasons, self.v[_BASE:_BASE + len(self.layout.reasons)]))
+    def labelled(self) -> dict[tuple[str, str], float]:
+        keys = self.layout.labelled
+        return dict(zip(keys, self.v[_BASE:_BASE + len(keys)]))
 
     def prompt_len(self) -> tuple[float, float]:
         return self.v[-2], self.v[-1]
@@ -136,10 +146,27 @@ def _latency(base: tuple | None, cur: tuple | None) -> LatencyStats | None:
     return LatencyStats((cur[3] - base[3]) / n, *qs)
 
 
-def _ratio(hits: float, queries: float) -> float:
-    if queries <= 0 or math.isnan(queries) or math.isnan(hits):
-        return NAN
-    return min(1.0, max(0.0, hits / queries))
+_ratio = ratio
+
+
+def _labelled(m: EngineMetrics) -> tuple[tuple[tuple[str, str], float], ...]:
+    return tuple(((f, k), x) for f in LABELLED for k, x in getattr(m, f))
+
+
+def _merge(old: EngineMetrics | None, m: EngineMetrics) -> EngineMetrics:
+    """``m`` with every counter it lacks taken from ``old``: the last seen values."""
+    if old is None:
+        return m
+    keep: dict = {}
+    for f in COUNTERS + HISTS + ("created",):
+        if getattr(m, f) is None and getattr(old, f) is not None:
+            keep[f] = getattr(old, f)
+    for f in LABELLED:
+        have = dict(getattr(m, f))
+        gone = [(k, x) for k, x in getattr(old, f) if k not in have]
+        if gone:
+            keep[f] = tuple(sorted(getattr(m, f) + tuple(gone)))
+    return replace(m, **keep) if keep else m
 
 
 class _EngineHistory:
@@ -147,11 +174,15 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
+        #: the last seen value of every counter, kept for the target's life (restart detection)
         self.last: EngineMetrics | None = None
+        self.last_t: float | None = None
         self.gen = 0
+        #: time of a synthetic zero point from ``_created``: a baseline only inside a window
+        self.zero_at: float | None = None
 
     def _layout(self, prev: _Point | None, before: EngineMetrics | None, m: EngineMetrics) -> _Layout:
-        reasons = tuple(r for r, _ in m.request_success)
+        labelled = tuple(k for k, _ in _labelled(m))
         bounds, gens = [], []
         for i, h in enumerate(PHASES):
             cur = getattr(m, h)
@@ -167,12 +198,18 @@ class _EngineHistory:
                 self.gen += 1
                 bounds.append(b)
                 gens.append(self.gen)
-        layout = _Layout(reasons, tuple(bounds), tuple(gens))
+        layout = _Layout(labelled, tuple(bounds), tuple(gens))
         if prev is not None and layout == prev.layout:
             return prev.layout
         return layout
 
     def add(self, t: float, m: EngineMetrics, reset: bool) -> None:
+        if not self.points and self.last is not None and self.last_t is not None and self.last_t < t:
+            # back after its history expired: count from the last seen values, not from zero
+            self._append(self.last_t, self.last, False)
+        self._append(t, m, reset)
+
+    def _append(self, t: float, m: EngineMetrics, reset: bool) -> None:
         prev = self.points[-1] if self.points else None
         before = self.last if prev is not None else None
         layout = self._layout(prev, before, m)
@@ -180,10 +217,10 @@ class _EngineHistory:
         if prev is not None and before is not None:
             for i, f in enumerate(COUNTERS):
                 v[i] = prev.v[i] + _delta(getattr(m, f), getattr(before, f), reset)
-            old = dict(before.request_success)
-            acc = prev.success()
-            for j, (r, x) in enumerate(m.request_success):
-                v[_BASE + j] = acc.get(r, 0.0) + _delta(x, old.get(r), reset or r not in old)
+            old = dict(_labelled(before))
+            acc = prev.labelled()
+            for j, (k, x) in enumerate(_labelled(m)):
+                v[_BASE + j] = acc.get(k, 0.0) + _delta(x, old.get(k), reset or k not in old)
         v[_KV] = math.nan if m.kv_usage is None else m.kv_usage
         for i, h in enumerate(PHASES):
             cur = getattr(m, h)
@@ -210,7 +247,13 @@ class _EngineHistory:
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
         self.points.append(_Point(t, layout, v))
-        self.last = m
+        self.last = _merge(self.last, m)
+        self.last_t = t
+
+    def start_at_zero(self, t: float, m: EngineMetrics) -> None:
+        """A first point with every counter at zero at ``t`` (its ``_created``)."""
+        self._append(t, _zero_like(m), False)
+        self.zero_at = t
 
     def prune(self, horizon: float) -> None:
         """Keep one point at or before ``horizon`` (the baseline of the longest window)."""
@@ -219,23 +262,39 @@ class _EngineHistory:
             pts.popleft()
 
     def baseline(self, t0: float) -> _Point:
-        """The latest point at or before ``t0``, else the oldest we have."""
-        base = self.points[0]
-        for p in self.points:
+        """The latest point at or before ``t0``, else the oldest we have. A zero point from
+        ``_created`` counts only inside the window (before it, vLLM's counts are unknown)."""
+        pts = self.points
+        base = pts[0]
+        if base.t == self.zero_at and base.t < t0 and len(pts) > 1:
+            base = pts[1]
+        for p in pts:
             if p.t <= t0:
-                base = p
+                if p.t != self.zero_at:
+                    base = p
             else:
                 break
         return base
+
+    def clear(self) -> None:
+        """Forget the history, keep the last seen values (the engine left the body for a while)."""
+        self.points.clear()
+        self.zero_at = None
 
     def window(self, w: Window, now: float, resets: int) -> WindowStats:
         cur = self.points[-1]
         base = self.baseline(now - w.seconds)
         if base is cur:
             return WindowStats(w.label, w.seconds, 0.0, resets=resets)
-        queries, hits, prompt, gen, pre = (cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
-        bsucc = base.success()
-        requests = tuple((r, x - bsucc.get(r, 0.0)) for r, x in cur.success().items())
+        queries, hits, prompt, gen, pre, ext_q, ext_h = (
+            cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
+        blab = base.labelled()
+        inc: dict[str, dict[str, float]] = {f: {} for f in LABELLED}
+        for (f, k), x in cur.labelled().items():
+            inc[f][k] = x - blab.get((f, k), 0.0)
+        requests = tuple(inc["request_success"].items())
+        tiers = tuple((k, (q, inc["tier_hits"].get(k, 0.0)))
+                      for k, q in sorted(inc["tier_queries"].items()))
         lat = []
         for i, phase in enumerate(PHASES):
             stats = _latency(self._hist_base(i, base, cur), cur.hist(i))
@@ -249,6 +308,8 @@ class _EngineHistory:
         return WindowStats(
             window=w.label, seconds=w.seconds, span=cur.t - base.t,
             queries=queries, hits=hits, hit_ratio=_ratio(hits, queries),
+            external_queries=ext_q, external_hits=ext_h,
+            hits_by_source=tuple(sorted(inc["hits_by_source"].items())), tiers=tiers,
             kv_usage_delta=kv_delta, prompt_tokens=prompt, generation_tokens=gen,
             preemptions=pre, requests=requests, latency=tuple(lat),
             mean_prompt_tokens=mean_prompt, resets=resets)
@@ -285,13 +346,13 @@ def _zero_hist(h: Histogram | None) -> Histogram | None:
 
 def _zero_like(m: EngineMetrics) -> EngineMetrics:
     """The same engine with every counter at zero: its state just before it first counted."""
-    zero = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
+    zero: dict = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
     zero.update({h: _zero_hist(getattr(m, h)) for h in HISTS})
-    return replace(m, request_success=tuple((r, 0.0) for r, _ in m.request_success),
-                   kv_usage=None, created=None, **zero)
+    zero.update({f: tuple((k, 0.0) for k, _ in getattr(m, f)) for f in LABELLED})
+    return replace(m, kv_usage=None, created=None, **zero)
 
 
-def _restarted(prev_start: float | None, old: dict[tuple[str, str], EngineMetrics],
+def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
                cur: Normalised) -> bool:
     """Did vLLM restart between two good scrapes? Any counter down, or a start time changed."""
     if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
@@ -324,10 +385,13 @@ class TargetTracker:
         self.url = url
         self.labels = labels
         self.windows = tuple(sorted(windows, key=lambda w: w.seconds))
-        self._engines: dict[tuple[str, str], _EngineHistory] = {}
-        #: of the last good scrape: vLLM's start time and its engines' keys (restart detection)
+        self._engines: dict[tuple[str, str, str], _EngineHistory] = {}
+        #: vLLM's last seen start time, and the engines' keys of the last good scrape
         self._last_start: float | None = None
-        self._last_keys: frozenset[tuple[str, str]] | None = None
+        self._last_keys: frozenset[tuple[str, str, str]] | None = None
+        #: identity labels seen so far: they stay for the target's life (contract "Identity")
+        self.identity_labels: frozenset[str] = frozenset()
+        self._out_of_range: dict[str, int] = {}
         self._restart_times: deque[float] = deque()
         self._restarts = 0
         self._errors: dict[str, int] = {}
@@ -359,15 +423,19 @@ class TargetTracker:
             self.snapshot = replace(snap, diagnoses=diagnose(snap))
             return self.snapshot
         norm = outcome.normalised
+        self.identity_labels |= norm.identity_labels
+        for r in norm.refused:
+            self._out_of_range[r.family] = self._out_of_range.get(r.family, 0) + 1
         reset = self._last_keys is not None and _restarted(
-            self._last_start, {k: h.last for k, h in self._engines.items()
-                               if k in self._last_keys and h.last is not None}, norm)
+            self._last_start, {k: h.last for k, h in self._engines.items() if h.last is not None},
+            norm)
         if reset:
             self._restarts += 1
             self._restart_times.append(t)
         prev_t = self._last_success
         prev_keys = self._last_keys
-        self._last_start = norm.process_start
+        if norm.process_start is not None:
+            self._last_start = norm.process_start
         self._last_keys = frozenset(e.key for e in norm.engines)
         self._last_success = t
         engines = []
@@ -375,20 +443,32 @@ class TargetTracker:
             hist = self._engines.get(m.key)
             if hist is None:
                 hist = self._engines[m.key] = _EngineHistory()
-                if prev_keys is not None and prev_t is not None and m.key not in prev_keys:
-                    # The series appeared since the last good scrape: vLLM counted it from zero.
-                    hist.add(prev_t, _zero_like(m), False)
+                self._start(hist, m, norm, t, prev_t if prev_keys is not None else None)
             hist.add(t, m, reset)
             hist.prune(t - self.longest)
             engines.append(self._engine_state(hist, m, t))
         self._forget_stale(t)
         snap = replace(base, up=True, last_success=t, last_error=None, last_error_reason=None,
                        scrape_errors=tuple(sorted(self._errors.items())), restarts=self._restarts,
-                       schema=norm.schema, legacy_names=norm.legacy_names,
+                       schema=norm.schema, legacy_names=norm.legacy_names, exposer=norm.exposer,
+                       identity_labels=tuple(sorted(self.identity_labels)),
+                       refused=norm.refused, out_of_range=tuple(sorted(self._out_of_range.items())),
                        engines=tuple(engines), cache_configs=norm.cache_configs,
                        restart_times=self._recent_restarts(t))
         self.snapshot = replace(snap, diagnoses=diagnose(snap))
         return self.snapshot
+
+    def _start(self, hist: _EngineHistory, m: EngineMetrics, norm: Normalised, t: float,
+               prev_t: float | None) -> None:
+        """Where a new engine's counting began, when the tracker can know it."""
+        if prev_t is not None:
+            # The series appeared since the last good scrape: vLLM counted it from zero.
+            hist.add(prev_t, _zero_like(m), False)
+            return
+        began = m.created if m.created is not None else norm.process_start
+        # only inside the longest window, and never after the first sample (clocks differ)
+        if began is not None and t - self.longest < began < t:
+            hist.start_at_zero(began, m)
 
     def _recent_restarts(self, now: float) -> tuple[float, ...]:
         while self._restart_times and self._restart_times[0] < now - self.longest:
@@ -396,9 +476,11 @@ class TargetTracker:
         return tuple(self._restart_times)
 
     def _forget_stale(self, now: float) -> None:
-        """Drop engines not seen for a whole longest window (so their series vanish for good)."""
-        for key in [k for k, h in self._engines.items() if h.points[-1].t < now - self.longest]:
-            del self._engines[key]
+        """Free the history of engines not seen for a whole longest window; their last seen
+        values stay (a counter that comes back lower is a restart, whenever it comes back)."""
+        for h in self._engines.values():
+            if h.points and h.points[-1].t < now - self.longest:
+                h.clear()
 
     def _engine_state(self, hist: _EngineHistory, m: EngineMetrics, now: float) -> EngineState:
         if m.prefix_queries is not None:
@@ -409,6 +491,7 @@ class TargetTracker:
             lifetime = NAN
         resets = [sum(1 for r in self._restart_times if r > now - w.seconds) for w in self.windows]
         return EngineState(
-            model_name=m.model_name, engine=m.engine, current=m, lifetime_hit_ratio=lifetime,
+            model_name=m.model_name, engine=m.engine, current=m, replica=m.replica,
+            lifetime_hit_ratio=lifetime,
             windows=tuple(hist.window(w, now, n) for w, n in zip(self.windows, resets)),
             ratio_series=hist.ratio_series())

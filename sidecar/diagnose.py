@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable
 
-from .model import Diagnosis, EngineState, TargetSnapshot, WindowStats
-from .normalize import SCHEMA_V0, SCHEMA_V1_LEGACY
+from .model import CacheConfig, Diagnosis, EngineState, Refused, TargetSnapshot, WindowStats
+from .normalize import EXPOSER_ROUTER, SCHEMA_V0, SCHEMA_V1_LEGACY
 
 #: code -> severity, exactly as the contract fixes them
 CODES: dict[str, str] = {
@@ -24,6 +24,8 @@ CODES: dict[str, str] = {
     "kv_cache_pressure": "warning",
     "external_kv_connector": "info",
     "legacy_metric_names": "info",
+    "prefix_cache_unused": "warning",
+    "prefix_below_block": "warning",
 }
 
 KV_PRESSURE = 0.9
@@ -57,6 +59,33 @@ def _block_size(s: TargetSnapshot) -> int | None:
     return max(sizes) if sizes else None
 
 
+def _match_unit(s: TargetSnapshot) -> tuple[int, str] | None:
+    """The smallest prefix that can hit: ``prefix_match_unit`` where set, else ``block_size``."""
+    units = [c.prefix_match_unit for c in s.cache_configs if c.prefix_match_unit]
+    if units:
+        return max(units), "prefix_match_unit"
+    size = _block_size(s)
+    return (size, "block_size") if size else None
+
+
+def engine_name(e: EngineState | CacheConfig | Refused) -> str:
+    """``engine 0`` or ``engine 0 (ReplicaId=r1,...)``: how findings name one engine identity."""
+    return f"engine {e.engine}" + (f" ({e.replica})" if e.replica else "")
+
+
+def _config_of(s: TargetSnapshot, e: EngineState) -> CacheConfig | None:
+    for c in s.cache_configs:
+        if c.engine == e.engine and c.replica == e.replica:
+            return c
+    return None
+
+
+def _flag_text(c: CacheConfig | None) -> str:
+    if c is None or c.enable_prefix_caching is None:
+        return "absent"
+    return f'enable_prefix_caching="{c.enable_prefix_caching}"'
+
+
 def rule_down(s: TargetSnapshot) -> Diagnosis | None:
     if s.up or not s.scraped or s.last_error_reason in (None, "no_vllm_metrics"):
         return None
@@ -72,13 +101,41 @@ def rule_no_vllm(s: TargetSnapshot) -> Diagnosis | None:
               error=s.last_error)
 
 
+def _hits_grew(s: TargetSnapshot, c: CacheConfig) -> bool:
+    return any(e.engine == c.engine and e.replica == c.replica and e.windows
+               and e.windows[0].span > 0 and e.windows[0].hits > 0 for e in s.engines)
+
+
 def rule_caching_disabled(s: TargetSnapshot) -> Diagnosis | None:
-    off = [c.engine for c in s.cache_configs if c.enable_prefix_caching is False]
+    """The flag says off, unless that engine's prefix-cache hits grow: the counters win."""
+    off = [c for c in s.cache_configs if c.enable_prefix_caching is False and not _hits_grew(s, c)]
     if not off:
         return None
+    names = ", ".join(engine_name(c) for c in off)
     return _d("prefix_caching_disabled",
-              f"vllm:cache_config_info says enable_prefix_caching=\"False\" (engine {', '.join(off)})",
-              engines=tuple(off), block_size=_block_size(s))
+              f"vllm:cache_config_info says enable_prefix_caching=\"False\" ({names})",
+              engines=tuple(c.engine for c in off), block_size=_block_size(s))
+
+
+def rule_cache_unused(s: TargetSnapshot) -> Diagnosis | None:
+    """Prompt tokens grew in the shortest window but prefix-cache queries did not: the cache is not
+    in use, whatever the flag says (it is filled in the API server; the engine decides)."""
+    if rule_caching_disabled(s) is not None:
+        return None
+    idle = [e for e in s.engines if e.current.prefix_queries is not None and e.windows
+            and e.windows[0].span > 0 and e.windows[0].prompt_tokens > 0
+            and e.windows[0].queries <= 0]
+    if not idle:
+        return None
+    window = idle[0].windows[0].window
+    prompts = sum(e.windows[0].prompt_tokens for e in idle)
+    flags = sorted({_flag_text(_config_of(s, e)) for e in idle})
+    names = ", ".join(engine_name(e) for e in idle)
+    return _d("prefix_cache_unused",
+              f"{prompts:.0f} prompt tokens but no prefix-cache queries in the last {window} "
+              f"({names}); vllm:cache_config_info says {' / '.join(flags)}",
+              window=window, prompt_tokens=prompts, engines=tuple(engine_name(e) for e in idle),
+              flag=" / ".join(flags))
 
 
 def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
@@ -92,9 +149,11 @@ def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
     if v1:
         w1 = _shortest(v1)
         queries, hits = _sum(w1, "queries"), _sum(w1, "hits")
-        if queries > 0 and hits <= 0:
+        # a hit from any tier (CPU offload, LMCache, a KV connector) is a hit
+        if queries > 0 and not any(w.any_tier_hit for w in w1):
             return _d("zero_hit_rate",
-                      f"{queries:.0f} prefix-cache queries and 0 hits in the last {window}",
+                      f"{queries:.0f} prefix-cache queries and 0 hits from any tier in the last "
+                      f"{window}",
                       window=window, queries=queries, hits=hits,
                       block_size=_block_size(s), mean_prompt_tokens=_mean_prompt(ws, s.engines))
         return None
@@ -154,7 +213,25 @@ def rule_external(s: TargetSnapshot) -> Diagnosis | None:
               external_queries=q, external_hits=h)
 
 
+def rule_below_block(s: TargetSnapshot, zero: Diagnosis | None) -> Diagnosis | None:
+    """Zero hits, and the mean prompt is at most one block: a hit is impossible, not unlucky
+    (vLLM caches whole blocks and never a prompt's last token)."""
+    if zero is None:
+        return None
+    unit = _match_unit(s)
+    mean = zero.evidence_dict().get("mean_prompt_tokens")
+    if unit is None or mean is None or mean > unit[0]:
+        return None
+    return _d("prefix_below_block",
+              f"mean prompt {mean:.0f} tokens is at most one {unit[1]} of {unit[0]} tokens: "
+              "no prompt can share a whole cached block",
+              mean_prompt_tokens=mean, unit=unit[0], unit_name=unit[1],
+              window=zero.evidence_dict().get("window"))
+
+
 def rule_legacy(s: TargetSnapshot) -> Diagnosis | None:
+    if s.exposer == EXPOSER_ROUTER:  # the router chose those names, not a vLLM
+        return None
     if not s.legacy_names and s.schema not in (SCHEMA_V0, SCHEMA_V1_LEGACY):
         return None
     names = ", ".join(s.legacy_names) or f"the {s.schema} metric schema"
@@ -163,8 +240,8 @@ def rule_legacy(s: TargetSnapshot) -> Diagnosis | None:
 
 
 RULES: tuple[Callable[[TargetSnapshot], Diagnosis | None], ...] = (
-    rule_down, rule_no_vllm, rule_caching_disabled, rule_zero_hits, rule_no_traffic,
-    rule_reset, rule_kv_pressure, rule_external, rule_legacy,
+    rule_down, rule_no_vllm, rule_caching_disabled, rule_cache_unused, rule_zero_hits,
+    rule_no_traffic, rule_reset, rule_kv_pressure, rule_external, rule_legacy,
 )
 
 
@@ -173,4 +250,9 @@ def diagnose(s: TargetSnapshot) -> tuple[Diagnosis, ...]:
     would be judged on stale numbers."""
     if not s.up:
         return tuple(d for d in (rule_down(s), rule_no_vllm(s)) if d is not None)
-    return tuple(d for d in (r(s) for r in RULES) if d is not None)
+    found = [d for d in (r(s) for r in RULES) if d is not None]
+    zero = next((d for d in found if d.code == "zero_hit_rate"), None)
+    below = rule_below_block(s, zero)
+    if below is not None:
+        found.insert(found.index(zero) + 1, below)  # type: ignore[arg-type]
+    return tuple(found)

@@ -25,7 +25,8 @@ from .api import target_dict
 from .config import (DEFAULT_MAX_BODY_BYTES, ConfigError, TargetConfig, Window, load_config,
                      redact_url)
 from .derive import TargetTracker
-from .explain import Explanation, explain_all, fmt_count, fmt_pct
+from .diagnose import engine_name
+from .explain import Explanation, exposer_note, explain_all, fmt_count, fmt_pct, tier_split
 from .model import SEVERITIES, TargetSnapshot
 from .scrape import scrape
 from .scrapefilter import FilterState
@@ -87,6 +88,7 @@ async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: 
         if delay > 0:
             await asyncio.sleep(delay)
         outcome = await scrape(session, target, timeout=timeout, max_bytes=max_bytes,
+                               identity=tracker.identity_labels,
                                want_version=tracker.snapshot.version is None, state=state,
                                restarts=tracker.restarts)
         snap = tracker.observe(outcome)
@@ -156,7 +158,7 @@ def _flags_line(s: TargetSnapshot) -> str:
     parts = []
     for c in s.cache_configs:
         on = {True: "ON", False: "OFF", None: "unknown"}[c.enable_prefix_caching]
-        bits = [f"engine {clean(c.engine)}: prefix caching {on}"]
+        bits = [f"{clean(engine_name(c))}: prefix caching {on}"]
         if c.block_size:
             bits.append(f"block_size {c.block_size}")
         if c.num_gpu_blocks:
@@ -179,7 +181,7 @@ def _engine_rows(s: TargetSnapshot) -> tuple[list[list[str]], list[list[str]]]:
         windowed = "n/a (V0)" if e.v0 else fmt_pct(w.hit_ratio if w else None)
         life = fmt_pct(e.lifetime_hit_ratio) + (" (blocks)" if e.v0 else "")
         kv = e.current.kv_usage
-        rows.append([clean(e.model_name) or "-", clean(e.engine), windowed, life,
+        rows.append([clean(e.model_name) or "-", clean(engine_name(e)[len("engine "):]), windowed, life,
                      "n/a" if e.v0 or not w else fmt_count(w.queries),
                      "n/a" if e.v0 or not w else fmt_count(w.hits),
                      fmt_pct(kv), fmt_count(e.current.running), fmt_count(e.current.waiting)])
@@ -189,6 +191,28 @@ def _engine_rows(s: TargetSnapshot) -> tuple[list[list[str]], list[list[str]]]:
         kv_kind = "warning" if kv is not None and kv >= 0.9 else ""
         kinds.append(["bold", "", ratio_kind, "", "", "", kv_kind, "", ""])
     return rows, kinds
+
+
+def _tier_lines(s: TargetSnapshot) -> list[str]:
+    """"hits by tier" per engine where vLLM tells the tier: device first, then host, ..."""
+    out = []
+    for e in s.engines:
+        w = e.windows[0] if e.windows else None
+        if w is None or e.v0 or not (e.current.hits_by_source or e.current.external_queries
+                                      or e.current.tier_queries):
+            continue
+        split = ", ".join(f"{name} {fmt_pct(r, 0)}" for _, name, r in tier_split(w, short=True))
+        tiers = "".join(f"; offload tier {clean(t)} {fmt_pct(r, 0)} of chunks"
+                        for t, r in w.tier_ratios())
+        out.append(f"hits by tier   {clean(engine_name(e))}, {w.window}: {clean(split)}{tiers}")
+    return out
+
+
+def _refused_lines(s: TargetSnapshot) -> list[str]:
+    """Impossible values vLLM sent (never exported): what it said, and why refused."""
+    return [f"refused        {clean(r.family)} on {clean(engine_name(r))}: vLLM said "
+            f"{r.value!r} ({clean(r.why)}); not exported"
+            for r in s.refused]
 
 
 def verdict(s: TargetSnapshot, xs: Sequence[Explanation]) -> str:
@@ -262,6 +286,8 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
             about.append(f"vLLM {clean(s.version)}")
         if s.up:
             about.append(f"metric schema {clean(s.schema)}")
+            if s.exposer != "vllm":
+                about.append(f"exposer {clean(s.exposer)}")
         if s.scrape_mode:
             about.append(f"scrape mode {s.scrape_mode}")
         if s.labels:
@@ -272,11 +298,19 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
         lines += [style(ln, kind) if i == 0 else ln for i, ln in enumerate(
             _wrap(clean(verdict(s, xs)), "  ", width, "verdict        "))]
         if s.up:
+            note = exposer_note(s)
+            if note:
+                lines += _wrap(clean(note), "  ", width, "note           ")
             lines.append("  " + _flags_line(s))
+            lines += ["  " + ln for ln in _tier_lines(s) + _refused_lines(s)]
             if s.engines:
                 lines.append("")
                 rows, kinds = _engine_rows(s)
                 lines += _table(rows, style, kinds)
+                running = [e.current.running for e in s.engines if e.current.running is not None]
+                if len(s.engines) > 1 and running:
+                    lines.append(f"  {len(s.engines)} engines, {fmt_count(sum(running))} requests "
+                                 "running in all")
         lines.append("")
         if not xs:
             lines.append("  " + style("[OK] healthy: no findings", "healthy"))

@@ -197,10 +197,19 @@ def _target_down(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explana
         if pick is not None:
             causes = [Cause(c.text, 4 if i == pick else 2, f"HTTP {code}" if i == pick else "")
                       for i, c in enumerate(causes)]
+    if reason == "http_status" and "data-parallel supervisor" in error:
+        causes.insert(0, Cause("a data-parallel supervisor port: with "
+                               "--data-parallel-multi-port-external-lb vLLM runs one API server "
+                               "per local rank on port + i (each with its own /metrics); the "
+                               "supervisor port answers /health but has no /metrics", 6,
+                               "/metrics 404 while /health answers 200"))
     if reason == "connect" and s.last_success:
         causes.insert(0, Cause("vLLM crashed or is restarting", 4,
                                f"it answered until {_clock(s.last_success)}"))
-    fix = ["Check the server is up: curl -s -o /dev/null -w '%{http_code}' "
+    dp = ["Scrape each data-parallel rank directly: one target per rank at port + i "
+          "(rank 0 on the --port, rank 1 on --port + 1, ...); see docs/deploy.md, Topologies."] \
+        if "data-parallel supervisor" in error else []
+    fix = dp + ["Check the server is up: curl -s -o /dev/null -w '%{http_code}' "
            + s.url.rsplit("/", 1)[0] + "/health  (200 when the engine is ready)",
            "Check the process/pod logs for a crash (out of memory, CUDA errors) or a slow model load.",
            "Fix the target URL/port, the network path or the credentials, whichever the reason "
@@ -338,6 +347,98 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
                        _rank(causes), tuple(fix),
                        "Send two requests with the same long prefix and run doctor again: "
                        "hits must grow.")
+
+
+def _cache_unused(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
+    window = ev.get("window", "window")
+    engines = ", ".join(map(str, _seq(ev.get("engines")))) or "?"
+    flag = str(ev.get("flag") or "absent")
+    nums = [f"In the last {window} vLLM processed {fmt_count(ev.get('prompt_tokens'))} prompt "
+            f"tokens ({engines}) but its prefix-cache query counter did not move: no prompt "
+            "was looked up in the cache, so there is no hit ratio to alert on.",
+            f"vllm:cache_config_info says {flag}; the counters win: the flag is filled in the "
+            "API-server process and does not see what the engine decided."]
+    connector = [v for v in config_values(s, "kv_connector") + config_values(s, "kv_transfer_config")]
+    ext = sum(e.current.external_queries or 0.0 for e in s.engines)
+    kv = f"{fmt_count(ext)} external (connector) queries" if ext else (
+        f"kv connector {connector[0]}" if connector else "")
+    causes = [
+        Cause("the engine turned prefix caching off itself (platform, model type, batch-invariant "
+              "mode, pooling or encoder-decoder models) while the API server's flag still says "
+              "True", 3 if "True" in flag else 2, f"flag says {flag}"),
+        Cause("a KV-transfer setup bypasses the local cache: in a prefill/decode (P/D) "
+              "deployment such as llm-d with a NIXL connector, the decode side receives the KV "
+              "from the prefill side and never looks up its own cache", 4 if kv else 2, kv),
+        Cause("a fork or patched scheduler lost the prefix-cache stats call: counters stay 0 "
+              "while caching may work", 1),
+        Cause("requests skip cache reads (prompt_logprobs requests do)", 1),
+    ]
+    fix = ["Read the engine's start-up log for a line saying prefix caching was disabled, and "
+           "why; on the engine side no API flag overrides it.",
+           "In a P/D deployment, judge caching on the prefill instances (and the connector's "
+           "external hits), not on the decode instances.",
+           "On a fork, check that the scheduler still records prefix-cache stats: send the same "
+           "long prompt twice and watch vllm:prefix_cache_queries_total."]
+    return Explanation(d.code, d.severity, "Prefix cache not in use", d.summary, tuple(nums),
+                       _rank(causes), tuple(fix),
+                       "vllm:prefix_cache_queries_total grows with the prompt tokens.")
+
+
+def _below_block(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
+    mean, unit = _num(ev.get("mean_prompt_tokens")), _num(ev.get("unit"))
+    name = str(ev.get("unit_name") or "block_size")
+    nums = [f"Mean prompt length {fmt_count(mean)} tokens; the smallest prefix that can hit is "
+            f"one {name} of {fmt_count(unit)} tokens.",
+            "vLLM caches whole blocks only and never a prompt's last token, so a prompt of at "
+            "most one block can never hit: the 0 % is structural, not bad luck."]
+    hybrid = hybrid_hint(s)
+    causes = [Cause("prompts shorter than one KV block (the shared prefix would have to be a "
+                    "whole block)", 4, f"mean {fmt_count(mean)} <= {fmt_count(unit)}"),
+              Cause("a hybrid (Mamba / linear-attention) model whose attention block size is "
+                    "inflated to the state page size (hundreds to thousands of tokens)",
+                    5 if hybrid or (unit or 0) > 256 else 1, hybrid)]
+    fix = ["Make the shared prefix longer than one block (put the long, unchanging text first).",
+           "Use a smaller --block-size where the backend allows it.",
+           "On hybrid models set --prefix-match-unit (where your vLLM has it) so prefixes match "
+           "at a finer granularity than the state page."]
+    return Explanation(d.code, d.severity, "Prompts shorter than one KV block", d.summary,
+                       tuple(nums), _rank(causes), tuple(fix),
+                       "Send two requests sharing a prefix of several blocks: hits must grow.")
+
+
+#: people's words for vLLM's hit sources (``prompt_tokens_cached_by_source{source}``)
+SOURCE_WORDS = {"device": "engine KV memory (GPU; CPU memory on CPU builds)",
+                "host": "CPU offload", "disk": "disk", "p2p": "peer (p2p)",
+                "external_unspecified": "external"}
+SOURCE_ORDER = ("device", "host", "disk", "p2p", "external_unspecified")
+
+
+def tier_split(w: Any, short: bool = False) -> list[tuple[str, str, float]]:
+    """(source, words, ratio) per hit source of a window: device, then host, disk, p2p, external.
+    Where vLLM does not count by source, the local and connector ratios stand in."""
+    def word(src: str) -> str:
+        text = SOURCE_WORDS.get(src, src)
+        return text.split(" (")[0] if short else text
+    by = dict(w.source_ratios())
+    if by:
+        order = [x for x in SOURCE_ORDER if x in by] + sorted(x for x in by if x not in SOURCE_ORDER)
+        return [(src, word(src), by[src]) for src in order]
+    out = [("device", word("device"), w.hit_ratio)]
+    if w.external_queries > 0:
+        out.append(("external", "external (connector)", w.external_hit_ratio))
+    return out
+
+
+def exposer_note(s: TargetSnapshot) -> str:
+    """What to know when the target is not a vLLM API server itself ('' when it is)."""
+    if s.exposer == "production-stack-router":
+        return ("This target is a vLLM production-stack router, not an engine: its vllm: series "
+                "are per-backend gauges (one engine per `server`, no model_name). Scrape the "
+                "engines directly for full detail (windows, latency, cache config).")
+    if s.exposer == "ray-serve":
+        return ("This target is Ray Serve LLM's metrics port (ray_vllm_* names): one engine per "
+                "ReplicaId/WorkerId.")
+    return ""
 
 
 def _no_traffic(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
@@ -492,6 +593,8 @@ EXPLAINERS: dict[str, Callable[[Diagnosis, dict[str, Any], TargetSnapshot], Expl
     "kv_cache_pressure": _kv_pressure,
     "external_kv_connector": _external,
     "legacy_metric_names": _legacy,
+    "prefix_cache_unused": _cache_unused,
+    "prefix_below_block": _below_block,
 }
 
 

@@ -14,7 +14,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .model import REASONS, EngineState, TargetSnapshot
+from .model import REASONS, EngineState, TargetSnapshot, ratio
 
 P = "vllm_sidecar_"
 
@@ -34,6 +34,16 @@ FAMILIES: dict[str, tuple[str, str]] = {
                                         "(lifetime: since vLLM started); NaN without queries."),
     "external_prefix_cache_queries": ("counter", "External (KV-connector) prefix-cache queries."),
     "external_prefix_cache_hits": ("counter", "External (KV-connector) prefix-cache hits."),
+    "external_prefix_cache_hit_ratio": ("gauge", "External (KV-connector) hits/queries over the "
+                                                 "window (lifetime: since vLLM started)."),
+    "prefix_cache_hits_by_source": ("counter", "Prefix-cache hits in tokens by the tier that served "
+                                               "them (vllm:prompt_tokens_cached_by_source)."),
+    "prefix_cache_hit_ratio_by_source": ("gauge", "Share of looked-up prompt tokens served by "
+                                                  "source over the window; device = local ratio."),
+    "offload_tier_hit_ratio": ("gauge", "KV-offload tier chunk hits/lookups over the window "
+                                        "(vllm:kv_offload_tiering_chunk_*)."),
+    "out_of_range_values": ("counter", "Samples refused as impossible (never exported), by "
+                                       "vLLM family."),
     "kv_cache_usage_ratio": ("gauge", "KV-cache usage, 0..1."),
     "kv_cache_usage_delta": ("gauge", "KV-cache usage now minus usage one window ago."),
     "prefix_caching_enabled": ("gauge", "1 if vllm:cache_config_info says prefix caching is on."),
@@ -143,8 +153,10 @@ def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], .
     return "".join(out)
 
 
-def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState) -> None:
+def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica: bool) -> None:
     lab = {**base, "model_name": e.model_name, "engine": e.engine}
+    if replica:
+        lab["replica"] = e.replica
     c = e.current
     for short, val in (("prefix_cache_queries", c.prefix_queries),
                        ("prefix_cache_hits", c.prefix_hits),
@@ -160,12 +172,16 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState) -> None
             f.add(short, lab, val)
     for reason, val in c.request_success:
         f.add("request_success", {**lab, "finished_reason": reason}, val)
+    for source, val in c.hits_by_source:
+        f.add("prefix_cache_hits_by_source", {**lab, "source": source}, val)
     if c.prefix_queries is not None or c.v0_hit_rate is not None:
         f.add("prefix_cache_hit_ratio", {**lab, "window": "lifetime"}, e.lifetime_hit_ratio)
+    _tiers(f, {**lab, "window": "lifetime"}, e)
     for w in e.windows:
         wl = {**lab, "window": w.window}
         if c.prefix_queries is not None:  # a V0 engine has no counters, so no windowed ratio
             f.add("prefix_cache_hit_ratio", wl, w.hit_ratio)
+        _tiers(f, wl, e, w)
         if w.span <= 0:
             continue
         if w.kv_usage_delta is not None:
@@ -185,6 +201,29 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState) -> None
                 f.add("latency_seconds", {**pl, "quantile": q}, v)
 
 
+def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState, w=None) -> None:
+    """Which tier served the hits: by source, KV connector, offload tiers (window ``w``, or
+    lifetime from vLLM's counters). Absent families stay absent, never zeros."""
+    c = e.current
+    if w is None:
+        queries = c.prefix_queries if c.prefix_queries is not None else 0.0
+        sources = tuple((src, ratio(h, queries)) for src, h in c.hits_by_source)
+        external = (ratio(c.external_hits or 0.0, c.external_queries)
+                    if c.external_queries is not None else None)
+        th = dict(c.tier_hits)
+        tiers = tuple((t, ratio(th.get(t, 0.0), q)) for t, q in c.tier_queries)
+    else:
+        sources, tiers = w.source_ratios(), w.tier_ratios()
+        external = w.external_hit_ratio if c.external_queries is not None else None
+    if c.prefix_queries is not None:
+        for src, r in sources:
+            f.add("prefix_cache_hit_ratio_by_source", {**wl, "source": src}, r)
+    if external is not None:
+        f.add("external_prefix_cache_hit_ratio", wl, external)
+    for tier, r in tiers:
+        f.add("offload_tier_hit_ratio", {**wl, "tier": tier}, r)
+
+
 def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, str], ...]) -> None:
     base = {**dict(static), **dict(s.labels), "target": s.name}
     if not s.scraped:
@@ -202,13 +241,17 @@ def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, s
         for mode in ("filtered", "full"):
             f.add("scrape_mode", {**base, "mode": mode}, 1.0 if s.scrape_mode == mode else 0.0)
     if s.scraped and s.last_success is not None:
-        f.add("vllm_info", {**base, "version": s.version or "unknown", "schema": s.schema}, 1)
+        f.add("vllm_info", {**base, "version": s.version or "unknown", "schema": s.schema,
+                            "exposer": s.exposer}, 1)
+    for family, n in s.out_of_range:
+        f.add("out_of_range_values", {**base, "family": family}, n)
     for d in s.diagnoses:
         f.add("diagnosis", {**base, "code": d.code, "severity": d.severity}, 1)
     if not s.up:
         return  # never serve the last good numbers as if they were fresh
+    replica = bool(s.identity_labels)
     for cfg in s.cache_configs:
-        el = {**base, "engine": cfg.engine}
+        el = {**base, "engine": cfg.engine, **({"replica": cfg.replica} if replica else {})}
         if cfg.enable_prefix_caching is not None:
             f.add("prefix_caching_enabled", el, 1.0 if cfg.enable_prefix_caching else 0.0)
         f.add("cache_config_info", {
@@ -219,7 +262,7 @@ def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, s
             "kv_offloading_backend": cfg.kv_offloading_backend or "",
         }, 1)
     for e in s.engines:
-        _engine(f, base, e)
+        _engine(f, base, e, replica)
 
 
 def _status(f: _Families | _Lines, st: dict[str, str], status: ServiceStatus) -> None:

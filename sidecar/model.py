@@ -43,6 +43,9 @@ class EngineMetrics:
 
     model_name: str
     engine: str
+    #: the target's identity labels on this engine's samples, ``name=value`` pairs sorted by name
+    #: and joined by ``,`` (contract "Identity"); empty where the target has none
+    replica: str = ""
     prefix_queries: float | None = None
     prefix_hits: float | None = None
     external_queries: float | None = None
@@ -55,6 +58,11 @@ class EngineMetrics:
     running: float | None = None
     waiting: float | None = None
     request_success: tuple[tuple[str, float], ...] = ()
+    #: ``vllm:prompt_tokens_cached_by_source`` (0.32+): (source, tokens), sources sorted
+    hits_by_source: tuple[tuple[str, float], ...] = ()
+    #: ``vllm:kv_offload_tiering_chunk_{queries,hits}`` (0.28+): (tier, chunks), tiers sorted
+    tier_queries: tuple[tuple[str, float], ...] = ()
+    tier_hits: tuple[tuple[str, float], ...] = ()
     ttft: Histogram | None = None
     e2e: Histogram | None = None
     queue: Histogram | None = None
@@ -63,8 +71,9 @@ class EngineMetrics:
     created: float | None = None
 
     @property
-    def key(self) -> tuple[str, str]:
-        return (self.model_name, self.engine)
+    def key(self) -> tuple[str, str, str]:
+        """The engine's identity: model_name, engine and the replica string."""
+        return (self.model_name, self.engine, self.replica)
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,32 @@ class CacheConfig:
     engine: str
     enable_prefix_caching: bool | None
     block_size: int | None = None
+    #: hybrid models: the prefix granularity that can hit, where vLLM sets it
+    prefix_match_unit: int | None = None
+    replica: str = ""
     num_gpu_blocks: int | None = None
     hash_algo: str | None = None
     kv_offloading_backend: str | None = None
     labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A sample the sidecar refused as impossible (contract "Impossible values").
+
+    ``family`` is vLLM's family as exposed, without ``_total``; ``value`` is what vLLM said.
+    """
+
+    family: str
+    model_name: str
+    engine: str
+    replica: str
+    value: float
+    why: str  # e.g. "outside 0..1", "below 0", "NaN", "hits above queries (1200 > 1000)"
+
+
+#: who exposes the vLLM numbers (``vllm_sidecar_vllm_info{exposer}``)
+EXPOSERS = ("vllm", "ray-serve", "production-stack-router")
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,12 @@ class Normalised:
     legacy_names: tuple[str, ...] = ()  # deprecated vLLM names seen in the body
     process_start: float | None = None
     vllm_series: int = 0  # how many vllm: samples the body held
+    exposer: str = "vllm"
+    #: label names that tell engines apart beyond model_name/engine (contract "Identity")
+    identity_labels: frozenset[str] = frozenset()
+    refused: tuple[Refused, ...] = ()
+    #: ``vllm:admission_rejections_total`` (0.32+; no ``engine`` label), all reasons and models
+    admission_rejections: float | None = None
 
     @property
     def has_vllm(self) -> bool:
@@ -117,6 +154,11 @@ class WindowStats:
     queries: float = 0.0
     hits: float = 0.0
     hit_ratio: float = NAN
+    external_queries: float = 0.0
+    external_hits: float = 0.0
+    #: (source, hits) and (tier, (queries, hits)) increases in the window
+    hits_by_source: tuple[tuple[str, float], ...] = ()
+    tiers: tuple[tuple[str, tuple[float, float]], ...] = ()
     kv_usage_delta: float | None = None
     prompt_tokens: float = 0.0
     generation_tokens: float = 0.0
@@ -128,6 +170,25 @@ class WindowStats:
 
     def rate(self, amount: float) -> float:
         return amount / self.span if self.span > 0 else NAN
+
+    @property
+    def external_hit_ratio(self) -> float:
+        return ratio(self.external_hits, self.external_queries)
+
+    def source_ratios(self) -> tuple[tuple[str, float], ...]:
+        """Each source's hits over the window's prefix-cache queries (NaN without queries)."""
+        return tuple((src, ratio(h, self.queries)) for src, h in self.hits_by_source)
+
+    def tier_ratios(self) -> tuple[tuple[str, float], ...]:
+        return tuple((tier, ratio(h, q)) for tier, (q, h) in self.tiers)
+
+    @property
+    def any_tier_hit(self) -> bool:
+        """Did any tier serve a hit in the window: local, KV connector, by source or an offload
+        tier (whichever this vLLM exposes)?"""
+        return (self.hits > 0 or self.external_hits > 0
+                or any(h > 0 for _, h in self.hits_by_source)
+                or any(h > 0 for _, (_, h) in self.tiers))
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -149,6 +210,7 @@ class EngineState:
     model_name: str
     engine: str
     current: EngineMetrics
+    replica: str = ""
     lifetime_hit_ratio: float = NAN
     windows: tuple[WindowStats, ...] = ()
     #: (unix time, hit ratio between this sample and the previous one) over the longest window;
@@ -202,6 +264,12 @@ class TargetSnapshot:
     restarts: int = 0
     version: str | None = None
     schema: str = "none"
+    exposer: str = "vllm"
+    #: the target's identity labels so far (they stay for the target's life)
+    identity_labels: tuple[str, ...] = ()
+    #: impossible samples refused in the last scrape (what vLLM said), and counts by family
+    refused: tuple[Refused, ...] = ()
+    out_of_range: tuple[tuple[str, int], ...] = ()
     legacy_names: tuple[str, ...] = ()
     engines: tuple[EngineState, ...] = ()
     cache_configs: tuple[CacheConfig, ...] = ()
@@ -227,6 +295,13 @@ class TargetSnapshot:
             if worst is None or SEVERITIES.index(d.severity) > SEVERITIES.index(worst):
                 worst = d.severity
         return worst
+
+
+def ratio(hits: float, queries: float) -> float:
+    """hits/queries clamped to 0..1; NaN without queries."""
+    if queries <= 0 or math.isnan(queries) or math.isnan(hits):
+        return NAN
+    return min(1.0, max(0.0, hits / queries))
 
 
 def finite(x: float | None) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-from .model import CacheConfig, EngineMetrics, Histogram, Normalised
+from .model import CacheConfig, EngineMetrics, Histogram, Normalised, Refused
 from .parser import ParseError, Sample
 
 COUNTER, GAUGE, HISTOGRAM, INFO = "counter", "gauge", "histogram", "info"
@@ -46,7 +46,18 @@ ALIASES: dict[str, tuple[Source, ...]] = {
     "queue": (Source("vllm:request_queue_time_seconds", HISTOGRAM),
               Source("vllm:time_in_queue_requests", HISTOGRAM, legacy=True)),
     "prompt_len": (Source("vllm:request_prompt_tokens", HISTOGRAM),),
+    "hits_by_source": (Source("vllm:prompt_tokens_cached_by_source", COUNTER),),
+    "tier_queries": (Source("vllm:kv_offload_tiering_chunk_queries", COUNTER),),
+    "tier_hits": (Source("vllm:kv_offload_tiering_chunk_hits", COUNTER),),
+    "admission_rejections": (Source("vllm:admission_rejections", COUNTER),),  # target level
 }
+
+#: counters kept per value of one dimension label (field -> label)
+LABELLED = {"request_success": "finished_reason", "hits_by_source": "source",
+            "tier_queries": "tier", "tier_hits": "tier"}
+#: plain counters: below 0 or NaN is impossible (contract "Impossible values")
+PLAIN_COUNTERS = ("prefix_queries", "prefix_hits", "external_queries", "external_hits",
+                  "prompt_tokens", "generation_tokens", "preemptions")
 
 #: deprecated names the sidecar does not read but reports under ``legacy_metric_names``
 LEGACY_ONLY = (
@@ -58,6 +69,16 @@ LEGACY_ONLY = (
 
 CACHE_CONFIG = "vllm:cache_config_info"
 PROCESS_START = "process_start_time_seconds"
+#: Ray Serve LLM re-exports ``vllm:<name>`` as ``ray_vllm_<name>`` on Ray's metrics port
+RAY_PREFIX = "ray_vllm_"
+
+EXPOSER_VLLM, EXPOSER_RAY, EXPOSER_ROUTER = "vllm", "ray-serve", "production-stack-router"
+#: labels that are always an engine's identity (contract "Identity")
+IDENTITY_ALWAYS = frozenset({"server", "ReplicaId", "WorkerId"})
+#: labels that never are: the engine key itself, multiprocess ``pid`` (folded) and the
+#: families' own dimensions
+NOT_IDENTITY = frozenset({"model_name", "engine", "pid", "le", "quantile", "finished_reason",
+                          "source", "reason", "tier", "stage", "status", "sleep_state", "mode"})
 #: the counter whose ``_created`` marks a (re)start of the engine
 CREATED_FROM = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries", "vllm:prompt_tokens")
 
@@ -90,24 +111,33 @@ def _build_routes() -> dict[str, tuple[str, int, Source, str]]:
     for src in LEGACY_ONLY:
         for name, part in _sample_names(src):
             routes[name] = ("", 0, src, part)
+    # Ray Serve's names route exactly like vLLM's own
+    routes.update({RAY_PREFIX + n[len("vllm:"):]: r for n, r in list(routes.items())})
     return routes
 
 
 ROUTES = _build_routes()
+CACHE_CONFIGS = frozenset({CACHE_CONFIG, RAY_PREFIX + CACHE_CONFIG[len("vllm:"):]})
 #: every sample name the sidecar materialises: pass to :func:`sidecar.parser.parse`
-WANTED = frozenset(ROUTES) | {CACHE_CONFIG, PROCESS_START}
+WANTED = frozenset(ROUTES) | CACHE_CONFIGS | {PROCESS_START}
+
+
+def is_vllm_name(name: str) -> bool:
+    """A sample of vLLM's own numbers, as vLLM or Ray Serve expose them."""
+    return name.startswith("vllm:") or name.startswith(RAY_PREFIX)
 
 
 class _Acc:
     """Accumulates one engine's samples; ``pid`` variants are folded (counters summed, gauges max)."""
 
-    __slots__ = ("values", "hist", "success", "created")
+    __slots__ = ("values", "hist", "labelled", "created", "names")
 
     def __init__(self) -> None:
-        self.values: dict[tuple[str, int], float] = {}
+        self.values: dict[tuple[str, float], float] = {}
         self.hist: dict[tuple[str, int], list] = {}
-        self.success: dict[int, dict[str, float]] = {}
+        self.labelled: dict[tuple[str, int], dict[str, float]] = {}
         self.created: dict[str, float] = {}
+        self.names: dict[str, str] = {}  # field -> family as exposed (for refused samples)
 
 
 def _truthy(value: str | None) -> bool | None:
@@ -130,12 +160,15 @@ def _int(value: str | None) -> int | None:
         return None
 
 
-def _cache_config(labels: dict[str, str]) -> CacheConfig:
+def _cache_config(labels: dict[str, str], replica: str) -> CacheConfig:
     lower = {k.lower(): v for k, v in labels.items()}
+    unit = _int(lower.get("prefix_match_unit"))
     return CacheConfig(
         engine=labels.get("engine", "0"),
         enable_prefix_caching=_truthy(lower.get("enable_prefix_caching")),
         block_size=_int(lower.get("block_size")),
+        prefix_match_unit=unit if unit and unit > 0 else None,
+        replica=replica,
         num_gpu_blocks=_int(lower.get("num_gpu_blocks")),
         hash_algo=lower.get("prefix_caching_hash_algo"),
         kv_offloading_backend=lower.get("kv_offloading_backend"),
@@ -154,28 +187,86 @@ def _histogram(parts: list) -> Histogram | None:
     return Histogram(bounds, counts, total if total is not None else float("nan"), count)
 
 
-def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> Normalised:
-    """Fold parsed samples (``parser.Sample``) into era-independent per-engine metrics."""
-    engines: dict[tuple[str, str], _Acc] = {}
-    configs: dict[str, CacheConfig] = {}
+def escape_replica_value(value: str) -> str:
+    """``\\``, ``,`` and ``=`` inside a value are escaped by ``\\`` (contract "Identity")."""
+    if "\\" in value or "," in value or "=" in value:
+        return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+    return value
+
+
+def replica_of(labels: dict[str, str], identity: frozenset[str]) -> str:
+    """The ``replica`` label value: identity ``name=value`` pairs sorted by name, joined by ``,``."""
+    if not identity:
+        return ""
+    return ",".join(f"{k}={escape_replica_value(labels[k])}" for k in sorted(identity) if k in labels)
+
+
+def identity_labels(samples: Iterable[Sample]) -> frozenset[str]:
+    """Labels that tell engines apart in this body: ``server``, ``ReplicaId``, ``WorkerId``, and any
+    other label whose value differs between samples of one value family (never ``*_info``), except
+    the engine key, ``pid`` and the families' dimension labels (contract "Identity")."""
+    first: dict[tuple[str, str], str] = {}
+    found: set[str] = set()
+    for name, labels, _ in samples:
+        if name not in ROUTES:
+            continue
+        for k, v in labels:
+            if k in NOT_IDENTITY or k in found:
+                continue
+            if k in IDENTITY_ALWAYS or first.setdefault((name, k), v) != v:
+                found.add(k)
+    return frozenset(found)
+
+
+def _exposer(samples: list[Sample]) -> str:
+    """``ray-serve`` for ``ray_vllm_`` names; ``production-stack-router`` when vLLM-named series
+    carry ``server`` and none carries ``engine`` or ``model_name``; else ``vllm``."""
+    server = keyed = False
+    for name, labels, _ in samples:
+        if name.startswith(RAY_PREFIX):
+            return EXPOSER_RAY
+        if name in ROUTES:
+            for k, _v in labels:
+                if k == "server":
+                    server = True
+                elif k in ("engine", "model_name"):
+                    keyed = True
+    return EXPOSER_ROUTER if server and not keyed else EXPOSER_VLLM
+
+
+def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
+              identity: frozenset[str] = frozenset()) -> Normalised:
+    """Fold parsed samples (``parser.Sample``) into era-independent per-engine metrics.
+
+    ``identity``: the target's identity labels seen so far (they stay for its life); the result's
+    ``identity_labels`` adds those of this body. Impossible values are left out and listed in
+    ``refused``. Raises :class:`ParseError` for a duplicate vLLM series or a bad ``le``.
+    """
+    samples = samples if isinstance(samples, list) else list(samples)
+    ident = identity | identity_labels(samples)
+    exposer = _exposer(samples)
+    engines: dict[tuple[str, str, str], _Acc] = {}
+    configs: dict[tuple[str, str], CacheConfig] = {}
     legacy: set[str] = set()
     seen_fields: dict[str, set[int]] = {}
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    process_start = None
+    starts: set[float] = set()
+    rejections: float | None = None
     vllm_count = 0
     for name, labels, value in samples:
+        if name == PROCESS_START:
+            starts.add(value)  # another process's copy (KServe's queue-proxy) is no error
+            continue
         if check_duplicates:
             key = (name, tuple(sorted(labels)) if len(labels) > 1 else labels)
             if key in seen:
                 raise ParseError(0, f"duplicate series {name}{{{_fmt(labels)}}}")
             seen.add(key)
-        if name == PROCESS_START:
-            process_start = value
-            continue
         vllm_count += 1
-        if name == CACHE_CONFIG:
-            cfg = _cache_config(dict(labels))
-            configs.setdefault(cfg.engine, cfg)
+        lab = dict(labels)
+        if name in CACHE_CONFIGS:
+            cfg = _cache_config(lab, replica_of(lab, ident))
+            configs.setdefault((cfg.engine, cfg.replica), cfg)
             continue
         route = ROUTES.get(name)
         if route is None:
@@ -185,47 +276,68 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True) -> No
             legacy.add(src.family)
         if not fld:
             continue
-        lab = dict(labels)
-        acc = engines.setdefault((lab.get("model_name", ""), lab.get("engine", "0")), _Acc())
+        if fld == "admission_rejections":  # no ``engine`` label: the API server's, not an engine's
+            if part == "value" and value == value and value >= 0:
+                rejections = (rejections or 0.0) + value
+            continue
+        acc = engines.setdefault(
+            (lab.get("model_name", ""), lab.get("engine", "0"), replica_of(lab, ident)), _Acc())
         seen_fields.setdefault(fld, set()).add(prio)
         if part == "created":
             if src.family in CREATED_FROM:
                 acc.created.setdefault(src.family, value)
             continue
-        if src.kind == HISTOGRAM:
-            h = acc.hist.setdefault((fld, prio), [{}, None, None])
-            if part == "bucket":
-                try:
-                    le = float(lab.get("le", ""))
-                except ValueError:
-                    raise ParseError(0, f"invalid le=\"{lab.get('le', '')}\" on {name}") from None
-                h[0][le] = h[0].get(le, 0.0) + value
-            elif part == "sum":
-                h[1] = (h[1] or 0.0) + value
-            else:
-                h[2] = (h[2] or 0.0) + value
-        elif fld == "request_success":
-            reasons = acc.success.setdefault(prio, {})
-            r = lab.get("finished_reason", "")
-            reasons[r] = reasons.get(r, 0.0) + value
-        else:
-            # a bare counter name (``LLM.get_metrics()``) is used only without the ``_total`` one
-            k = (fld, prio if part == "value" else prio + 0.5)
-            old = acc.values.get(k)
-            if old is None or old != old:  # first value, or NaN: take the new one
-                acc.values[k] = value
-            elif src.kind == COUNTER:
-                acc.values[k] = old + value
-            elif value == value:  # gauges from several pids: the largest, ignoring NaN
-                acc.values[k] = max(old, value)
+        _add(acc, fld, prio, src, part, name, lab, value)
+    # process_start_time_seconds is the vLLM process's only where vLLM serves the body itself
+    process_start = next(iter(starts)) if len(starts) == 1 and exposer == EXPOSER_VLLM else None
+    refused: list[Refused] = []
     return Normalised(
-        engines=tuple(_engine(k, acc) for k, acc in sorted(engines.items())),
-        cache_configs=tuple(configs[e] for e in sorted(configs)),
+        engines=tuple(_engine(k, acc, refused) for k, acc in sorted(engines.items())),
+        cache_configs=tuple(configs[k] for k in sorted(configs)),
         schema=_schema(seen_fields, vllm_count, configs),
-        legacy_names=tuple(sorted(legacy)),
+        legacy_names=tuple(sorted(legacy)) if exposer != EXPOSER_ROUTER else (),
         process_start=process_start,
         vllm_series=vllm_count,
+        exposer=exposer,
+        identity_labels=ident,
+        refused=tuple(refused),
+        admission_rejections=rejections,
     )
+
+
+def _add(acc: _Acc, fld: str, prio: int, src: Source, part: str, name: str,
+         lab: dict[str, str], value: float) -> None:
+    """One sample into its engine's accumulator (``pid`` copies: counters summed, gauges max)."""
+    if src.kind == HISTOGRAM:
+        h = acc.hist.setdefault((fld, prio), [{}, None, None])
+        if part == "bucket":
+            try:
+                le = float(lab.get("le", ""))
+            except ValueError:
+                raise ParseError(0, f"invalid le=\"{lab.get('le', '')}\" on {name}") from None
+            h[0][le] = h[0].get(le, 0.0) + value
+        elif part == "sum":
+            h[1] = (h[1] or 0.0) + value
+        else:
+            h[2] = (h[2] or 0.0) + value
+        return
+    family = name[:-len("_total")] if name.endswith("_total") else name
+    if fld in LABELLED:
+        by = acc.labelled.setdefault((fld, prio), {})
+        r = lab.get(LABELLED[fld], "")
+        by[r] = by.get(r, 0.0) + value
+        acc.names.setdefault(fld, family)
+        return
+    # a bare counter name (``LLM.get_metrics()``) is used only without the ``_total`` one
+    k = (fld, prio if part == "value" else prio + 0.5)
+    acc.names.setdefault(fld, family)
+    old = acc.values.get(k)
+    if old is None or old != old:  # first value, or NaN: take the new one
+        acc.values[k] = value
+    elif src.kind == COUNTER:
+        acc.values[k] = old + value
+    elif value == value:  # gauges from several pids: the largest, ignoring NaN
+        acc.values[k] = max(old, value)
 
 
 def _fmt(labels: tuple[tuple[str, str], ...]) -> str:
@@ -249,25 +361,83 @@ def _pick_hist(acc: _Acc, fld: str) -> Histogram | None:
     return None
 
 
-def _engine(key: tuple[str, str], acc: _Acc) -> EngineMetrics:
-    success = acc.success.get(0, {})
+def _pick_labelled(acc: _Acc, fld: str) -> dict[str, float]:
+    for prio in range(len(ALIASES[fld])):
+        by = acc.labelled.get((fld, prio))
+        if by is not None:
+            return by
+    return {}
+
+
+class _Checker:
+    """Refuses impossible values of one engine (contract "Impossible values"), recording each."""
+
+    def __init__(self, key: tuple[str, str, str], acc: _Acc, refused: list[Refused]):
+        self.key, self.acc, self.refused = key, acc, refused
+
+    def refuse(self, fld: str, value: float, why: str, label: str = "") -> None:
+        family = self.acc.names.get(fld, fld)
+        where = f"{family}{{{LABELLED[fld]}={label}}}" if label else family
+        self.refused.append(Refused(where, *self.key, value, why))
+
+    def counter(self, fld: str, value: float | None, label: str = "") -> float | None:
+        if value is None:
+            return None
+        if value != value or value < 0:
+            self.refuse(fld, value, "NaN" if value != value else "below 0", label)
+            return None
+        return value
+
+    def gauge(self, fld: str, value: float | None, low: float, high: float | None,
+              sentinel: float | None = None) -> float | None:
+        if value is None or value == sentinel:
+            return value
+        if value != value or value < low or (high is not None and value > high):
+            rng = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
+            self.refuse(fld, value, f"outside {rng}")
+            return None
+        return value
+
+    def pair(self, v: dict[str, float | None], q: str, h: str) -> None:
+        """Hits above queries: both are refused (a ratio from either alone would lie)."""
+        if v[q] is not None and v[h] is not None and v[h] > v[q]:
+            self.refuse(h, v[h], f"hits above queries ({v[h]:g} > {v[q]:g})")
+            v[q] = v[h] = None
+
+    def labelled(self, fld: str, by: dict[str, float]) -> dict[str, float]:
+        return {k: x for k, x in by.items() if self.counter(fld, x, k) is not None}
+
+
+def _engine(key: tuple[str, str, str], acc: _Acc, refused: list[Refused]) -> EngineMetrics:
+    chk = _Checker(key, acc, refused)
+    v: dict[str, float | None] = {f: chk.counter(f, _pick(acc, f)) for f in PLAIN_COUNTERS}
+    chk.pair(v, "prefix_queries", "prefix_hits")
+    chk.pair(v, "external_queries", "external_hits")
+    tq = chk.labelled("tier_queries", _pick_labelled(acc, "tier_queries"))
+    th = chk.labelled("tier_hits", _pick_labelled(acc, "tier_hits"))
+    for tier in [t for t in th if t in tq and th[t] > tq[t]]:
+        chk.refuse("tier_hits", th[tier], f"hits above queries ({th[tier]:g} > {tq[tier]:g})", tier)
+        del th[tier], tq[tier]
     created = next((acc.created[f] for f in CREATED_FROM if f in acc.created), None)
     return EngineMetrics(
-        model_name=key[0], engine=key[1],
-        prefix_queries=_pick(acc, "prefix_queries"), prefix_hits=_pick(acc, "prefix_hits"),
-        external_queries=_pick(acc, "external_queries"), external_hits=_pick(acc, "external_hits"),
-        v0_hit_rate=_pick(acc, "v0_hit_rate"), kv_usage=_pick(acc, "kv_usage"),
-        prompt_tokens=_pick(acc, "prompt_tokens"), generation_tokens=_pick(acc, "generation_tokens"),
-        preemptions=_pick(acc, "preemptions"), running=_pick(acc, "running"),
-        waiting=_pick(acc, "waiting"),
-        request_success=tuple(sorted(success.items())),
+        model_name=key[0], engine=key[1], replica=key[2], **v,
+        v0_hit_rate=chk.gauge("v0_hit_rate", _pick(acc, "v0_hit_rate"), 0.0, 1.0, sentinel=-1.0),
+        kv_usage=chk.gauge("kv_usage", _pick(acc, "kv_usage"), 0.0, 1.0),
+        running=chk.gauge("running", _pick(acc, "running"), 0.0, None),
+        waiting=chk.gauge("waiting", _pick(acc, "waiting"), 0.0, None),
+        request_success=tuple(sorted(chk.labelled(
+            "request_success", _pick_labelled(acc, "request_success")).items())),
+        hits_by_source=tuple(sorted(chk.labelled(
+            "hits_by_source", _pick_labelled(acc, "hits_by_source")).items())),
+        tier_queries=tuple(sorted(tq.items())), tier_hits=tuple(sorted(th.items())),
         ttft=_pick_hist(acc, "ttft"), e2e=_pick_hist(acc, "e2e"), queue=_pick_hist(acc, "queue"),
         prompt_len=_pick_hist(acc, "prompt_len"),
         created=created,
     )
 
 
-def _schema(seen: dict[str, set[int]], vllm_count: int, configs: dict[str, CacheConfig]) -> str:
+def _schema(seen: dict[str, set[int]], vllm_count: int,
+            configs: dict[tuple[str, str], CacheConfig]) -> str:
     if vllm_count == 0:
         return SCHEMA_NONE
     q = seen.get("prefix_queries", set()) | seen.get("prefix_hits", set())

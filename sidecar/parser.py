@@ -49,7 +49,7 @@ class Parsed:
     """What the sidecar keeps of one body."""
 
     samples: list[Sample]
-    vllm_lines: int  # every ``vllm:`` sample line, wanted or not
+    vllm_lines: int  # every ``vllm:`` (or Ray Serve ``ray_vllm_``) sample line, wanted or not
     openmetrics: bool
 
 
@@ -109,7 +109,9 @@ def _decode(body: bytes | str) -> str:
 
 def parse(body: bytes | str, content_type: str | None = None,
           wanted: Container[str] | Callable[[str], bool] | None = None) -> Parsed:
-    """Parse ``body``; keep samples whose name is in ``wanted`` (all ``vllm:`` samples if None).
+    """Parse ``body``; keep samples whose name is in ``wanted`` (all vLLM samples if None).
+
+    ``vllm_lines`` counts vLLM's samples whether wanted or not, also as Ray Serve names them.
 
     Every sample line is checked for a valid metric name; lines the caller wants are parsed fully.
     Raises :class:`ParseError` with the line number on the first malformed line.
@@ -118,7 +120,7 @@ def parse(body: bytes | str, content_type: str | None = None,
     om = is_openmetrics(content_type)
     if wanted is None:
         def want(name: str) -> bool:
-            return name.startswith("vllm:")
+            return name.startswith("vllm:") or name.startswith("ray_vllm_")
     elif callable(wanted):
         want = wanted
     else:
@@ -149,7 +151,7 @@ def parse(body: bytes | str, content_type: str | None = None,
         if end == len(line):
             raise ParseError(lineno, "missing value", line)
         name = m.group(0)
-        if name.startswith("vllm:"):
+        if name.startswith("vllm:") or name.startswith("ray_vllm_"):
             vllm_lines += 1
         if not want(name):
             continue

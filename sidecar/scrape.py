@@ -88,13 +88,32 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
         return None
 
 
-def _parse(body: bytes, content_type: str | None, started: float,
-           duration: float) -> tuple[ScrapeOutcome, Parsed | None]:
+async def health_answers(session: aiohttp.ClientSession, target: TargetConfig,
+                         timeout: float) -> bool:
+    """Does vLLM's ``/health`` beside the metrics path answer 200? Used to tell a data-parallel
+    supervisor port (``--data-parallel-multi-port-external-lb``: ``/health`` but no
+    ``/metrics``) from a wrong URL."""
+    try:
+        opts = request_options(target)
+        async with asyncio.timeout(timeout):
+            async with session.get(target.health_url, allow_redirects=False, **opts) as resp:
+                return resp.status == 200
+    except Exception:  # noqa: BLE001 - only a hint for the explanation; never an error
+        return False
+
+
+DP_SUPERVISOR_HINT = ("/health answers 200 but /metrics is 404: a data-parallel supervisor port "
+                      "(--data-parallel-multi-port-external-lb) has no /metrics; scrape each rank "
+                      "on port + i instead")
+
+
+def _parse(body: bytes, content_type: str | None, started: float, duration: float,
+           identity: frozenset[str] = frozenset()) -> tuple[ScrapeOutcome, Parsed | None]:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
     and the parsed samples when the body parsed (the filter checks which names it held)."""
     try:
         parsed = parse(body, content_type, WANTED)
-        norm = normalise(parsed.samples)
+        norm = normalise(parsed.samples, identity=identity)
     except ParseError as exc:
         return ScrapeOutcome(started, duration, reason="parse",
                              error=f"invalid metrics body: {exc}"), None
@@ -106,9 +125,11 @@ def _parse(body: bytes, content_type: str | None, started: float,
 
 
 def parse_body(body: bytes, content_type: str | None, started: float,
-               duration: float) -> ScrapeOutcome:
-    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data)."""
-    return _parse(body, content_type, started, duration)[0]
+               duration: float, identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
+    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
+
+    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``)."""
+    return _parse(body, content_type, started, duration, identity)[0]
 
 
 @dataclass(frozen=True)
@@ -146,14 +167,39 @@ async def _get(session: aiohttp.ClientSession, url: str, opts: dict[str, Any], m
                        error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
 
-async def _full(session: aiohttp.ClientSession, target: TargetConfig, opts: dict[str, Any],
-                started: float, t0: float, max_bytes: int, deadline: float,
-                timeout: float) -> tuple[ScrapeOutcome, Parsed | None]:
-    answer = await _get(session, target.url, opts, max_bytes, deadline, timeout)
+@dataclass(frozen=True)
+class _Cycle:
+    """What every GET of one scrape cycle shares."""
+
+    session: aiohttp.ClientSession
+    target: TargetConfig
+    opts: dict[str, Any]
+    started: float
+    t0: float
+    max_bytes: int
+    deadline: float
+    timeout: float
+    identity: frozenset[str]
+
+    def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
+        return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason,
+                             error=error)
+
+    def parse(self, answer: _Answer) -> tuple[ScrapeOutcome, Parsed | None]:
+        return _parse(answer.body, answer.content_type, self.started,
+                      time.perf_counter() - self.t0, self.identity)
+
+
+async def _full(c: _Cycle) -> tuple[ScrapeOutcome, Parsed | None]:
+    """The plain GET of the target's URL (a 404 with a healthy ``/health`` gets the DP hint)."""
+    answer = await _get(c.session, c.target.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason is not None:
-        return ScrapeOutcome(started, time.perf_counter() - t0, reason=answer.reason,
-                             error=answer.error), None
-    return _parse(answer.body, answer.content_type, started, time.perf_counter() - t0)
+        error = answer.error
+        if answer.status == 404 and await health_answers(c.session, c.target,
+                                                         min(c.timeout, 2.0)):
+            error = f"{error}; {DP_SUPERVISOR_HINT}"
+        return c.failed(answer.reason, error), None
+    return c.parse(answer)
 
 
 def _names(parsed: Parsed | None) -> set[str]:
@@ -162,9 +208,11 @@ def _names(parsed: Parsed | None) -> set[str]:
 
 async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeout: float,
                  max_bytes: int, want_version: bool = False,
+                 identity: frozenset[str] = frozenset(),
                  state: FilterState | None = None, restarts: int = 0) -> ScrapeOutcome:
     """Scrape ``target`` once (one cycle); never raises for anything the target does.
 
+    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``).
     With a :class:`~sidecar.scrapefilter.FilterState` the cycle asks vLLM only for the samples the
     sidecar reads when the filter is in use, and falls back to a full GET in the same cycle (under
     the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
@@ -173,23 +221,20 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
     started = time.time()
     t0 = time.perf_counter()
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     try:
         opts = _merge_headers(request_options(target), {"Accept": ACCEPT})
     except Exception as exc:  # noqa: BLE001 - TargetAuthError and friends carry safe messages
         return ScrapeOutcome(started, time.perf_counter() - t0, reason="connect",
                              error=f"cannot prepare request: {exc}")
+    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout,
+               identity)
     request = state.next_request(loop.time(), restarts) if state is not None else None
     note = None
-    if request is not None and request.filtered:
-        assert state is not None
-        outcome, note = await _filtered(session, target, opts, state, request, started, t0,
-                                        max_bytes, deadline, timeout, restarts)
+    if state is not None and request is not None and request.filtered:
+        outcome, note = await _filtered(c, state, request, restarts)
     else:
-        outcome, parsed = await _full(session, target, opts, started, t0, max_bytes, deadline,
-                                      timeout)
-        if request is not None and request.probe and outcome.ok:
-            assert state is not None
+        outcome, parsed = await _full(c)
+        if state is not None and request is not None and request.probe and outcome.ok:
             state.probed(_names(parsed), loop.time(), restarts)
     if note:
         outcome.extra["filter"] = note
@@ -199,37 +244,30 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
     return outcome
 
 
-async def _filtered(session: aiohttp.ClientSession, target: TargetConfig, opts: dict[str, Any],
-                    state: FilterState, request: Request, started: float, t0: float,
-                    max_bytes: int, deadline: float, timeout: float,
+async def _filtered(c: _Cycle, state: FilterState, request: Request,
                     restarts: int) -> tuple[ScrapeOutcome, str | None]:
     """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
-    answer = await _get(session, request.url, opts, max_bytes, deadline, timeout)
+    answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
         note = state.fall_back("the filtered request timed out")
-        return ScrapeOutcome(started, time.perf_counter() - t0, reason=answer.reason,
-                             error=answer.error), note
-    outcome, parsed = None, None
-    if answer.reason is None:
-        outcome, parsed = _parse(answer.body, answer.content_type, started,
-                                 time.perf_counter() - t0)
+        return c.failed(answer.reason, answer.error), note
+    outcome, parsed = c.parse(answer) if answer.reason is None else (None, None)
     if answer.reason is not None and not answer.status:
         # connect, too_large, a broken answer: the route misbehaved; the full GET tells the rest
         verdict = Verdict(False, answer.error or "no answer")
     else:
         error = outcome.error if outcome is not None and parsed is None else None
-        verdict = check(answer.status, [s[0] for s in parsed.samples] if parsed else [], state.names,
-                        parsed.vllm_lines if parsed is not None else 0, parse_error=error)
+        verdict = check(answer.status, [s[0] for s in parsed.samples] if parsed else [],
+                        state.names, parsed.vllm_lines if parsed is not None else 0,
+                        parse_error=error)
     if verdict.honoured and outcome is not None and outcome.ok:
-        note = state.fall_back(verdict.why) if verdict.ignored else None
-        return outcome, note
+        return outcome, state.fall_back(verdict.why) if verdict.ignored else None
     if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it
         verdict = Verdict(False, outcome.error if outcome is not None else "no answer")
-    full, full_parsed = await _full(session, target, opts, started, t0, max_bytes, deadline,
-                                    timeout)
-    loop = asyncio.get_running_loop()
+    full, full_parsed = await _full(c)
     if full.ok:
-        note = state.after_full_retry(verdict, _names(full_parsed), loop.time(), restarts)
+        now = asyncio.get_running_loop().time()
+        note = state.after_full_retry(verdict, _names(full_parsed), now, restarts)
     elif answer.status:  # the filtered route answered wrongly: not honoured, whatever came next
         note = state.fall_back(verdict.why)
     else:  # nothing answered either way: the target is down, which says nothing of the filter

@@ -39,7 +39,7 @@ from functools import lru_cache
 from typing import Collection, Iterable
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .normalize import CACHE_CONFIG, PROCESS_START, ROUTES, WANTED
+from .normalize import CACHE_CONFIGS, PROCESS_START, ROUTES, WANTED, is_vllm_name
 
 AUTO, OFF = "auto", "off"
 SETTINGS = (AUTO, OFF)
@@ -48,7 +48,7 @@ MODES = (FILTERED, FULL)
 #: seconds between probes while the filter is in use (contract: every 10 minutes)
 PROBE_INTERVAL = 600.0
 #: wanted names that alone do not make a filter worth it (see the module docstring)
-_STATIC = frozenset({CACHE_CONFIG, PROCESS_START})
+_STATIC = CACHE_CONFIGS | {PROCESS_START}
 #: name lists in use, one tuple per distinct list (bounded: a handful of vLLM versions)
 _SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
 
@@ -125,7 +125,8 @@ def check(status: int, present: Iterable[str], requested: Collection[str], vllm_
           parse_error: str | None = None) -> Verdict:
     """Judge a filtered answer: HTTP ``status``, the name of every wanted sample line it held
     (``present``, one per line), the names asked for, and how many ``vllm:`` sample lines the
-    body had in all (more than the asked-for lines: the query was ignored)."""
+    body had in all (vLLM's and Ray Serve's names; more than the asked-for lines: the query was
+    ignored)."""
     if status != 200:
         kind = "a redirect" if 300 <= status < 400 else f"HTTP {status}"
         return Verdict(False, f"the filtered route answered {kind}")
@@ -137,7 +138,7 @@ def check(status: int, present: Iterable[str], requested: Collection[str], vllm_
         what = "an empty answer" if not present else f"{len(missing)} requested familie(s) missing"
         return Verdict(False, f"{what} ({', '.join(sorted(missing)[:3])}...)", frozenset(missing))
     asked = set(requested)
-    kept = sum(1 for n in present if n in asked and n.startswith("vllm:"))
+    kept = sum(1 for n in present if n in asked and is_vllm_name(n))
     if vllm_lines > kept:
         return Verdict(True, "the server ignored the name[] filter (it answered in full)",
                        ignored=True)

@@ -137,6 +137,7 @@ class Sidecar:
             assert self._session is not None
             outcome = await scrape(self._session, r.target, timeout=timeout,
                                    max_bytes=self.config.max_body_bytes, want_version=want_version,
+                                   identity=r.tracker.identity_labels,
                                    state=r.filter, restarts=r.tracker.restarts)
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts

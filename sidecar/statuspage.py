@@ -13,7 +13,8 @@ import math
 import time
 from typing import Iterable, Sequence
 
-from .explain import Explanation, explain_all, fmt_count, fmt_pct
+from .diagnose import engine_name
+from .explain import Explanation, explain_all, exposer_note, fmt_count, fmt_pct, tier_split
 from .model import EngineState, TargetSnapshot, finite
 
 REFRESH_SECONDS = 10
@@ -96,7 +97,8 @@ def _ratio_cell(target: str, e: EngineState, window: str, ratio: float | None,
     cls = "na" if r is None else ("zero" if r == 0 else "ok")
     return (f'<div class="ratio {cls}"><span class="rl">{esc(window)}</span>'
             f'<span class="rv" data-target="{esc(target)}" data-model="{esc(e.model_name)}" '
-            f'data-engine="{esc(e.engine)}" data-window="{esc(window)}">{fmt_pct(r)}</span>'
+            f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}" '
+            f'data-window="{esc(window)}">{fmt_pct(r)}</span>'
             f'<span class="rd">{esc(detail)}</span></div>')
 
 
@@ -118,15 +120,42 @@ def engine_block(s: TargetSnapshot, e: EngineState, now: float) -> str:
     kv = e.current.kv_usage
     kv_text = fmt_pct(kv)
     return (f'<div class="engine"><h3><span class="model">{esc(e.model_name or "-")}</span>'
-            f'<span class="eng">engine {esc(e.engine)}</span></h3>'
+            f'<span class="eng">{esc(engine_name(e))}</span></h3>'
             f'<div class="ratios">{"".join(cells)}</div>'
             f'<div class="charts"><figure class="sp">{spark}<figcaption>hit ratio per scrape, '
             f'last {esc(span_label)} (0&ndash;100%)</figcaption></figure>'
             f'<div class="kv"><div class="kvh"><span>KV cache usage</span>'
             f'<strong class="kvv" data-target="{esc(s.name)}" data-model="{esc(e.model_name)}" '
-            f'data-engine="{esc(e.engine)}">{kv_text}</strong></div>{kv_bar(kv)}'
+            f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}">{kv_text}</strong>'
+            f'</div>{kv_bar(kv)}'
             f'<div class="kvd">running {fmt_count(e.current.running)} &middot; waiting '
-            f'{fmt_count(e.current.waiting)}</div></div></div></div>')
+            f'{fmt_count(e.current.waiting)}</div></div></div>{tiers_block(e)}</div>')
+
+
+def tiers_block(e: EngineState) -> str:
+    """Which tier served the hits in the shortest window ("engine KV memory 41%, CPU offload
+    12%, external 0%"); nothing where vLLM does not tell the tier."""
+    w = e.windows[0] if e.windows else None
+    c = e.current
+    if w is None or e.v0 or not (c.hits_by_source or c.external_queries or c.tier_queries):
+        return ""
+    chips = [f'<span class="chip tier" data-source="{esc(src)}">{esc(name)} '
+             f'<strong>{fmt_pct(finite(r))}</strong></span>'
+             for src, name, r in tier_split(w, short=True)]
+    chips += [f'<span class="chip tier" data-tier="{esc(t)}">offload tier {esc(t)} '
+              f'<strong>{fmt_pct(finite(r))}</strong> of chunks</span>' for t, r in w.tier_ratios()]
+    return (f'<div class="tiers"><span class="tl">hits by tier, {esc(w.window)}</span>'
+            f'{"".join(chips)}</div>')
+
+
+def refused_block(s: TargetSnapshot) -> str:
+    """Impossible values vLLM sent in the last scrape: what it said; never exported."""
+    if not s.refused:
+        return ""
+    items = [f"<code>{esc(r.family)}</code> on {esc(engine_name(r))}: vLLM said "
+             f"<code>{esc(repr(r.value))}</code> ({esc(r.why)})" for r in s.refused]
+    return ('<div class="refused"><h4>Refused as impossible (not exported)</h4>'
+            + _list(items) + "</div>")
 
 
 def flags_block(s: TargetSnapshot) -> str:
@@ -136,7 +165,7 @@ def flags_block(s: TargetSnapshot) -> str:
     for c in s.cache_configs:
         state = {True: ("on", "prefix caching ON"), False: ("off", "prefix caching OFF"),
                  None: ("", "prefix caching unknown")}[c.enable_prefix_caching]
-        eng = f" (engine {esc(c.engine)})" if len(s.cache_configs) > 1 else ""
+        eng = f" ({esc(engine_name(c))})" if len(s.cache_configs) > 1 else ""
         chips.append(f'<span class="chip {state[0]}" data-flag="enable_prefix_caching">'
                      f'{state[1]}{eng}</span>')
         if c.block_size:
@@ -182,6 +211,8 @@ def target_block(s: TargetSnapshot, now: float) -> str:
         meta.append(f"vLLM {esc(s.version)}")
     if s.up:
         meta.append(f"schema {esc(s.schema)}")
+        if s.exposer != "vllm":
+            meta.append(f"exposer {esc(s.exposer)}")
     if s.scrape_mode:
         meta.append(f'scrape <span class="mode">{esc(s.scrape_mode)}</span>')
     last = s.last_scrape
@@ -202,8 +233,16 @@ def target_block(s: TargetSnapshot, now: float) -> str:
         parts.append(f'<p class="error">{esc(s.last_error_reason or "error")}: '
                      f'{esc(s.last_error)}</p>')
     if s.up:
+        note = exposer_note(s)
+        if note:
+            parts.append(f'<p class="note">{esc(note)}</p>')
         parts.append(flags_block(s))
+        parts.append(refused_block(s))
         parts += [engine_block(s, e, now) for e in s.engines]
+        running = [e.current.running for e in s.engines if e.current.running is not None]
+        if len(s.engines) > 1 and running:
+            parts.append(f'<p class="total">{len(s.engines)} engines, '
+                         f'{fmt_count(sum(running))} requests running in all</p>')
     xs = explain_all(s)
     if xs:
         parts.append('<div class="diags">' + "".join(diagnosis_block(x) for x in xs) + "</div>")
@@ -249,6 +288,9 @@ background:var(--muted);flex:none}
 .label,.chip{background:var(--chip);border-radius:6px;padding:1px 8px;font-size:12.5px;
 font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace}
 .chip.on{background:#d1fadf;color:#05603a;font-weight:600}
+.tiers{margin-top:8px;display:flex;flex-wrap:wrap;gap:6px;align-items:center}
+.tiers .tl,.total,.note{color:var(--muted);font-size:12.5px}
+.refused{border-left:3px solid var(--warn);padding-left:10px;margin:8px 0;font-size:13px}
 .chip.off{background:#fef0c7;color:#93370d;font-weight:600}
 .error{background:#fef3f2;color:#b42318;border-radius:8px;padding:8px 10px;font-size:13.5px}
 .engine{border-top:1px solid var(--line);margin-top:12px;padding-top:10px}

@@ -98,7 +98,11 @@ def test_caching_off_exits_1_and_says_how_to_fix(replay):
 def test_zero_hits_exits_1_and_explains(replay):
     bodies, _, version = load_fixture(V32_ON)
     start_hits = get_value(bodies[0], H)
-    crafted = [set_value(b, H, start_hits) for b in bodies]  # queries grow, hits stay flat
+    # queries grow, hits from every tier stay flat (vLLM 0.32 also counts them by source)
+    src = "vllm:prompt_tokens_cached_by_source_total"
+    start_dev = get_value(bodies[0], src, {"source": "device"})
+    crafted = [set_value(set_value(b, H, start_hits), src, start_dev, {"source": "device"})
+               for b in bodies]
     assert get_value(crafted[2], Q) > get_value(crafted[0], Q)
     replay.add("zero", crafted, version=version)
     r = doctor("--target", "zero=" + replay.url("zero"), "--duration", "2")

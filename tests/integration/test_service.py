@@ -13,7 +13,7 @@ from conftest import FIXTURES, SidecarProcess, load_capture, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import multi_engine, set_value
+from sidecar.bodies import multi_engine, no_hits
 from sidecar.replay import ReplayServer
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -85,7 +85,7 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
     bodies = [c.body for c in caps]
     # a restart: the counters fall back to round 1 after round 4, then grow again
     replay.add("restart", [bodies[2], bodies[4], bodies[1], bodies[3]])
-    replay.add("dp", [multi_engine([b, set_value(b, H, 0)]) for b in bodies])
+    replay.add("dp", [multi_engine([b, no_hits(b)]) for b in bodies])
     replay.add("slow", [bodies[-1]], delay=5.0)
     replay.add("garbage", [b"\x00\x01 this is not prometheus\n"])
     proc, base = sidecar_proc(

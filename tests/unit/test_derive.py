@@ -84,8 +84,9 @@ def test_restart_inside_window_counts_from_zero_and_is_reported():
 
 def test_changed_created_is_a_restart_even_when_counters_grew():
     body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
-    b1 = set_value(body, Q, 100)
-    b2 = set_value(set_value(body, Q, 5000), "vllm:prefix_cache_queries_created", 1.9e9)
+    b1 = set_value(set_value(body, Q, 100), H, 50)
+    b2 = set_value(set_value(set_value(body, Q, 5000), H, 2000),
+                   "vllm:prefix_cache_queries_created", 1.9e9)
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [b1, b2], [0, 5])
     assert snap.restarts == 1

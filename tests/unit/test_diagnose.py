@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import load_capture
 
-from sidecar.bodies import multi_engine, set_value
+from sidecar.bodies import multi_engine, set_value, no_hits
 from sidecar.config import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
@@ -37,7 +37,8 @@ def test_severities_are_the_contracts():
         "target_down": "critical", "no_vllm_metrics": "critical",
         "prefix_caching_disabled": "warning", "zero_hit_rate": "warning", "no_traffic": "info",
         "counter_reset": "info", "kv_cache_pressure": "warning",
-        "external_kv_connector": "info", "legacy_metric_names": "info"}
+        "external_kv_connector": "info", "legacy_metric_names": "info",
+        "prefix_cache_unused": "warning", "prefix_below_block": "warning"}
 
 
 def test_healthy_shared_prefix_run_has_no_finding():
@@ -53,7 +54,7 @@ def test_caching_off_is_disabled_and_never_zero_hit_rate():
 
 def test_zero_hit_rate_when_queries_grow_and_hits_do_not():
     bodies = folder("vllm-0.32.0/prefix_on_shared")
-    flat = [set_value(b, H, 0) for b in bodies]
+    flat = [no_hits(b) for b in bodies]
     snap = run(flat)
     assert "zero_hit_rate" in codes(snap)
     ev = next(d for d in snap.diagnoses if d.code == "zero_hit_rate").evidence_dict()
@@ -135,8 +136,8 @@ def test_down_and_no_vllm_metrics_are_exclusive_and_alone():
 
 def test_data_parallel_zero_hits_on_all_engines():
     bodies = folder("vllm-0.32.0/prefix_on_shared")
-    dp = [multi_engine([set_value(b, H, 0), set_value(b, H, 0)]) for b in bodies]
+    dp = [multi_engine([no_hits(b), no_hits(b)]) for b in bodies]
     snap = run(dp)
     assert len(snap.engines) == 2 and "zero_hit_rate" in codes(snap)
-    healthy = [multi_engine([b, set_value(b, H, 0)]) for b in bodies]
+    healthy = [multi_engine([b, no_hits(b)]) for b in bodies]
     assert "zero_hit_rate" not in codes(run(healthy))  # one engine hits: the pod is caching

@@ -26,6 +26,9 @@ ERAS = {
     "v0101": "vllm-0.10.1.1.post2/prefix_on_shared",
     "v085": "vllm-0.8.5.post2-v0-hidden/prefix_on_shared",
 }
+#: Ray Serve LLM's metrics port, made from the 0.32 capture: ray_vllm_ names, two replicas, and
+#: the tiered-offload counters (vLLM 0.28+, config-gated, so in none of the plain captures)
+RAY = "ray032"
 #: labels that come from the deployment (sidecar static labels), not from the sidecar's logic
 DEPLOYMENT_LABELS = {"namespace", "pod", "job", "instance"}
 
@@ -62,6 +65,24 @@ def used_names() -> dict[str, set[str]]:
     return out
 
 
+def ray_body(body: bytes) -> bytes:
+    """A vLLM body as Ray Serve re-exports it for two replicas (so `replica` is exported)."""
+    out = []
+    for line in body.decode().splitlines():
+        line = line.replace("vllm:", "ray_vllm_")
+        if line.startswith("ray_vllm_") and "{" in line:
+            for r in ("r1", "r2"):
+                out.append(line.replace("{", f'{{ReplicaId="{r}",', 1))
+        elif not line.startswith("ray_vllm_"):
+            out.append(line)
+    for kind, value in (("queries", 40), ("hits", 10)):
+        out.append(f"# TYPE ray_vllm_kv_offload_tiering_chunk_{kind}_total counter")
+        for r in ("r1", "r2"):
+            out.append(f'ray_vllm_kv_offload_tiering_chunk_{kind}_total{{ReplicaId="{r}",'
+                       f'engine="0",model_name="tiny",tier="0:primary"}} {value}')
+    return ("\n".join(out) + "\n").encode()
+
+
 # ----------------------------------------------------------------------------- what is exported
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, list[dict[str, str]]]]:
@@ -78,6 +99,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
             fake.bodies = growing(fake.bodies, 300)
             labels = {"namespace": "llm", "pod": f"{name}-0"} if name.endswith("032") else {}
             targets.append({"name": name, "url": replay.url(name), "labels": labels})
+        real = replay.fakes["shared032"].bodies[:captured["shared032"]]
+        replay.add(RAY, growing([ray_body(b) for b in real], 300))
+        captured[RAY] = len(real)
+        targets.append({"name": RAY, "url": replay.url(RAY)})
         cfg = tmp / "sidecar.yaml"
         cfg.write_text(yaml.safe_dump({"targets": targets}))
         sidecar = SidecarProcess(["--config", str(cfg), "--interval", "0.5",
@@ -102,7 +127,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
 
 def test_the_sidecar_exported_every_era(exported: dict[str, list[dict[str, str]]]):
     up = {lab["target"] for lab in exported["vllm_sidecar_target_up"]}
-    assert up == set(ERAS)
+    assert up == set(ERAS) | {RAY}
+    replicas = {lab.get("replica") for lab in exported["vllm_sidecar_prefix_cache_queries_total"]}
+    assert {"ReplicaId=r1", "ReplicaId=r2"} <= replicas
     schemas = {lab["schema"] for lab in exported["vllm_sidecar_vllm_info"]}
     assert len(schemas) >= 2, schemas  # V1 and V0 names at least
 

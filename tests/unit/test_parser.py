@@ -51,7 +51,7 @@ def ours(body: str | bytes, content_type: str | None, wanted) -> Counter:
 
 
 def is_vllm(name: str) -> bool:
-    return name.startswith("vllm:")
+    return name.startswith("vllm:") or name.startswith("ray_vllm_")
 
 
 # ---------------------------------------------------------------- every real capture

@@ -28,6 +28,7 @@ CONTRACT_ALERTS = {
     "VLLMPrefixCachingDisabled": ("warning", "5m"),
     "VLLMSidecarTargetDown": ("critical", "2m"),
     "VLLMKVCacheSaturated": ("warning", "10m"),
+    "VLLMPrefixCacheUnused": ("warning", "5m"),
 }
 
 
@@ -86,6 +87,9 @@ def _naive_zero_hit(expr: str) -> str:
     "hits by offset instead of increase()",
     "KV threshold 0.9",
     "target down for 1m",
+    "zero-hit ignores other tiers",
+    "unused ignores the disabled flag",
+    "disabled ignores the counters",
 ])
 def test_promtool_tests_catch_broken_rules(tmp_path: Path, mutation: str):
     """The rule tests can fail: each broken copy of the rules must make `promtool test` fail."""
@@ -101,6 +105,13 @@ def test_promtool_tests_catch_broken_rules(tmp_path: Path, mutation: str):
                     "increase(vllm_sidecar_prefix_cache_hits_total[10m])",
                     "(vllm_sidecar_prefix_cache_hits_total - "
                     "vllm_sidecar_prefix_cache_hits_total offset 10m)")
+            elif mutation == "zero-hit ignores other tiers" and name == "VLLMPrefixCacheZeroHitRate":
+                r["expr"] = r["expr"].replace("external_prefix_cache_hits_total", "nothing_total")
+                r["expr"] = r["expr"].replace("prefix_cache_hits_by_source_total", "nothing_total")
+            elif mutation == "unused ignores the disabled flag" and name == "VLLMPrefixCacheUnused":
+                r["expr"] = r["expr"].split("unless")[0]
+            elif mutation == "disabled ignores the counters" and name == "VLLMPrefixCachingDisabled":
+                r["expr"] = "vllm_sidecar_prefix_caching_enabled == 0"
             elif mutation == "KV threshold 0.9" and name == "VLLMKVCacheSaturated":
                 r["expr"] = r["expr"].replace("0.95", "0.9")
             elif mutation == "target down for 1m" and name == "VLLMSidecarTargetDown":

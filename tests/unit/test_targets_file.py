@@ -89,8 +89,8 @@ def test_ipv6_address():
 
 
 def test_non_string_label_values_are_stringified_like_prometheus_yaml():
-    (t,) = parse_targets_file("- targets: [a:1]\n  labels: {replica: 3, canary: true}\n", "sd.yaml")
-    assert t.labels == (("canary", "true"), ("replica", "3"))
+    (t,) = parse_targets_file("- targets: [a:1]\n  labels: {shard: 3, canary: true}\n", "sd.yaml")
+    assert t.labels == (("canary", "true"), ("shard", "3"))
 
 
 @pytest.mark.parametrize("text", ["", "   \n", "[]", "# only a comment\n"])

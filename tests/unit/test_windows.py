@@ -1,0 +1,88 @@
+"""Contract "Windows": increases that know when counters began (``_created``), and restarts seen
+behind counters that were absent for a while (issue 10 §6)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import load_capture
+from truth_helpers import observe, tracker
+
+from sidecar.bodies import set_value
+
+Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+QC = "vllm:prefix_cache_queries_created"
+T = 1_795_406_200.0  # near the capture's own clock
+
+
+def burst(q: float, h: float, created: float) -> bytes:
+    b = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
+    b = set_value(set_value(b, Q, q), H, h)
+    b = set_value(b, "vllm:prompt_tokens_cached_by_source_total", h, {"source": "device"})
+    return set_value(b, QC, created)
+
+
+def test_first_scrape_after_a_burst_counts_the_burst_from_created():
+    tr = tracker("1m,5m")
+    snap = observe(tr, burst(1000, 600, created=T - 30), T)
+    w1m = snap.engines[0].window("1m")
+    assert (w1m.queries, w1m.hits, w1m.span) == (1000, 600, 30)
+    assert w1m.hit_ratio == pytest.approx(0.6)
+
+
+def test_created_outside_the_window_leaves_it_partial():
+    tr = tracker("1m,5m")
+    snap = observe(tr, burst(1000, 600, created=T - 120), T)
+    e = snap.engines[0]
+    assert math.isnan(e.window("1m").hit_ratio) and e.window("1m").span == 0
+    assert e.window("5m").hit_ratio == pytest.approx(0.6)  # inside 5m: counted from zero
+    later = observe(tr, burst(1500, 900, created=T - 120), T + 10)
+    w = later.engines[0].window("1m")
+    assert (w.queries, w.span) == (500, 10)  # from the oldest sample, not from created
+
+
+def test_created_later_than_the_first_sample_is_ignored():
+    """Clocks differ in central mode: a _created in the sidecar's future is not a start."""
+    tr = tracker("1m")
+    snap = observe(tr, burst(1000, 600, created=T + 5), T)
+    assert math.isnan(snap.engines[0].window("1m").hit_ratio)
+
+
+def test_process_start_is_trusted_only_from_vllm_itself():
+    b = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body.decode()
+    lines = [ln for ln in b.splitlines() if "_created" not in ln]
+    ray = "\n".join(ln.replace("vllm:", "ray_vllm_") for ln in lines)
+    ray = set_value(ray, "process_start_time_seconds", T - 30)
+    own = set_value("\n".join(lines), "process_start_time_seconds", T - 30)
+    assert observe(tracker("1m"), own, T).engines[0].window("1m").span == 30
+    assert observe(tracker("1m"), ray, T).engines[0].window("1m").span == 0
+
+
+def v0(idle: bool, prompt: float) -> bytes:
+    b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body.decode()
+    if idle:  # an idle V0 body drops the counters: only cache_config_info remains
+        return "\n".join(ln for ln in b.splitlines()
+                         if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
+                         ).encode() + b"\n"
+    return set_value(b, "vllm:prompt_tokens_total", prompt)
+
+
+def test_v0_counter_back_lower_after_idle_bodies_is_a_restart():
+    tr = tracker("1m")
+    observe(tr, v0(False, 9000), 1000)
+    for i in range(1, 30):  # idle far longer than the window: history expires, last seen stays
+        observe(tr, v0(True, 0), 1000 + 5 * i)
+    snap = observe(tr, v0(False, 300), 1200)
+    assert snap.restarts == 1
+    assert snap.engines[0].window("1m").prompt_tokens == 300  # counted from zero
+
+
+def test_counter_back_higher_counts_from_its_last_seen_value():
+    tr = tracker("1m")
+    observe(tr, v0(False, 9000), 1000)
+    for i in range(1, 30):
+        observe(tr, v0(True, 0), 1000 + 5 * i)
+    snap = observe(tr, v0(False, 9400), 1200)
+    assert snap.restarts == 0
+    assert snap.engines[0].window("1m").prompt_tokens == 400
