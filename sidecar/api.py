@@ -78,6 +78,7 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "restarts": s.restarts,
         "version": s.version,
         "schema": s.schema,
+        "scrape_mode": s.scrape_mode,
         "exposer": s.exposer,
         "exposer_note": exposer_note(s) or None,
         "identity_labels": list(s.identity_labels),

@@ -37,12 +37,15 @@ def _run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--web-config", help="exporter-toolkit web config: TLS and basic auth")
     p.add_argument("--log-level", help="debug, info, warning, error (default info)")
     p.add_argument("--log-format", choices=("text", "json"), help="log format (default text)")
+    p.add_argument("--scrape-filter", choices=("auto", "off"),
+                   help="ask vLLM only for the samples the sidecar reads (auto, the default) "
+                        "or always for the full /metrics (off)")
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     out = {}
     for key in ("listen", "interval", "windows", "max_body_bytes", "web_config", "targets_file",
-                "log_level", "log_format"):
+                "log_level", "log_format", "scrape_filter"):
         v = getattr(ns, key, None)
         if v is not None:
             out[key] = v
@@ -110,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to observe (default 10)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--config", help="take targets from this config file")
+    d.add_argument("--scrape-filter", choices=("auto", "off"),
+                   help="as for run (default auto: the doctor reports the mode it got)")
     c = sub.add_parser("check-config", help="validate a config file and print the effective config")
     c.add_argument("file")
     return p

@@ -83,6 +83,8 @@ class TargetConfig:
     bearer_token_file: str | None = None
     basic_auth: BasicAuth | None = None
     tls: TLSConfig | None = None
+    #: ``auto`` / ``off`` for this target; None: the global ``scrape_filter``
+    scrape_filter: str | None = None
 
     @property
     def version_url(self) -> str:
@@ -118,6 +120,8 @@ class TargetConfig:
             out["basic_auth"] = ba
         if self.tls:
             out["tls"] = {k: v for k, v in vars(self.tls).items() if v not in (None, False)}
+        if self.scrape_filter is not None:
+            out["scrape_filter"] = self.scrape_filter
         return out
 
 
@@ -135,6 +139,8 @@ class Config:
     #: labels added to every exported series (``pod``/``namespace`` from the downward API)
     static_labels: tuple[tuple[str, str], ...] = ()
     source: str | None = None
+    #: ask vLLM only for the samples the sidecar reads (``auto``) or always in full (``off``)
+    scrape_filter: str = "auto"
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
@@ -146,6 +152,10 @@ class Config:
             return target.timeout
         return max(0.1, min(10.0, self.interval * 0.8))
 
+    def scrape_filter_for(self, target: TargetConfig) -> str:
+        """The target's own ``scrape_filter`` if it has one, else the global setting."""
+        return target.scrape_filter or self.scrape_filter
+
     def redacted(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "listen": self.listen,
@@ -154,6 +164,7 @@ class Config:
             "max_body_bytes": self.max_body_bytes,
             "log_level": self.log_level,
             "log_format": self.log_format,
+            "scrape_filter": self.scrape_filter,
             "targets": [t.redacted() for t in self.targets],
         }
         if self.targets_file:
@@ -207,6 +218,19 @@ def parse_windows(value: str | list[Any] | tuple[Any, ...]) -> tuple[Window, ...
     if not out:
         raise ValueError("at least one window is needed")
     return tuple(sorted(out, key=lambda w: w.seconds))
+
+
+SCRAPE_FILTER_VALUES = ("auto", "off")
+
+
+def parse_scrape_filter(value: Any) -> str:
+    """``auto`` or ``off``; YAML reads an unquoted ``off`` as false, which means ``off`` too."""
+    if value is False:
+        return "off"
+    text = str(value).strip().lower()
+    if isinstance(value, bool) or text not in SCRAPE_FILTER_VALUES:
+        raise ValueError(f"must be auto or off, not {value!r}")
+    return text
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -366,8 +390,9 @@ def _line(m: Any, key: str | None = None) -> int | None:
 
 
 _GLOBAL_KEYS = {"listen", "interval", "windows", "web_config", "targets_file", "targets",
-                "max_body_bytes", "log_level", "log_format", "labels"}
-_TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls"}
+                "max_body_bytes", "log_level", "log_format", "labels", "scrape_filter"}
+_TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls",
+                "scrape_filter"}
 
 
 def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], ...]:
@@ -449,7 +474,16 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
         tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
     return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, _line(item, "labels")),
                         timeout=timeout, bearer_token_file=item.get("bearer_token_file"),
-                        basic_auth=basic, tls=tls)
+                        basic_auth=basic, tls=tls, scrape_filter=_target_scrape_filter(item, file))
+
+
+def _target_scrape_filter(item: dict, file: str) -> str | None:
+    if item.get("scrape_filter") is None:
+        return None
+    try:
+        return parse_scrape_filter(item["scrape_filter"])
+    except ValueError as exc:
+        raise ConfigError(f"scrape_filter: {exc}", file, _line(item, "scrape_filter")) from None
 
 
 def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[str, int | None]]:
@@ -491,7 +525,7 @@ def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     """``VLLM_SIDECAR_<SETTING>`` variables; ``VLLM_SIDECAR_TARGETS`` is comma-separated."""
     out: dict[str, Any] = {}
     for key in ("listen", "interval", "windows", "web_config", "targets_file", "max_body_bytes",
-                "log_level", "log_format"):
+                "log_level", "log_format", "scrape_filter"):
         v = environ.get(ENV_PREFIX + key.upper())
         if v not in (None, ""):
             out[key] = v
@@ -585,6 +619,10 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     if fmt not in ("text", "json"):
         raise fail("log_format", "must be text or json")
     kwargs["log_format"] = fmt
+    try:
+        kwargs["scrape_filter"] = parse_scrape_filter(merged.get("scrape_filter", "auto"))
+    except ValueError as exc:
+        raise fail("scrape_filter", str(exc)) from None
     for k in ("web_config", "targets_file"):
         if merged.get(k):
             kwargs[k] = str(merged[k])

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence, TextIO
 
 import aiohttp
@@ -29,6 +29,7 @@ from .diagnose import engine_name
 from .explain import Explanation, exposer_note, explain_all, fmt_count, fmt_pct, tier_split
 from .model import SEVERITIES, TargetSnapshot
 from .scrape import scrape
+from .scrapefilter import FilterState
 
 MAX_SCRAPES = 11
 MAX_CAUSES = 5  # in text output; --json has them all
@@ -75,10 +76,12 @@ def window_for(duration: float) -> Window:
 
 # ------------------------------------------------------------------------------ observation
 async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: TargetTracker,
-                 n: int, step: float, max_bytes: int) -> Report:
+                 n: int, step: float, max_bytes: int, scrape_filter: str = "auto") -> Report:
     loop = asyncio.get_running_loop()
     start = loop.time()
     timeout = target.timeout or DEFAULT_TIMEOUT
+    # the service's own filter: a probe first, then filtered scrapes, so the mode shown is real
+    state = FilterState(target.url, target.scrape_filter or scrape_filter)
     done = ok = 0
     for i in range(n):
         delay = start + i * step - loop.time()
@@ -86,15 +89,18 @@ async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: 
             await asyncio.sleep(delay)
         outcome = await scrape(session, target, timeout=timeout, max_bytes=max_bytes,
                                identity=tracker.identity_labels,
-                               want_version=tracker.snapshot.version is None)
-        tracker.observe(outcome)
+                               want_version=tracker.snapshot.version is None, state=state,
+                               restarts=tracker.restarts)
+        snap = tracker.observe(outcome)
+        tracker.snapshot = replace(snap, scrape_mode=state.mode)
         done += 1
         ok += outcome.ok
     return Report(tracker.snapshot, done, ok)
 
 
 async def observe(targets: Sequence[TargetConfig], duration: float,
-                  max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[Report]:
+                  max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                  scrape_filter: str = "auto") -> list[Report]:
     """Scrape every target concurrently (each on its own schedule) and return the reports."""
     n, step = plan(duration)
     window = window_for(duration)
@@ -102,7 +108,8 @@ async def observe(targets: Sequence[TargetConfig], duration: float,
                 for t in targets]
     async with aiohttp.ClientSession(auto_decompress=True) as session:
         return list(await asyncio.gather(*(
-            _watch(session, t, tr, n, step, max_bytes) for t, tr in zip(targets, trackers))))
+            _watch(session, t, tr, n, step, max_bytes, scrape_filter)
+            for t, tr in zip(targets, trackers))))
 
 
 # ------------------------------------------------------------------------------ output
@@ -281,6 +288,8 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
             about.append(f"metric schema {clean(s.schema)}")
             if s.exposer != "vllm":
                 about.append(f"exposer {clean(s.exposer)}")
+        if s.scrape_mode:
+            about.append(f"scrape mode {s.scrape_mode}")
         if s.labels:
             about.append("labels " + ", ".join(f"{clean(k)}={clean(v)}" for k, v in s.labels))
         lines.append("  target         " + "; ".join(about))
@@ -339,26 +348,33 @@ def render_json(reports: Sequence[Report], duration: float) -> str:
 # ------------------------------------------------------------------------------ entry point
 def resolve_targets(ns: argparse.Namespace) -> tuple[tuple[TargetConfig, ...], int]:
     """Targets from --target, else --config (and its targets_file), else vLLM's default URL."""
+    return _resolve(ns)[:2]
+
+
+def _resolve(ns: argparse.Namespace) -> tuple[tuple[TargetConfig, ...], int, str]:
+    """Targets, the body cap and the scrape filter setting (flag, env, config)."""
     flags: dict[str, Any] = {"targets": list(ns.target)} if getattr(ns, "target", None) else {}
+    if getattr(ns, "scrape_filter", None):
+        flags["scrape_filter"] = ns.scrape_filter
     config = load_config(getattr(ns, "config", None), flags)
     targets = config.targets
-    if config.targets_file and not flags:
+    if config.targets_file and "targets" not in flags:
         from .targets_file import load_targets_file
         names = {t.name for t in targets}
         targets += tuple(t for t in load_targets_file(config.targets_file) if t.name not in names)
-    return targets, config.max_body_bytes
+    return targets, config.max_body_bytes, config.scrape_filter
 
 
 def main(ns: argparse.Namespace, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
     try:
-        targets, max_bytes = resolve_targets(ns)
+        targets, max_bytes, scrape_filter = _resolve(ns)
     except (ConfigError, ValueError) as exc:
         print(f"vllm-cache-sidecar doctor: {exc}", file=sys.stderr)
         return EXIT_USAGE
     duration = max(0.0, float(ns.duration))
     try:
-        reports = asyncio.run(observe(targets, duration, max_bytes))
+        reports = asyncio.run(observe(targets, duration, max_bytes, scrape_filter))
     except KeyboardInterrupt:
         print("vllm-cache-sidecar doctor: interrupted", file=sys.stderr)
         return 130

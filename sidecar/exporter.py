@@ -25,6 +25,8 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "scrape_errors": ("counter", "Failed scrapes by reason."),
     "last_scrape_success_timestamp_seconds": ("gauge", "Unix time of the last good scrape."),
     "target_restarts": ("counter", "vLLM restarts seen (counter resets)."),
+    "scrape_mode": ("gauge", "1 for the target's current scrape mode (filtered: only the samples "
+                             "the sidecar reads; full), 0 for the other."),
     "prefix_cache_queries": ("counter", "Prefix-cache queries in tokens, as vLLM counts them "
                                         "(blocks on V1 before 0.9.0)."),
     "prefix_cache_hits": ("counter", "Prefix-cache hits in tokens, as vLLM counts them."),
@@ -235,6 +237,9 @@ def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, s
     if s.last_success is not None:
         f.add("last_scrape_success_timestamp_seconds", base, s.last_success)
     f.add("target_restarts", base, s.restarts)
+    if s.scrape_mode is not None:
+        for mode in ("filtered", "full"):
+            f.add("scrape_mode", {**base, "mode": mode}, 1.0 if s.scrape_mode == mode else 0.0)
     if s.scraped and s.last_success is not None:
         f.add("vllm_info", {**base, "version": s.version or "unknown", "schema": s.schema,
                             "exposer": s.exposer}, 1)

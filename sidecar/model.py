@@ -277,6 +277,8 @@ class TargetSnapshot:
     windows: tuple[str, ...] = ()
     #: unix times of vLLM restarts seen within the longest window
     restart_times: tuple[float, ...] = ()
+    #: ``filtered`` (asks vLLM only for the samples read) or ``full``; None before any scrape
+    scrape_mode: str | None = None
 
     @property
     def prefix_caching_enabled(self) -> bool | None:

@@ -4,6 +4,12 @@ For tests, benchmarks and trying dashboards without a GPU: each target is a sequ
 served at ``/<name>/metrics`` (and ``/<name>/version``); every GET moves one step forward and the
 last body repeats. Tests can also set the position, the delay or the HTTP status of a target.
 
+Like vLLM, ``/<name>/metrics/`` (trailing slash) answers prometheus_client's ``name[]`` filter:
+only the named samples, with their families' HELP/TYPE, restricted and rendered by
+prometheus_client itself (its parser, ``restricted_registry`` and exposition), so the filtered
+bodies are what vLLM's prometheus_client app would send. ``Fake.slash_route`` makes that route
+misbehave for tests of the fallback (see :data:`SLASH_ROUTES`).
+
     python -m sidecar.replay ../shared/fixtures/vllm-0.32.0/prefix_on_shared --port 18000
 """
 
@@ -14,11 +20,17 @@ import asyncio
 import json
 import threading
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from aiohttp import web
 
 TEXT_004 = "text/plain; version=0.0.4; charset=utf-8"
+#: how ``/<name>/metrics/`` answers: ``filter`` as prometheus_client does; ``ignore`` the query
+#: (the full body, as vLLM's exact ``/metrics`` would); ``404``; ``redirect`` (307 to
+#: ``/metrics``, as a framework may); ``empty`` (a 200 with no samples: a multiprocess registry);
+#: ``500``
+SLASH_ROUTES = ("filter", "ignore", "404", "redirect", "empty", "500")
 
 
 @dataclass
@@ -32,6 +44,10 @@ class Fake:
     status: int = 200
     hits: int = 0
     content_types: list[str] = field(default_factory=list)  # per body, overrides content_type
+    slash_route: str = "filter"  # one of SLASH_ROUTES
+    slash_hits: int = 0  # GETs of /metrics/, however answered
+    filtered_hits: int = 0  # GETs of /metrics/ with a name[] query that reached the body
+    last_names: tuple[str, ...] = ()  # the name[] of the last such GET
 
 
 def load_fixture(directory: str | Path,
@@ -45,6 +61,40 @@ def load_fixture(directory: str | Path,
         bodies.append((d / src["file"]).read_bytes())
         types.append(src.get("content_type") or TEXT_004)
     return bodies, types, meta.get("vllm_version")
+
+
+class _Families:
+    """A prometheus_client collector of the families parsed from one recorded body."""
+
+    def __init__(self, families: list) -> None:
+        self._families = families
+
+    def collect(self) -> list:
+        return self._families
+
+    def describe(self) -> list:
+        return self._families
+
+
+@lru_cache(maxsize=256)
+def restricted_body(body: bytes, content_type: str, names: tuple[str, ...],
+                    accept: str = "") -> tuple[bytes, str]:
+    """``body`` restricted to the sample ``names`` exactly as prometheus_client's ``name[]`` does
+    (``CollectorRegistry.restricted_registry``: a sample is kept only when its own name was asked
+    for), rendered by the encoder prometheus_client picks for ``accept``. Cached: the same bodies
+    and names come back every scrape."""
+    from prometheus_client.exposition import choose_encoder
+    from prometheus_client.registry import CollectorRegistry
+
+    text = body.decode("utf-8")
+    if "application/openmetrics-text" in (content_type or ""):
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families
+    else:
+        from prometheus_client.parser import text_string_to_metric_families
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_Families(list(text_string_to_metric_families(text))))
+    encoder, out_type = choose_encoder(accept)
+    return encoder(registry.restricted_registry(names)), out_type
 
 
 class InThread:
@@ -114,16 +164,33 @@ class ReplayServer(InThread):
         fake = self.fakes.get(request.match_info["name"])
         if fake is None:
             raise web.HTTPNotFound()
+        slash = request.path.endswith("/")
+        names = request.query.getall("name[]", [])
+        fake.slash_hits += slash
+        if slash and fake.slash_route == "404":
+            raise web.HTTPNotFound()
+        if slash and fake.slash_route == "redirect":
+            raise web.HTTPTemporaryRedirect(request.path.rstrip("/"))
+        if slash and fake.slash_route == "500":
+            raise web.HTTPInternalServerError()
         if fake.delay:
             await asyncio.sleep(fake.delay)
         fake.hits += 1
+        if slash and names:
+            fake.filtered_hits += 1
+            fake.last_names = tuple(names)
         if fake.status != 200:
             return web.Response(status=fake.status, text="replayed error\n")
         i = min(fake.position, len(fake.bodies) - 1)
         ctype = fake.content_types[i] if i < len(fake.content_types) else fake.content_type
         if fake.advance and fake.position < len(fake.bodies) - 1:
             fake.position += 1
-        return web.Response(body=fake.bodies[i], headers={"Content-Type": ctype})
+        body = fake.bodies[i]
+        if slash and names and fake.slash_route in ("filter", "empty"):
+            accept = request.headers.get("Accept", "")
+            chosen = () if fake.slash_route == "empty" else names
+            body, ctype = restricted_body(body, ctype, tuple(chosen), accept)
+        return web.Response(body=body, headers={"Content-Type": ctype})
 
     async def _version(self, request: web.Request) -> web.Response:
         fake = self.fakes.get(request.match_info["name"])
@@ -131,10 +198,15 @@ class ReplayServer(InThread):
             raise web.HTTPNotFound()
         return web.json_response({"version": fake.version})
 
+    def add_routes(self, app: web.Application) -> None:
+        """The fake vLLM routes: ``/metrics``, ``/metrics/`` (the ``name[]`` filter), ``/version``."""
+        app.router.add_get("/{name}/metrics", self._metrics)
+        app.router.add_get("/{name}/metrics/", self._metrics)
+        app.router.add_get("/{name}/version", self._version)
+
     async def start(self) -> None:
         app = web.Application()
-        app.router.add_get("/{name}/metrics", self._metrics)
-        app.router.add_get("/{name}/version", self._version)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,7 +18,8 @@ import aiohttp
 from .config import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
-from .parser import ParseError, parse
+from .parser import ParseError, Parsed, parse
+from .scrapefilter import FilterState, Request, Verdict, check
 
 ACCEPT = "text/plain;version=0.0.4"
 VERSION_MAX_BYTES = 64 * 1024
@@ -105,61 +107,169 @@ DP_SUPERVISOR_HINT = ("/health answers 200 but /metrics is 404: a data-parallel 
                       "on port + i instead")
 
 
+def _parse(body: bytes, content_type: str | None, started: float, duration: float,
+           identity: frozenset[str] = frozenset()) -> tuple[ScrapeOutcome, Parsed | None]:
+    """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
+    and the parsed samples when the body parsed (the filter checks which names it held)."""
+    try:
+        parsed = parse(body, content_type, WANTED)
+        norm = normalise(parsed.samples, identity=identity)
+    except ParseError as exc:
+        return ScrapeOutcome(started, duration, reason="parse",
+                             error=f"invalid metrics body: {exc}"), None
+    if parsed.vllm_lines == 0:
+        return ScrapeOutcome(started, duration, reason="no_vllm_metrics",
+                             error="no vllm: series in the body (stats disabled with "
+                                   "--disable-log-stats, or the engine is still starting)"), parsed
+    return ScrapeOutcome(started, duration, normalised=norm), parsed
+
+
 def parse_body(body: bytes, content_type: str | None, started: float,
                duration: float, identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
 
     ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``)."""
+    return _parse(body, content_type, started, duration, identity)[0]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """An HTTP answer read in full (any status), or why there is none (``reason``/``error``)."""
+
+    status: int = 0
+    body: bytes = b""
+    content_type: str | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+async def _get(session: aiohttp.ClientSession, url: str, opts: dict[str, Any], max_bytes: int,
+               deadline: float, timeout: float) -> _Answer:
+    """GET ``url`` before ``deadline`` (loop time); classify every failure, never raise."""
     try:
-        parsed = parse(body, content_type, WANTED)
-        norm = normalise(parsed.samples, identity=identity)
-    except ParseError as exc:
-        return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}")
-    if parsed.vllm_lines == 0:
-        return ScrapeOutcome(started, duration, reason="no_vllm_metrics",
-                             error="no vllm: series in the body (stats disabled with "
-                                   "--disable-log-stats, or the engine is still starting)")
-    return ScrapeOutcome(started, duration, normalised=norm)
+        async with asyncio.timeout_at(deadline):
+            async with session.get(url, allow_redirects=False, **opts) as resp:
+                if resp.status != 200:
+                    return _Answer(resp.status, reason="http_status",
+                                   error=f"HTTP {resp.status} {resp.reason or ''}".strip())
+                body = await _read_capped(resp, max_bytes)
+                return _Answer(200, body, resp.headers.get("Content-Type"))
+    except asyncio.TimeoutError:
+        return _Answer(reason="timeout", error=f"no complete answer within {timeout:g}s")
+    except _TooLarge as exc:
+        return _Answer(reason="too_large", error=str(exc))
+    except aiohttp.ClientResponseError as exc:
+        return _Answer(reason="http_status", error=f"bad HTTP response: {exc.message}")
+    except aiohttp.ClientPayloadError as exc:
+        return _Answer(reason="connect", error=f"connection broke while reading the body: {exc}")
+    except (aiohttp.ClientError, OSError) as exc:
+        return _Answer(reason="connect",
+                       error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+@dataclass(frozen=True)
+class _Cycle:
+    """What every GET of one scrape cycle shares."""
+
+    session: aiohttp.ClientSession
+    target: TargetConfig
+    opts: dict[str, Any]
+    started: float
+    t0: float
+    max_bytes: int
+    deadline: float
+    timeout: float
+    identity: frozenset[str]
+
+    def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
+        return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason,
+                             error=error)
+
+    def parse(self, answer: _Answer) -> tuple[ScrapeOutcome, Parsed | None]:
+        return _parse(answer.body, answer.content_type, self.started,
+                      time.perf_counter() - self.t0, self.identity)
+
+
+async def _full(c: _Cycle) -> tuple[ScrapeOutcome, Parsed | None]:
+    """The plain GET of the target's URL (a 404 with a healthy ``/health`` gets the DP hint)."""
+    answer = await _get(c.session, c.target.url, c.opts, c.max_bytes, c.deadline, c.timeout)
+    if answer.reason is not None:
+        error = answer.error
+        if answer.status == 404 and await health_answers(c.session, c.target,
+                                                         min(c.timeout, 2.0)):
+            error = f"{error}; {DP_SUPERVISOR_HINT}"
+        return c.failed(answer.reason, error), None
+    return c.parse(answer)
+
+
+def _names(parsed: Parsed | None) -> set[str]:
+    return {s[0] for s in parsed.samples} if parsed is not None else set()
 
 
 async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeout: float,
                  max_bytes: int, want_version: bool = False,
-                 identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
-    """Scrape ``target`` once; never raises for anything the target does."""
+                 identity: frozenset[str] = frozenset(),
+                 state: FilterState | None = None, restarts: int = 0) -> ScrapeOutcome:
+    """Scrape ``target`` once (one cycle); never raises for anything the target does.
+
+    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``).
+    With a :class:`~sidecar.scrapefilter.FilterState` the cycle asks vLLM only for the samples the
+    sidecar reads when the filter is in use, and falls back to a full GET in the same cycle (under
+    the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
+    count, which makes a new probe due. A note to log, if any, is in ``outcome.extra["filter"]``.
+    """
     started = time.time()
     t0 = time.perf_counter()
-
-    def fail(reason: str, error: str) -> ScrapeOutcome:
-        return ScrapeOutcome(started, time.perf_counter() - t0, reason=reason, error=error)
-
+    loop = asyncio.get_running_loop()
     try:
         opts = _merge_headers(request_options(target), {"Accept": ACCEPT})
     except Exception as exc:  # noqa: BLE001 - TargetAuthError and friends carry safe messages
-        return fail("connect", f"cannot prepare request: {exc}")
-    try:
-        async with asyncio.timeout(timeout):
-            async with session.get(target.url, allow_redirects=False, **opts) as resp:
-                if resp.status != 200:
-                    status = f"HTTP {resp.status} {resp.reason or ''}".strip()
-                    if resp.status == 404 and await health_answers(session, target,
-                                                                   min(timeout, 2.0)):
-                        status += f"; {DP_SUPERVISOR_HINT}"
-                    return fail("http_status", status)
-                body = await _read_capped(resp, max_bytes)
-                content_type = resp.headers.get("Content-Type")
-    except asyncio.TimeoutError:
-        return fail("timeout", f"no complete answer within {timeout:g}s")
-    except _TooLarge as exc:
-        return fail("too_large", str(exc))
-    except aiohttp.ClientResponseError as exc:
-        return fail("http_status", f"bad HTTP response: {exc.message}")
-    except aiohttp.ClientPayloadError as exc:
-        return fail("connect", f"connection broke while reading the body: {exc}")
-    except (aiohttp.ClientError, OSError) as exc:
-        return fail("connect", f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    duration = time.perf_counter() - t0
-    outcome = parse_body(body, content_type, started, duration, identity)
+        return ScrapeOutcome(started, time.perf_counter() - t0, reason="connect",
+                             error=f"cannot prepare request: {exc}")
+    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout,
+               identity)
+    request = state.next_request(loop.time(), restarts) if state is not None else None
+    note = None
+    if state is not None and request is not None and request.filtered:
+        outcome, note = await _filtered(c, state, request, restarts)
+    else:
+        outcome, parsed = await _full(c)
+        if state is not None and request is not None and request.probe and outcome.ok:
+            state.probed(_names(parsed), loop.time(), restarts)
+    if note:
+        outcome.extra["filter"] = note
     if outcome.ok and want_version:
         outcome.version = await fetch_version(session, target, timeout)
     outcome.duration = time.perf_counter() - t0
     return outcome
+
+
+async def _filtered(c: _Cycle, state: FilterState, request: Request,
+                    restarts: int) -> tuple[ScrapeOutcome, str | None]:
+    """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
+    answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
+    if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
+        note = state.fall_back("the filtered request timed out")
+        return c.failed(answer.reason, answer.error), note
+    outcome, parsed = c.parse(answer) if answer.reason is None else (None, None)
+    if answer.reason is not None and not answer.status:
+        # connect, too_large, a broken answer: the route misbehaved; the full GET tells the rest
+        verdict = Verdict(False, answer.error or "no answer")
+    else:
+        error = outcome.error if outcome is not None and parsed is None else None
+        verdict = check(answer.status, [s[0] for s in parsed.samples] if parsed else [],
+                        state.names, parsed.vllm_lines if parsed is not None else 0,
+                        parse_error=error)
+    if verdict.honoured and outcome is not None and outcome.ok:
+        return outcome, state.fall_back(verdict.why) if verdict.ignored else None
+    if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it
+        verdict = Verdict(False, outcome.error if outcome is not None else "no answer")
+    full, full_parsed = await _full(c)
+    if full.ok:
+        now = asyncio.get_running_loop().time()
+        note = state.after_full_retry(verdict, _names(full_parsed), now, restarts)
+    elif answer.status:  # the filtered route answered wrongly: not honoured, whatever came next
+        note = state.fall_back(verdict.why)
+    else:  # nothing answered either way: the target is down, which says nothing of the filter
+        note = None
+    return full, note

@@ -25,8 +25,9 @@ from prometheus_client.registry import CollectorRegistry
 from .config import Config, ConfigError, TargetConfig, redact_url
 from .derive import TargetTracker
 from .exporter import ServiceStatus, SnapshotCollector, render, render_target
-from .model import TargetSnapshot
+from .model import ScrapeOutcome, TargetSnapshot
 from .scrape import scrape
+from .scrapefilter import FilterState
 from .server import build_app
 
 log = logging.getLogger("sidecar")
@@ -38,6 +39,7 @@ MAX_CONNECTIONS = 256
 class _Running:
     target: TargetConfig
     tracker: TargetTracker
+    filter: FilterState
     task: asyncio.Task | None = None
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
@@ -108,7 +110,8 @@ class Sidecar:
             if name not in self._running:
                 tracker = TargetTracker(name, self.config.windows, url=redact_url(t.url),
                                         labels=t.labels)
-                r = self._running[name] = _Running(t, tracker)
+                r = self._running[name] = _Running(
+                    t, tracker, FilterState(t.url, self.config.scrape_filter_for(t)))
                 if self._session is not None:
                     r.task = asyncio.create_task(self._loop(r), name=f"scrape:{name}")
                 log.info("target %s added (%s)", name, redact_url(t.url), extra={"target": name})
@@ -134,12 +137,13 @@ class Sidecar:
             assert self._session is not None
             outcome = await scrape(self._session, r.target, timeout=timeout,
                                    max_bytes=self.config.max_body_bytes, want_version=want_version,
-                                   identity=r.tracker.identity_labels)
+                                   identity=r.tracker.identity_labels,
+                                   state=r.filter, restarts=r.tracker.restarts)
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts
                 r.version_tried = loop.time()
             was_up = r.tracker.snapshot.up or not r.tracker.snapshot.scraped
-            snap = r.tracker.observe(outcome)
+            snap = self._observe(r, outcome)
             self._fragment(r)  # render now, off the /metrics path
             if not snap.up and was_up:
                 log.warning("target %s: scrape failed (%s): %s", r.target.name, outcome.reason,
@@ -150,6 +154,17 @@ class Sidecar:
             now = loop.time()
             if next_at < now:  # we fell behind (slow target): skip, never burst
                 next_at = now + interval - ((now - next_at) % interval)
+
+    @staticmethod
+    def _observe(r: _Running, outcome: ScrapeOutcome) -> TargetSnapshot:
+        """The tracker's new snapshot, carrying the filter's mode (logged once when it falls back)."""
+        note = outcome.extra.get("filter")
+        if note:
+            log.warning("target %s: %s", r.target.name, note, extra={"target": r.target.name})
+        snap = r.tracker.observe(outcome)
+        if snap.scrape_mode != r.filter.mode:
+            snap = r.tracker.snapshot = replace(snap, scrape_mode=r.filter.mode)
+        return snap
 
     def targets_file_changed(self, targets: tuple[TargetConfig, ...]) -> None:
         self.extra_targets = targets
@@ -171,6 +186,8 @@ class Sidecar:
         if reshaped:
             self.set_targets(())
         self.set_targets(self.all_targets())
+        for r in self._running.values():  # a changed global scrape_filter applies from now on
+            r.filter.setting = self.config.scrape_filter_for(r.target)
         self.status = ServiceStatus(True, time.time(), self.status.reload_failures)
 
     def config_failed(self, error: ConfigError) -> None:

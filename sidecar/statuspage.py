@@ -213,6 +213,8 @@ def target_block(s: TargetSnapshot, now: float) -> str:
         meta.append(f"schema {esc(s.schema)}")
         if s.exposer != "vllm":
             meta.append(f"exposer {esc(s.exposer)}")
+    if s.scrape_mode:
+        meta.append(f'scrape <span class="mode">{esc(s.scrape_mode)}</span>')
     last = s.last_scrape
     scraped = age(now - last) if last is not None else "not scraped yet"
     took = f" in {s.scrape_duration * 1000:.0f} ms" if s.scrape_duration is not None else ""
