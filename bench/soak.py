@@ -368,7 +368,9 @@ def _loop(s: Settings, side: subprocess.Popen, rport: int, fleet: Fleet, reader:
 @dataclass
 class Trend:
     """A column inside the settled window: first, last, peak, least-squares slope per hour, and
-    whether it grew (the median of the window's last third above the peak of its first third)."""
+    whether it grew: the median of the window's last third above the peak of its first third,
+    with a slope above twice its standard error (a count that wanders by a few, as in-flight
+    tasks do, is not growth; one that climbs with every churn is)."""
 
     first: float
     last: float
@@ -422,9 +424,11 @@ def trend(rows: list[dict[str, float]], col: str) -> Trend:
     if not pts:
         return Trend(math.nan, math.nan, math.nan, math.nan, False)
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    slope, se = fit(xs, ys)
     third = max(1, len(ys) // 3)
-    grew = statistics.median(ys[-third:]) > max(ys[:third]) if len(ys) >= 3 else False
-    return Trend(ys[0], ys[-1], max(ys), fit(xs, ys)[0] * 3600, grew)
+    grew = (len(ys) >= 3 and statistics.median(ys[-third:]) > max(ys[:third])
+            and slope > 0 and not slope <= 2 * se)  # se is nan with 2 points, 0 on a line
+    return Trend(ys[0], ys[-1], max(ys), slope * 3600, grew)
 
 
 def settled(rows: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -462,8 +466,8 @@ def report(sm: Summary) -> str:
         f"RSS slope over the window: {sm.rss_slope_mb_h:+.2f} MB/h (standard error "
         f"{sm.rss_slope_se_mb_h:.2f}), {sm.rss_slope_rel_pct_h:+.2f} %/h of the mean "
         f"{sm.rss_mean_mb:.1f} MB",
-        "in the window (first -> last, peak, slope per hour, grew = median of the last third "
-        "above the peak of the first third):",
+        "in the window (first -> last, peak, slope per hour; grew = the last third's median above "
+        "the first third's peak and a slope above 2 standard errors):",
     ]
     for col, t in sm.trends.items():
         lines.append(f"  {col:16} {t.first:g} -> {t.last:g}, peak {t.peak:g}, "

@@ -51,13 +51,15 @@ def test_an_hour_fits_the_last_40_minutes_and_finds_the_leaking_column(tmp_path)
 
 
 def test_a_short_run_fits_its_last_two_thirds_and_tolerates_missing_task_counts(tmp_path):
-    rows = [_row(m, rss=70.0 + (0.5 if m % 2 else -0.5), tasks="n/a") for m in range(1, 11)]
+    rows = [_row(m, rss=70.0 + (0.5 if m % 2 else -0.5), tasks="n/a",
+                 fds=[20, 20, 20, 20, 20, 20, 19, 18, 22, 20][m - 1]) for m in range(1, 11)]
     loaded = read_csv(_write(tmp_path, rows))
     assert [r["elapsed_s"] for r in settled(loaded)] == [240.0, 300.0, 360.0, 420.0, 480.0,
                                                         540.0, 600.0]
     sm = summarize(loaded)
     assert abs(sm.rss_slope_mb_h) < 2 * sm.rss_slope_se_mb_h  # noise only: within its error
     assert math.isnan(sm.peaks["tasks"]) and not sm.trends["tasks"].grew
+    assert not sm.trends["fds"].grew  # ends above where it started, but only by noise
 
 
 def test_lateness_counts_long_gaps_and_targets_nobody_scrapes_any_more():
