@@ -393,6 +393,7 @@ class Summary:
     late_minutes: int  # minutes with at least one late target
     gap_max_ratio: float
     gap_p99_ratio: float  # the worst minute's p99
+    load_min: float
 
 
 def _num(v: str) -> float:
@@ -456,7 +457,8 @@ def summarize(rows: list[dict[str, float]]) -> Summary:
         rss_slope_rel_pct_h=100 * slope * 3600 / mean if mean else math.nan, peaks=peaks,
         trends={c: trend(win, c) for c in cols},
         late_minutes=sum(1 for r in rows if r["late_targets"] > 0),
-        gap_max_ratio=peaks["gap_max_ratio"], gap_p99_ratio=peaks["gap_p99_ratio"])
+        gap_max_ratio=peaks["gap_max_ratio"], gap_p99_ratio=peaks["gap_p99_ratio"],
+        load_min=min((r["loadavg"] for r in rows), default=math.nan))
 
 
 def report(sm: Summary) -> str:
@@ -475,6 +477,8 @@ def report(sm: Summary) -> str:
     lines.append(f"scrape cycles: {sm.late_minutes} of {sm.minutes} minutes had a late target; "
                  f"worst gap {sm.gap_max_ratio:.2f} intervals, worst minute's p99 gap "
                  f"{sm.gap_p99_ratio:.2f} intervals")
+    lines.append(f"load average over the run: {sm.load_min:g}-{sm.peaks['loadavg']:g} on "
+                 f"{os.cpu_count()} CPUs (neighbours slow every figure above)")
     lines.append("peaks over the whole run: " + ", ".join(f"{k}={v:g}" for k, v in sm.peaks.items()))
     return "\n".join(lines)
 
