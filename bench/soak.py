@@ -259,17 +259,17 @@ def read_tasks(pid: int, path: Path, wait: float = 3.0) -> tuple[int | str, int 
     return "n/a", "n/a"
 
 
-def start_service(targets_file: Path, interval: float, out: Path, probe: bool,
+def start_service(targets_file: Path, interval: float, log_path: Path, probe: bool,
                   tasks_file: Path) -> tuple[subprocess.Popen, int]:
     port = procs.free_port()
     module = "bench.soakprobe" if probe else "sidecar"
     env = {**os.environ, "SOAK_TASKS_FILE": str(tasks_file)}
-    with open(out / "sidecar.log", "w") as log:  # a file, never a pipe nobody drains
+    with open(log_path, "w") as log:  # a file, never a pipe nobody drains
         proc = subprocess.Popen([procs.PY, "-m", module, "run", "--targets-file", str(targets_file),
                                  "--listen", f"127.0.0.1:{port}", "--interval", f"{interval:g}",
                                  "--windows", WINDOWS, "--log-level", "warning"],
                                 cwd=procs.REPO, stdout=subprocess.DEVNULL, stderr=log, env=env)
-    proc.log_path = out / "sidecar.log"  # type: ignore[attr-defined]
+    proc.log_path = log_path  # type: ignore[attr-defined]
     return proc, port
 
 
@@ -318,7 +318,8 @@ def run(s: Settings, csv_path: Path) -> None:
                   random.Random(s.seed))
     fleet.start(s.targets)
     tasks_file = s.out / f"tasks-{stamp}.txt"
-    side, sport = start_service(fleet.path, s.interval, s.out, s.probe, tasks_file)
+    side, sport = start_service(fleet.path, s.interval, s.out / f"sidecar-{stamp}.log", s.probe,
+                                tasks_file)
     reader = MetricsReader(f"http://127.0.0.1:{sport}/metrics", s.interval)
     try:
         t_launch = time.time()
