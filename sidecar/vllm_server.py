@@ -299,9 +299,15 @@ def _healthy(url: str) -> bool:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Living (not zombie) processes of process group ``pgid``: what a stopped server left."""
+    """Living (not zombie) processes of process group ``pgid``: what a stopped server left.
+
+    Reads Linux's ``/proc``; elsewhere it knows nothing and says so with an empty list.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
     out = []
-    for entry in Path("/proc").iterdir():
+    for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
