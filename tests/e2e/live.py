@@ -144,3 +144,45 @@ class Watcher:
         """Active diagnosis codes per answer; ``up`` keeps only answers with that target_up."""
         return [diagnoses(data, target) for data in self.seen
                 if up is None or pick(data, "vllm_sidecar_target_up", target=target) == [float(up)]]
+
+
+def target_doc(sidecar: SidecarProcess, name: str = "live") -> dict[str, Any]:
+    """The sidecar's ``/api/v1/targets`` entry for target ``name``."""
+    doc = json.loads(fetch(sidecar.base_url + "/api/v1/targets"))
+    found = [t for t in doc["targets"] if t["name"] == name]
+    assert len(found) == 1, f"target {name!r} not in {[t['name'] for t in doc['targets']]}"
+    return found[0]
+
+
+class BackgroundTraffic:
+    """Traffic to vLLM on its own thread and event loop until :meth:`stop`.
+
+    For faults "mid-traffic": the test kills or freezes vLLM while requests are in flight and
+    reads :attr:`stats` (failures are counted, never raised) from its own thread.
+    """
+
+    def __init__(self, server: VllmServer, **kw: Any) -> None:
+        import threading
+
+        self.config = TrafficConfig(base_url=server.base_url, requests=None, **kw)
+        self.stats = TrafficStats()
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(run_traffic(self.config, self.stats, self._stop))
+        self._loop.close()
+
+    def __enter__(self) -> "BackgroundTraffic":
+        self._thread.start()
+        return self
+
+    def stop(self) -> TrafficStats:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
