@@ -28,6 +28,17 @@ from sidecar.bodies import scale_counters
 REPO = Path(__file__).resolve().parent.parent
 #: ``<repo>/../shared/fixtures`` unless ``VLLM_SIDECAR_FIXTURES`` points elsewhere
 FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
+#: the project's own captures (a real data-parallel vLLM, recorded here), read like the shared ones
+OWN_FIXTURES = REPO / "tests" / "fixtures"
+ROOTS = (FIXTURES, OWN_FIXTURES)
+
+
+def capture_root(folder: str) -> Path:
+    """The root that holds ``folder`` (shared captures first)."""
+    for root in ROOTS:
+        if (root / folder / "meta.json").is_file():
+            return root
+    raise FileNotFoundError(f"no capture folder {folder!r} in {', '.join(map(str, ROOTS))}")
 
 
 @dataclass(frozen=True)
@@ -48,8 +59,9 @@ class Capture:
 
 
 def capture_folders() -> list[str]:
-    """Every folder holding a ``meta.json``, relative to :data:`FIXTURES`, sorted."""
-    return sorted(str(p.parent.relative_to(FIXTURES)) for p in FIXTURES.glob("*/*/meta.json"))
+    """Every folder holding a ``meta.json``, relative to its root (:data:`ROOTS`), sorted."""
+    return sorted({str(p.parent.relative_to(root)) for root in ROOTS
+                   for p in root.glob("*/*/meta.json")})
 
 
 def load_capture(folder: str, *, openmetrics: bool = False) -> list[Capture]:
@@ -58,7 +70,7 @@ def load_capture(folder: str, *, openmetrics: bool = False) -> list[Capture]:
     With ``openmetrics=True`` also the bodies fetched with the OpenMetrics Accept header, each
     right after the plain body of the same scrape.
     """
-    base = FIXTURES / folder
+    base = capture_root(folder) / folder
     meta = json.loads((base / "meta.json").read_text())
     out: list[Capture] = []
     for s in meta["scrapes"]:

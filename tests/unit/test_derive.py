@@ -203,3 +203,23 @@ def test_changed_bucket_layout_is_never_merged():
     lat = dict(snap.engines[0].windows[0].latency)
     assert "ttft" not in lat  # no baseline with the same layout yet
     assert "e2e" in lat
+
+
+@pytest.mark.parametrize("folder", ["vllm-0.32.0-dp2/prefix_on_shared", "vllm-0.32.0-dp2/api_servers_2"])
+def test_real_data_parallel_capture_is_two_engines_never_summed(folder):
+    """Our own capture of a real vLLM with --data-parallel-size 2 (tests/fixtures): one body, two
+    engines, each with its own cache; admission_rejections (no engine label) does not break it."""
+    caps = load_capture(folder)
+    tracker = TargetTracker("t", parse_windows("1m,5m"))
+    snap = feed(tracker, [c.body for c in caps], [c.ts for c in caps])
+    last = caps[-1].body
+    assert [(e.engine, e.replica) for e in snap.engines] == [("0", ""), ("1", "")]
+    for e in snap.engines:
+        q = ref_value(last, Q, engine=e.engine)
+        h = ref_value(last, H, engine=e.engine)
+        assert (e.current.prefix_queries, e.current.prefix_hits) == (q, h)
+        assert e.lifetime_hit_ratio == pytest.approx(h / q)
+    assert [c.engine for c in snap.cache_configs] == ["0", "1"]
+    assert snap.restarts == 0 and "counter_reset" not in {d.code for d in snap.diagnoses}
+    outcome = parse_body(last, None, caps[-1].ts, 0.01)
+    assert outcome.normalised.admission_rejections == 0.0
