@@ -305,6 +305,10 @@ MAX_YAML_ALIASES = 1000  # ``*name`` references in one document
 MAX_YAML_NODES = 1_000_000  # nodes once every alias is expanded (the "billion laughs" bomb)
 
 
+#: what PyYAML's constructors raise, besides YAMLError, for a value they cannot build
+_CONSTRUCT_ERRORS = (ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
+
+
 @lru_cache(maxsize=1)
 def _loader() -> type:
     """A SafeLoader that records line numbers and enforces the caps above while composing, before
@@ -339,6 +343,19 @@ def _loader() -> type:
             self._weights[id(node)] = weight
             return node
 
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            """PyYAML's constructors let plain exceptions out for some values (``2020-13-01``,
+            ``!!bool ''``, ``!!map [1]``): report them as this node's error, with its line."""
+            try:
+                return super().construct_object(node, deep)
+            except (ConfigError, yaml.YAMLError):
+                raise
+            except _CONSTRUCT_ERRORS as exc:
+                tag = node.tag.rpartition(":")[2]
+                value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+                raise ConfigError(f"invalid {tag}{value}: {exc}", line=node.start_mark.line + 1) \
+                    from None
+
     def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
         loader.flatten_mapping(node)
         m = _Map()
@@ -362,14 +379,6 @@ def _loader() -> type:
         seq.item_lines = [child.start_mark.line + 1 for child in node.value]
         return seq
 
-    def _construct_timestamp(loader: _LineLoader, node: yaml.ScalarNode) -> Any:
-        try:  # PyYAML lets datetime's ValueError out for a date that matches but does not exist
-            return yaml.SafeLoader.construct_yaml_timestamp(loader, node)
-        except (ValueError, OverflowError) as exc:
-            raise ConfigError(f"invalid date {node.value!r}: {exc}", line=node.start_mark.line + 1) \
-                from None
-
-    _LineLoader.add_constructor("tag:yaml.org,2002:timestamp", _construct_timestamp)
     _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
     _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
     return _LineLoader
@@ -409,7 +418,7 @@ def load_yaml_text(text: str, file: str) -> Any:
         raise ConfigError(f"invalid YAML: {exc.problem or exc}", file, line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file) from None
-    except (ValueError, OverflowError) as exc:  # PyYAML's constructors let some through
+    except _CONSTRUCT_ERRORS as exc:  # from a tagged value built after the tree (``!!omap [x]``)
         raise ConfigError(f"invalid YAML value: {exc}", file) from None
 
 

@@ -94,9 +94,15 @@ def test_a_targets_file_at_the_cap_minus_a_comment_still_loads():
     ("{[1]: 2}", "f.yaml:1: a mapping key must be a plain value"),
     ("? - a\n: b", "f.yaml:1: a mapping key must be a plain value"),
     ("? !!set {a}\n: b", "f.yaml:1: a mapping key must be a plain value"),
-    ("a: 2020-13-01", "f.yaml:1: invalid date '2020-13-01': month must be in 1..12"),
-    ("a:\n  b: !!timestamp 2020-02-30", "f.yaml:2: invalid date '2020-02-30'"),
-    ("a: 0x_", "f.yaml: invalid YAML value: invalid literal for int()"),
+    ("a: 2020-13-01", "f.yaml:1: invalid timestamp '2020-13-01': month must be in 1..12"),
+    ("a:\n  b: !!timestamp 2020-02-30", "f.yaml:2: invalid timestamp '2020-02-30'"),
+    ("!!timestamp", "f.yaml:1: invalid timestamp ''"),
+    ("a: 0x_", "f.yaml:1: invalid int '0x_': invalid literal for int()"),
+    ("a:\n  - !!bool ''", "f.yaml:2: invalid bool ''"),
+    ("!!int ", "f.yaml:1: invalid int ''"),
+    ("!!seq x", "f.yaml:1: invalid seq 'x'"),
+    ("b: !!map [1]", "f.yaml:1: invalid map: cannot unpack"),
+    ("!!omap [x]", "f.yaml:1: invalid YAML: expected a mapping of length 1"),
 ])
 def test_yaml_that_crashed_the_loader_is_a_config_error(text, message):
     with pytest.raises(ConfigError) as exc:
@@ -106,7 +112,7 @@ def test_yaml_that_crashed_the_loader_is_a_config_error(text, message):
 
 @pytest.mark.parametrize("data", [
     b"{[1]: 2}", b"? - a\n: b", b"2020-13-01", b"!!timestamp 2020-02-30", b"a: 0x_",
-    b"max_body_bytes: .inf",
+    b"max_body_bytes: .inf", b"!!timestamp", b"!!bool ", b"!!float ", b"!!seq x", b"!!map [1]",
 ])
 def test_fuzz_config_regressions(data):
     fuzz_config(data)  # raises anything but ConfigError on a regression
