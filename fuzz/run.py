@@ -22,6 +22,8 @@ from pathlib import Path
 TARGETS = ("parser", "pipeline", "config")
 #: libFuzzer dictionary of each target (tokens it would take long to guess)
 DICTS = {"parser": "exposition.dict", "pipeline": "exposition.dict", "config": "settings.dict"}
+#: longest input libFuzzer may make (it defaults to the longest seed: 292 bytes for config)
+MAX_LEN = {"parser": 65536, "pipeline": 65536, "config": 8192}
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
@@ -44,7 +46,8 @@ class Result:
 def fuzz_args(target: str, runs: int, found: Path) -> list[str]:
     """The libFuzzer arguments shared by ``make fuzz`` and the short CI runs: new inputs go to
     ``found``; the committed seeds are read, never written."""
-    return [f"-atheris_runs={runs}", f"-dict={HERE / DICTS[target]}", str(found),
+    return [f"-atheris_runs={runs}", f"-dict={HERE / DICTS[target]}", f"-max_len={MAX_LEN[target]}",
+            str(found),
             str(HERE / "corpus" / target)]
 
 

@@ -65,6 +65,10 @@ PIPE = {
     "impossible": [f"vllm:prefix_cache_queries_total{L} 10\nvllm:kv_cache_usage_perc{L} 0.5\n",
                    f"vllm:prefix_cache_queries_total{L} -1\nvllm:kv_cache_usage_perc{L} -0.5\n",
                    f"vllm:prefix_cache_queries_total{L} 12\nvllm:kv_cache_usage_perc{L} 1.5\n"],
+    "unread_counters_drop": [f"vllm:external_prefix_cache_queries_total{L} 10\n"
+                             f'vllm:request_success_total{L[:-1]},finished_reason="stop"}} 4\n',
+                             f"vllm:external_prefix_cache_queries_total{L} 5\n"
+                             f'vllm:request_success_total{L[:-1]},finished_reason="stop"}} 2\n'],
     "failure_between": [EDGE["created"], "not a metrics body", EDGE["created"].replace(" 3\n", " 1\n")],
 }
 CONFIGS = {

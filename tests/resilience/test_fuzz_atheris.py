@@ -27,13 +27,16 @@ RUNS = {"parser": 4000, "pipeline": 1500, "config": 1000}
 #: TEMPORARY (issue 10 in progress): the pipeline invariants today's normalize/derive/exporter
 #: satisfy. The others (counters_never_decrease, no_negative_or_nan_counter,
 #: kv_usage_in_unit_interval, hits_not_above_queries, running_waiting_not_negative,
-#: identities_not_merged) fail on today's code by design of the contract change; once issue 10
-#: lands, delete this tuple so CI checks every invariant in pipeline.INVARIANTS.
-PIPELINE_HOLDING_TODAY = ("rendered_text_parses", "hit_ratios_in_unit_interval",
-                          "own_counters_never_decrease")
+#: identities_not_merged) fail on today's code, which predates the contract's "Impossible values"
+#: and "Identity"; fuzz/regressions/pipeline/ holds a minimal input for each. Once issue 10 lands,
+#: set this to None: CI then checks every invariant in pipeline.INVARIANTS.
+PIPELINE_HOLDING_TODAY: tuple[str, ...] | None = (
+    "rendered_text_parses", "hit_ratios_in_unit_interval", "own_counters_never_decrease")
 
 
-def pipeline_checks() -> list:
+def pipeline_checks() -> list | None:
+    if PIPELINE_HOLDING_TODAY is None:
+        return None
     return [pipeline.INVARIANTS[n] for n in PIPELINE_HOLDING_TODAY]
 
 
@@ -41,7 +44,7 @@ def pipeline_checks() -> list:
 def test_short_fuzz_run_finds_nothing(target, tmp_path):
     pytest.importorskip("atheris", reason="atheris has wheels for x86_64 Linux and arm64 macOS only")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    if target == "pipeline":
+    if target == "pipeline" and PIPELINE_HOLDING_TODAY is not None:
         env["FUZZ_INVARIANTS"] = ",".join(PIPELINE_HOLDING_TODAY)
     cmd = [sys.executable, "-m", f"fuzz.{target}", "-seed=1", f"-artifact_prefix={tmp_path}/",
            *fuzz_args(target, RUNS[target], tmp_path / "found")]
