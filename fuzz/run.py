@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=100_000, help="executions per target")
     ap.add_argument("--out", type=Path, default=REPO / ".artifacts" / "fuzz")
-    ap.add_argument("--libfuzzer", default="", help="extra libFuzzer flags, e.g. '-max_len=8192'")
+    ap.add_argument("--libfuzzer", default="",
+                    help="extra libFuzzer flags, space-separated: --libfuzzer='-len_control=0 -seed=1'")
     ap.add_argument("targets", nargs="*", help=f"default: {' '.join(TARGETS)}")
     ap.add_argument("--minimize", metavar="CRASHFILE", type=Path,
                     help="shrink a crashing input of the one target named; prints it, writes FILE.min")
