@@ -137,13 +137,16 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
     a body with N such identities (valid query counters) exports at least N query series."""
     if not cur.snapshot.up:
         return
+    q, h = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
     try:
-        samples = parse(cur.body, cur.content_type, {"vllm:prefix_cache_queries_total"}).samples
+        samples = parse(cur.body, cur.content_type, {q, h}).samples
     except ParseError:
         return
+    hits = {labels: value for name, labels, value in samples if name == h}
     identities = set()
-    for _, labels, value in samples:
-        if value >= 0 and not math.isinf(value):
+    for name, labels, value in samples:
+        # valid queries, and not refused with its hits (hits above queries: both refused)
+        if name == q and value >= 0 and not math.isinf(value) and not hits.get(labels, 0) > value:
             lab = dict(labels)
             identities.add((lab.get("model_name", ""), lab.get("engine", "0"),
                             tuple(lab.get(k) for k in IDENTITY_LABELS)))

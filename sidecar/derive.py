@@ -354,7 +354,8 @@ def _zero_like(m: EngineMetrics) -> EngineMetrics:
 
 def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
                cur: Normalised) -> bool:
-    """Did vLLM restart between two good scrapes? Any counter down, or a start time changed."""
+    """Did vLLM restart? Any counter (labelled ones too) below its last seen value, or a start
+    time changed."""
     if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
         return True
     for e in cur.engines:
@@ -367,6 +368,9 @@ def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineM
             a, b = getattr(o, f), getattr(e, f)
             if a is not None and b is not None and b < a:
                 return True
+        before = dict(_labelled(o))
+        if any(x < before.get(k, x) for k, x in _labelled(e)):
+            return True
         for h in HISTS:
             a, b = getattr(o, h), getattr(e, h)
             if a is not None and b is not None and b.count < a.count:
