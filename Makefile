@@ -28,7 +28,7 @@ vllm: $(VENV)/.vllm-installed
 
 ## demo: a real vLLM on CPU with a tiny local model, the sidecar, and traffic (Ctrl-C stops all)
 demo: venv
-	$(PY) -m sidecar.demo $(DEMO_ARGS)
+	$(PY) -m demo $(DEMO_ARGS)
 
 ## test: unit, integration and end-to-end tests (the e2e tests start a real vLLM on CPU)
 test: venv

@@ -17,13 +17,13 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 from .bodies import bodies
 
 
 class LoggingReplay(ReplayServer):
-    """:class:`sidecar.replay.ReplayServer` that also records every scrape's arrival time."""
+    """:class:`testkit.replay.ReplayServer` that also records every scrape's arrival time."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)

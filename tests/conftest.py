@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import httpx
 import pytest
 
-from sidecar.bodies import scale_counters
+from testkit.bodies import scale_counters
 
 # ---------------------------------------------------------------- real vLLM captures (fixtures)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import tinymodel
-from sidecar.vllm_server import SidecarProcess, VllmServer
+from demo import tinymodel
+from demo.vllm_server import SidecarProcess, VllmServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ``import live`` in any import mode
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.traffic import TrafficConfig, TrafficStats, run_traffic
-from sidecar.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
+from demo.traffic import TrafficConfig, TrafficStats, run_traffic
+from demo.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
 
 #: sidecar settings for the live tests: fast scrapes, short windows
 INTERVAL = 1.0  # scrape timeout 0.8 s: room for a loaded 2-core machine

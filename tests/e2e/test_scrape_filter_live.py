@@ -16,7 +16,7 @@ from sidecar.normalize import WANTED, normalise
 from sidecar.parser import parse
 from sidecar.scrape import ACCEPT
 from sidecar.scrapefilter import check, filtered_url, request_names
-from sidecar.vllm_server import SidecarProcess, VllmServer
+from demo.vllm_server import SidecarProcess, VllmServer
 
 P = "vllm_sidecar_"
 #: series whose value depends on when each target was scraped, not on what vLLM said

@@ -22,8 +22,8 @@ import pytest
 from live import BackgroundTraffic, Watcher, diagnoses, fetch, is_nan, one, scraped_after, \
     series, target_doc, traffic, wait_until
 
-from sidecar.replay import ReplayServer
-from sidecar.vllm_server import VllmServer, group_members
+from testkit.replay import ReplayServer
+from demo.vllm_server import VllmServer, group_members
 
 pytestmark = pytest.mark.e2e
 

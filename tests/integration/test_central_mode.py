@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 CAPTURE = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
 

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from conftest import FIXTURES, REPO, SidecarProcess, free_port, growing, terminate, wait_until
 
-from sidecar.bodies import get_value, multi_engine, no_hits, set_value
-from sidecar.replay import ReplayServer
+from testkit.bodies import get_value, multi_engine, no_hits, set_value
+from testkit.replay import ReplayServer
 
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))

@@ -16,11 +16,11 @@ import pytest
 from conftest import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import get_value, set_value
+from testkit.bodies import get_value, set_value
 from sidecar.config import Config, TargetConfig, Window
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 from sidecar.scrapefilter import request_names
 from sidecar.service import Sidecar
 

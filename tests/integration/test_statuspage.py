@@ -19,9 +19,9 @@ import httpx
 import pytest
 from conftest import FIXTURES, REPO, SidecarProcess, free_port, wait_until
 
-from sidecar.bodies import get_value, set_value
+from testkit.bodies import get_value, set_value
 from sidecar.explain import fmt_pct
-from sidecar.replay import ReplayServer, load_fixture
+from testkit.replay import ReplayServer, load_fixture
 
 ARTIFACTS = REPO / ".artifacts"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from conftest import FIXTURES, REPO, SidecarProcess, clean_env, wait_until
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 

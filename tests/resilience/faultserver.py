@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from sidecar.replay import InThread
+from testkit.replay import InThread
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")

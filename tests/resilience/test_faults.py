@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config import Config, TargetConfig, Window
 from sidecar.model import REASONS
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 from sidecar.service import Sidecar
 
 INTERVAL = 0.5  # the scrape timeout is then 0.4 s (interval * 0.8)

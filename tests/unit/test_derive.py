@@ -8,7 +8,7 @@ import pytest
 from conftest import load_capture
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import multi_engine, set_value
+from testkit.bodies import multi_engine, set_value
 from sidecar.config import Window, parse_windows
 from sidecar.derive import TargetTracker, histogram_quantile
 from sidecar.model import ScrapeOutcome

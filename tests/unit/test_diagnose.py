@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import load_capture
 
-from sidecar.bodies import multi_engine, set_value, no_hits
+from testkit.bodies import multi_engine, set_value, no_hits
 from sidecar.config import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES
 
-from sidecar.bodies import multi_engine, no_hits
+from testkit.bodies import multi_engine, no_hits
 from sidecar.config import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES

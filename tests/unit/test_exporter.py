@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from sidecar.bodies import multi_engine, set_value
+from testkit.bodies import multi_engine, set_value
 from sidecar.config import TargetConfig, parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.exporter import FAMILIES, ServiceStatus, SnapshotCollector, render, render_target

@@ -8,7 +8,7 @@ from conftest import load_capture
 from truth_helpers import codes, observe, run, series, tracker
 
 from sidecar import explain
-from sidecar.bodies import ROUTER, ray_body
+from testkit.bodies import ROUTER, ray_body
 from sidecar.normalize import escape_replica_value
 from sidecar.scrape import parse_body
 

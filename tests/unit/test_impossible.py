@@ -9,7 +9,7 @@ from conftest import load_capture
 from truth_helpers import observe, run, series, tracker
 
 from sidecar.api import target_dict
-from sidecar.bodies import set_value
+from testkit.bodies import set_value
 
 KV = "vllm:kv_cache_usage_perc"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import FIXTURES, REPO, SidecarProcess, growing, wait_until
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 ERAS = {
     "shared032": "vllm-0.32.0/prefix_on_shared",

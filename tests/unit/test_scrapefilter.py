@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
-from sidecar.replay import restricted_body
+from testkit.replay import restricted_body
 from sidecar.scrapefilter import (FILTERED, FULL, OFF, PROBE_INTERVAL, FilterState, applies, check,
                                   families, filtered_url, request_names)
 

@@ -10,7 +10,7 @@ from conftest import load_capture
 from truth_helpers import codes, run, series
 
 from sidecar import doctor
-from sidecar.bodies import no_hits, set_value
+from testkit.bodies import no_hits, set_value
 from sidecar.explain import explain, tier_split
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"

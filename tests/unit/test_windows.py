@@ -9,7 +9,7 @@ import pytest
 from conftest import load_capture
 from truth_helpers import observe, tracker
 
-from sidecar.bodies import set_value
+from testkit.bodies import set_value
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 QC = "vllm:prefix_cache_queries_created"

@@ -9,7 +9,7 @@ from the tiny model's word list, so every word is one or two tokens.
 Bounded in every dimension: a fixed number of requests or a duration, a concurrency limit, an
 optional request rate. Failures (e.g. vLLM restarting) are counted, never raised.
 
-    python -m sidecar.traffic --url http://127.0.0.1:8000 --requests 50
+    python -m demo.traffic --url http://127.0.0.1:8000 --requests 50
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from sidecar.tinymodel import words
+from demo.tinymodel import words
 
 #: prompt kinds
 SHARED, UNIQUE = "shared", "unique"

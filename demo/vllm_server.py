@@ -346,10 +346,10 @@ def _interrupt(*_: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sidecar.vllm_server [--port N] [--no-prefix-caching]``: serve the tiny model."""
+    """``python -m demo.vllm_server [--port N] [--no-prefix-caching]``: serve the tiny model."""
     import argparse
 
-    from sidecar import tinymodel
+    from demo import tinymodel
 
     p = argparse.ArgumentParser(description=main.__doc__)
     p.add_argument("--port", type=int, default=8000)

@@ -7,11 +7,11 @@ shared-prefix and unique prompts plus an occasional burst of long requests (so K
 and every few seconds prints what the sidecar says (``/api/v1/targets``). Ctrl-C stops everything
 it started, and only that.
 
-    python -m sidecar.demo                       # everything, until Ctrl-C
-    python -m sidecar.demo --no-prefix-caching   # watch the prefix_caching_disabled diagnosis
-    python -m sidecar.demo --shared-fraction 0   # unique prompts only: zero_hit_rate
-    python -m sidecar.demo --vllm-url http://127.0.0.1:8000   # use a vLLM that is already running
-    python -m sidecar.demo --duration 120        # stop by itself after two minutes
+    python -m demo                       # everything, until Ctrl-C
+    python -m demo --no-prefix-caching   # watch the prefix_caching_disabled diagnosis
+    python -m demo --shared-fraction 0   # unique prompts only: zero_hit_rate
+    python -m demo --vllm-url http://127.0.0.1:8000   # use a vLLM that is already running
+    python -m demo --duration 120        # stop by itself after two minutes
 """
 
 from __future__ import annotations
@@ -28,16 +28,16 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sidecar import tinymodel
-from sidecar.traffic import PromptMaker, TrafficConfig, TrafficStats, run_traffic
-from sidecar.vllm_server import (SidecarProcess, VllmServer, VllmServerConfig, VllmStartError,
+from demo import tinymodel
+from demo.traffic import PromptMaker, TrafficConfig, TrafficStats, run_traffic
+from demo.vllm_server import (SidecarProcess, VllmServer, VllmServerConfig, VllmStartError,
                                  port_open)
 
 BAR = 30
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m sidecar.demo", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
     p.add_argument("--no-prefix-caching", action="store_true",
                    help="start vLLM with prefix caching disabled (shows the diagnosis)")
     p.add_argument("--vllm-url", help="use this running vLLM (base URL) instead of starting one")

@@ -9,7 +9,7 @@ deterministic (fixed seed, fixed corpus), so two machines build the same model.
 Shape (the one the shared fixtures were captured with): hidden 128, 2 layers, 2 attention heads,
 1 KV head, head_dim 64 (the CPU attention backend rejects smaller heads), vocab 512.
 
-    python -m sidecar.tinymodel [DIR]     # builds (or reuses) and prints the directory
+    python -m demo.tinymodel [DIR]     # builds (or reuses) and prints the directory
 """
 
 from __future__ import annotations

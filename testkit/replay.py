@@ -10,7 +10,7 @@ prometheus_client itself (its parser, ``restricted_registry`` and exposition), s
 bodies are what vLLM's prometheus_client app would send. ``Fake.slash_route`` makes that route
 misbehave for tests of the fallback (see :data:`SLASH_ROUTES`).
 
-    python -m sidecar.replay ../shared/fixtures/vllm-0.32.0/prefix_on_shared --port 18000
+    python -m testkit.replay ../shared/fixtures/vllm-0.32.0/prefix_on_shared --port 18000
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ class ReplayServer(InThread):
             await self._runner.cleanup()
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m sidecar.replay", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m testkit.replay", description=__doc__)
     p.add_argument("fixture", nargs="+", help="capture folders (with meta.json)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18000)
