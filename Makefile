@@ -51,7 +51,7 @@ bench: venv
 
 lint: venv
 	$(PIP) install -q ruff
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff check sidecar tests bench demo testkit fuzz
 
 ## generate: rebuild the dashboards and the Kubernetes copies of the rules and dashboards
 generate: venv

@@ -7,21 +7,15 @@ once per engine; no capture of one exists, so we relabel the real single-engine 
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+from testkit.captures import capture_bodies
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 #: a busy capture: 16 concurrent requests, latency histograms filled, KV usage > 0
 SCENARIO = "vllm-0.32.0/concurrent"
 
 
 def one_engine_bodies(scenario: str = SCENARIO) -> list[bytes]:
     """The plain-text bodies of a capture folder, in scrape order."""
-    base = FIXTURES / scenario
-    meta = json.loads((base / "meta.json").read_text())
-    return [(base / s["file"]).read_bytes() for s in meta["scrapes"]]
+    return capture_bodies(scenario)
 
 
 def multi_engine(body: bytes, engines: int = 8) -> bytes:

@@ -30,8 +30,8 @@ from typing import Any
 
 from demo import tinymodel
 from demo.traffic import PromptMaker, TrafficConfig, TrafficStats, run_traffic
-from demo.vllm_server import (SidecarProcess, VllmServer, VllmServerConfig, VllmStartError,
-                                 port_open)
+from demo.vllm_server import VllmServer, VllmServerConfig
+from testkit.procs import SidecarProcess, StartError, port_open
 
 BAR = 30
 
@@ -265,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
             vllm.start()
             print(f"vLLM ready after {time.monotonic() - t0:.0f} s", flush=True)
             vllm_url = vllm.base_url
-        sidecar = SidecarProcess([f"local={vllm_url}/metrics"], port=args.sidecar_port,
-                                 interval=args.interval, windows=args.windows,
-                                 log_path=str(log_dir / "sidecar.log"))
+        sidecar = SidecarProcess(["--target", f"local={vllm_url}/metrics",
+                                  "--interval", f"{args.interval:g}", "--windows", args.windows],
+                                 listen=f"127.0.0.1:{args.sidecar_port}",
+                                 log_path=log_dir / "sidecar.log", ready=True, new_session=True,
+                                 timeout=120.0, start=False)
         sidecar.start()
         print(f"sidecar ready: status page {sidecar.base_url}/  metrics {sidecar.base_url}/metrics"
               f"  (log {sidecar.log_path})", flush=True)
@@ -279,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
         return 130
-    except VllmStartError as exc:
+    except StartError as exc:  # vLLM's or the sidecar's
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

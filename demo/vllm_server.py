@@ -1,4 +1,4 @@
-"""Start, stop and restart a real vLLM server (and the sidecar) as subprocesses: demo and e2e tests.
+"""Start, stop and restart a real vLLM server as a subprocess: demo and e2e tests.
 
 Why a module of its own: the demo, the e2e tests and anyone reproducing a bug need the same
 careful start-up: the right interpreter (``python -m vllm.entrypoints.openai.api_server``; the
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from testkit.procs import StartError, free_port, http_ok, port_open, tail
 
 #: CPU KV-cache size in GiB; 1 GiB is ample for the tiny model
 DEFAULT_KV_SPACE = "1"
@@ -35,21 +34,8 @@ SERVE = ("-c", "import sys; from vllm.entrypoints.cli.serve import ServeSubcomma
                "a = m(P()).parse_args(sys.argv[1:]); S().validate(a); S.cmd(a)")
 
 
-class VllmStartError(RuntimeError):
+class VllmStartError(StartError):
     """vLLM exited or never became healthy; the message carries the tail of its log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS considers free right now (bind to port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def port_open(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
 
 
 def vllm_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -157,7 +143,7 @@ class VllmServer:
                 code = None if self.proc is None else self.proc.returncode
                 raise VllmStartError(f"vLLM exited (code {code}) before it was ready; log "
                                      f"{self.log_path}:\n{self.log_tail()}")
-            if _healthy(self.base_url + "/health"):
+            if http_ok(self.base_url + "/health"):
                 return
             if time.monotonic() > deadline:
                 self.stop()
@@ -187,115 +173,13 @@ class VllmServer:
         return self.start(wait=wait)
 
     def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path, lines)
+        return tail(self.log_path, lines)
 
     def __enter__(self) -> "VllmServer":
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class SidecarProcess:
-    """The sidecar service (``python -m sidecar run ...``) as a real subprocess.
-
-    Used by the demo and the e2e tests, so both exercise the shipped CLI, not an in-process
-    shortcut. ``PYTHONPATH`` points at this checkout, so it works without ``pip install``.
-    """
-
-    def __init__(self, targets: list[str], port: int = 0, host: str = "127.0.0.1",
-                 interval: float = 2.0, windows: str = "1m,5m", log_path: str | None = None,
-                 extra_args: list[str] | None = None, python: str = sys.executable) -> None:
-        self.targets = targets  # "NAME=URL" items
-        self.host = host
-        self.port = port or free_port(host)
-        self.interval = interval
-        self.windows = windows
-        self.log_path = Path(log_path or f"sidecar-{self.port}.log")
-        self.extra_args = list(extra_args or [])
-        self.python = python
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def argv(self) -> list[str]:
-        args = [self.python, "-m", "sidecar", "run", "--listen", f"{self.host}:{self.port}",
-                "--interval", str(self.interval), "--windows", self.windows]
-        for t in self.targets:
-            args += ["--target", t]
-        return args + self.extra_args
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, wait: bool = True, timeout: float = 120.0) -> "SidecarProcess":
-        if self.running():
-            return self
-        if port_open(self.host, self.port):
-            raise VllmStartError(f"port {self.host}:{self.port} is already in use")
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, env=env,
-                                         start_new_session=True)
-        if wait:
-            self.wait_ready(timeout)
-        return self
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait for ``/readyz`` (every target scraped once); fail at once if the process exits."""
-        deadline = time.monotonic() + timeout
-        while not _healthy(self.base_url + "/readyz"):
-            if self.proc is None or self.proc.poll() is not None:
-                raise VllmStartError(f"sidecar exited before it was ready; log {self.log_path}:\n"
-                                     + _tail(self.log_path))
-            if time.monotonic() > deadline:
-                raise VllmStartError(f"sidecar not ready after {timeout:.0f} s; log "
-                                     f"{self.log_path}:\n" + _tail(self.log_path))
-            time.sleep(0.2)
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM, then SIGKILL after ``grace``; returns the exit code."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
-
-    def log_tail(self, lines: int = 40) -> str:
-        return _tail(self.log_path, lines)
-
-    def __enter__(self) -> "SidecarProcess":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
 
 
 def group_members(pgid: int) -> list[int]:

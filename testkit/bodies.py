@@ -146,3 +146,19 @@ def ray_body(replicas: dict[str, tuple[int, int]]) -> str:
         out.append(f'ray_vllm_prefix_cache_hits_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
                    f'{RAY_LABELS}}} {h}')
     return "\n".join(out) + "\n"
+
+
+#: sample-name endings of the series that only grow (counters and histogram parts)
+COUNTER_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
+
+
+def growing(bodies: list[bytes], extra: int) -> list[bytes]:
+    """The real bodies, then ``extra`` copies of the last one with every counter and histogram
+    series scaled up step by step (x1.05, x1.10, ...), so windowed rates and latency stay defined
+    for as long as a test runs. Gauges and label sets stay exactly as vLLM wrote them."""
+    last = bodies[-1]
+    names = tuple({line.split("{")[0].split()[0] for line in last.decode().split("\n")
+                   if line.strip() and not line.startswith("#")})
+    counters = tuple(n for n in names if n.endswith(COUNTER_SUFFIXES))
+    return list(bodies) + [scale_counters(last, counters, 1 + 0.05 * k)
+                           for k in range(1, extra + 1)]

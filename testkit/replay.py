@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -25,7 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-TEXT_004 = "text/plain; version=0.0.4; charset=utf-8"
+from testkit.captures import TEXT_004, load_fixture
+
 #: how ``/<name>/metrics/`` answers: ``filter`` as prometheus_client does; ``ignore`` the query
 #: (the full body, as vLLM's exact ``/metrics`` would); ``404``; ``redirect`` (307 to
 #: ``/metrics``, as a framework may); ``empty`` (a 200 with no samples: a multiprocess registry);
@@ -48,19 +48,6 @@ class Fake:
     slash_hits: int = 0  # GETs of /metrics/, however answered
     filtered_hits: int = 0  # GETs of /metrics/ with a name[] query that reached the body
     last_names: tuple[str, ...] = ()  # the name[] of the last such GET
-
-
-def load_fixture(directory: str | Path,
-                 openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
-    """Bodies, content types and vLLM version of a capture folder (its ``meta.json`` order)."""
-    d = Path(directory)
-    meta = json.loads((d / "meta.json").read_text())
-    bodies, types = [], []
-    for s in meta["scrapes"]:
-        src = s.get("openmetrics") if openmetrics and s.get("openmetrics") else s
-        bodies.append((d / src["file"]).read_bytes())
-        types.append(src.get("content_type") or TEXT_004)
-    return bodies, types, meta.get("vllm_version")
 
 
 class _Families:

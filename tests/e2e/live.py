@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from demo.traffic import TrafficConfig, TrafficStats, run_traffic
-from demo.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
+from demo.vllm_server import VllmServer, VllmServerConfig
+from testkit import procs
+from testkit.procs import SidecarProcess
 
 #: sidecar settings for the live tests: fast scrapes, short windows
 INTERVAL = 1.0  # scrape timeout 0.8 s: room for a loaded 2-core machine
@@ -62,18 +62,10 @@ def diagnoses(data: Series, target: str) -> set[str]:
 
 def wait_until(check: Callable[[], Any], what: str, patience: float = PATIENCE,
                every: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail (not hang) if it never does."""
-    deadline = time.monotonic() + patience
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError) as exc:  # sidecar busy / target restarting
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)
-    pytest.fail(f"never saw {what}; last check gave {last!r}")
+    """:func:`testkit.procs.wait_until` with the live tests' patience; a sidecar busy or a
+    target restarting (``OSError``, ``ValueError``) counts as "not yet"."""
+    return procs.wait_until(check, what, timeout=patience, pause=every,
+                            tolerate=(OSError, ValueError))
 
 
 def scraped_after(sidecar: SidecarProcess, t: float, target: str = "live") -> Callable[[], Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from demo.vllm_server import free_port, port_open
+from testkit.procs import free_port, port_open
 
 pytestmark = pytest.mark.e2e
 

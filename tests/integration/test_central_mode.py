@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import FIXTURES, GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
+from testkit.captures import FIXTURES
+from testkit.procs import GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
 
 from testkit.replay import ReplayServer
 

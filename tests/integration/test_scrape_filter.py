@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from conftest import FIXTURES
+from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.bodies import get_value, set_value

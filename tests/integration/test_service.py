@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from conftest import FIXTURES, SidecarProcess, load_capture, wait_until
+from testkit.captures import FIXTURES, load_capture
+from testkit.procs import SidecarProcess, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -9,7 +9,8 @@ import time
 
 import httpx
 import pytest
-from conftest import SidecarProcess, load_capture, wait_until
+from testkit.captures import load_capture
+from testkit.procs import SidecarProcess, wait_until
 
 from testkit.bodies import ROUTER, ray_body, set_value
 from testkit.replay import ReplayServer

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import FIXTURES, REPO, SidecarProcess, clean_env, wait_until
+from testkit import REPO
+from testkit.captures import FIXTURES
+from testkit.procs import SidecarProcess, clean_env, wait_until
 
 from testkit.replay import ReplayServer
 

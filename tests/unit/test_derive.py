@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.bodies import multi_engine, set_value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import load_capture
+from testkit.captures import load_capture
 
 from testkit.bodies import multi_engine, set_value, no_hits
 from sidecar.config import parse_windows

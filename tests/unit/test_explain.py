@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from testkit.captures import FIXTURES, capture_bodies
 
 from testkit.bodies import multi_engine, no_hits
 from sidecar.config import parse_windows
@@ -26,8 +26,7 @@ T0 = 1_800_000_000.0
 
 
 def bodies(folder: Path) -> list[str]:
-    meta = json.loads((folder / "meta.json").read_text())
-    return [(folder / s["file"]).read_text() for s in meta["scrapes"]]
+    return [b.decode() for b in capture_bodies(folder)]
 
 
 def sub(body: str, pattern: str, repl) -> str:

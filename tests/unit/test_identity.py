@@ -4,7 +4,7 @@ understand are different engines, never merged (issue 10 §4)."""
 from __future__ import annotations
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import codes, observe, run, series, tracker
 
 from sidecar import explain

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import observe, run, series, tracker
 
 from sidecar.api import target_dict

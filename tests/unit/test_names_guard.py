@@ -15,7 +15,10 @@ from typing import Iterator
 
 import pytest
 import yaml
-from conftest import FIXTURES, REPO, SidecarProcess, growing, wait_until
+from testkit import REPO
+from testkit.bodies import growing
+from testkit.captures import FIXTURES
+from testkit.procs import SidecarProcess, wait_until
 
 from testkit.replay import ReplayServer
 

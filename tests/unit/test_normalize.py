@@ -12,7 +12,7 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import all_captures, load_capture
+from testkit.captures import all_captures, load_capture
 from sidecar.normalize import (
     SCHEMA_NONE, SCHEMA_UNKNOWN, SCHEMA_V0, SCHEMA_V1, SCHEMA_V1_DUAL, SCHEMA_V1_LEGACY, WANTED,
     normalise,

@@ -7,7 +7,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import FIXTURES
+from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.normalize import WANTED

@@ -13,7 +13,7 @@ import os
 import ssl
 
 import pytest
-from conftest import issue, key_pem, make_ca, pem
+from testkit.tls import issue, key_pem, make_ca, pem
 
 bcrypt = pytest.importorskip("bcrypt")
 pytest.importorskip("cryptography")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import observe, tracker
 
 from testkit.bodies import set_value
