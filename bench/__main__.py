@@ -132,7 +132,7 @@ def cpu_per_scrape(kind: str, n: int, interval: float, warm: float, dur: float,
 
 def inprocess(kind: str, reps: int) -> dict:
     """CPU of the pure work per body (no HTTP): sidecar parse+normalise+derive vs. baseline."""
-    from sidecar.config import parse_windows
+    from sidecar.config.settings import parse_windows
     from sidecar.derive import TargetTracker
     from sidecar.scrape import parse_body
 

@@ -9,7 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .config import ConfigError, load_config, parse_target_spec
+from .config.settings import ConfigError, load_config, parse_target_spec
 
 log = logging.getLogger("sidecar")
 
@@ -83,7 +83,7 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
         return 2
     if config.targets_file:
         try:
-            from .targets_file import load_targets_file
+            from .config.targets import load_targets_file
             extra = load_targets_file(config.targets_file)
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)

@@ -27,7 +27,7 @@ from operator import add, sub
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .config import Window
+from .config.settings import Window
 from .diagnose import diagnose
 from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
                     ScrapeOutcome, TargetSnapshot, WindowStats, ratio)

@@ -22,7 +22,7 @@ from typing import Any, Sequence, TextIO
 import aiohttp
 
 from .api import target_dict
-from .config import (DEFAULT_MAX_BODY_BYTES, ConfigError, TargetConfig, Window, load_config,
+from .config.settings import (DEFAULT_MAX_BODY_BYTES, ConfigError, TargetConfig, Window, load_config,
                      redact_url)
 from .derive import TargetTracker
 from .diagnose import engine_name
@@ -359,7 +359,7 @@ def _resolve(ns: argparse.Namespace) -> tuple[tuple[TargetConfig, ...], int, str
     config = load_config(getattr(ns, "config", None), flags)
     targets = config.targets
     if config.targets_file and "targets" not in flags:
-        from .targets_file import load_targets_file
+        from .config.targets import load_targets_file
         names = {t.name for t in targets}
         targets += tuple(t for t in load_targets_file(config.targets_file) if t.name not in names)
     return targets, config.max_body_bytes, config.scrape_filter

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from .config import TargetConfig
+from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
 from .parser import ParseError, Parsed, parse

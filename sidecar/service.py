@@ -22,7 +22,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .config import Config, ConfigError, TargetConfig, redact_url
+from .config.settings import Config, ConfigError, TargetConfig, redact_url
 from .derive import TargetTracker
 from .exporter import ServiceStatus, SnapshotCollector, render, render_target
 from .model import ScrapeOutcome, TargetSnapshot
@@ -239,7 +239,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     """Run until SIGTERM or SIGINT (stopping within a second); SIGHUP reloads the config."""
     ssl_context, middlewares = None, ()
     if config.web_config:
-        from .webconfig import load_web_config
+        from .config.web import load_web_config
         web = load_web_config(config.web_config)  # ConfigError: refuse to start insecurely
         for w in web.warnings:
             log.warning("web config: %s", w)
@@ -248,7 +248,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     sidecar = Sidecar(config)
     watcher = None
     if config.targets_file:
-        from .reload import TargetsFileWatcher
+        from .config.reload import TargetsFileWatcher
         watcher = TargetsFileWatcher(config.targets_file, interval=max(1.0, config.interval),
                                      on_change=sidecar.targets_file_changed,
                                      on_error=sidecar.targets_file_failed)

@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.config import TargetConfig, TLSConfig
+from sidecar.config.settings import TargetConfig, TLSConfig
 
 # A token or password larger than this is not a token: refuse rather than send megabytes.
 MAX_SECRET_BYTES = 64 * 1024

@@ -215,7 +215,7 @@ def test_installed_image_supports_basic_auth_web_configs(installed, tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  prometheus: $2b$04$" + "a" * 53 + "\n")
     out = subprocess.run([str(installed / "bin" / "python"), "-c",
-                          "import sys; from sidecar.webconfig import load_web_config; "
+                          "import sys; from sidecar.config.web import load_web_config; "
                           "print(load_web_config(sys.argv[1]).auth_enabled)", str(web)],
                          capture_output=True, text=True, cwd=tmp_path, env=ENV)
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr

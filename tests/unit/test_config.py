@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from sidecar.config import (
+from sidecar.config.settings import (
     DEFAULT_URL, ConfigError, TargetConfig, Window, load_config, parse_duration, parse_target_spec,
     parse_windows,
 )

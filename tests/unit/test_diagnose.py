@@ -5,7 +5,7 @@ from __future__ import annotations
 from testkit.captures import load_capture
 
 from testkit.bodies import multi_engine, set_value, no_hits
-from sidecar.config import parse_windows
+from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
 from sidecar.model import ScrapeOutcome

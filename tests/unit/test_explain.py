@@ -10,7 +10,7 @@ import pytest
 from testkit.captures import FIXTURES, capture_bodies
 
 from testkit.bodies import multi_engine, no_hits
-from sidecar.config import parse_windows
+from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
 from sidecar.explain import EXPLAINERS, Explanation, explain, explain_all

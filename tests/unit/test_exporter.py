@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 from testkit.bodies import multi_engine, set_value
-from sidecar.config import TargetConfig, parse_windows
+from sidecar.config.settings import TargetConfig, parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.exporter import FAMILIES, ServiceStatus, SnapshotCollector, render, render_target
 from sidecar.model import ScrapeOutcome

@@ -12,7 +12,7 @@ import base64
 
 import pytest
 
-from sidecar.config import BasicAuth, TargetConfig, TLSConfig
+from sidecar.config.settings import BasicAuth, TargetConfig, TLSConfig
 from sidecar.targetauth import (
     MAX_SECRET_BYTES,
     TargetAuthError,

@@ -20,8 +20,8 @@ pytest.importorskip("cryptography")
 
 from aiohttp import web  # noqa: E402
 
-from sidecar.config import ConfigError  # noqa: E402
-from sidecar.webconfig import (  # noqa: E402
+from sidecar.config.settings import ConfigError  # noqa: E402
+from sidecar.config.web import (  # noqa: E402
     WebConfig,
     check_password,
     load_web_config,
@@ -341,7 +341,7 @@ def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path,
 def test_users_are_reloaded_from_the_file_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
     import httpx
 
-    from sidecar import webconfig
+    from sidecar.config import web as webconfig
 
     monkeypatch.setattr(webconfig._LiveSettings, "CHECK_EVERY", 0.0)  # look at every request
     path = write(tmp_path, f"basic_auth_users:\n  prom: {HASH}\n")

@@ -12,9 +12,9 @@ Each address becomes one target named ``host:port`` unless the group's labels ho
 (``__meta_*`` from a generator, ``__address__``...) are dropped; the remaining labels become
 static labels of the target.
 
-Everything here is pure (text in, :class:`~sidecar.config.TargetConfig` out) except
+Everything here is pure (text in, :class:`~sidecar.config.settings.TargetConfig` out) except
 :func:`load_targets_file`, which only reads the file. Errors are
-:class:`~sidecar.config.ConfigError` carrying ``FILE:LINE`` so a user can jump to the bad line.
+:class:`~sidecar.config.settings.ConfigError` carrying ``FILE:LINE`` so a user can jump to the bad line.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from sidecar.config import (
+from sidecar.config.settings import (
     LABEL_NAME_RE,
     RESERVED_LABELS,
     ConfigError,

@@ -15,7 +15,7 @@ serve node_exporter, Prometheus and this sidecar::
       prometheus: $2b$12$...                   # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
 
 :func:`load_web_config` validates everything up front (files readable, key matches certificate,
-hashes well formed) and raises :class:`~sidecar.config.ConfigError` with ``FILE:LINE``.
+hashes well formed) and raises :class:`~sidecar.config.settings.ConfigError` with ``FILE:LINE``.
 :meth:`WebConfig.ssl_context` gives the server's :class:`ssl.SSLContext`;
 :meth:`WebConfig.middleware` gives an aiohttp middleware that enforces basic auth, the allowed
 client-certificate SANs and the extra response headers.
@@ -39,7 +39,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
-from sidecar.config import ConfigError, load_yaml_text, read_text_file
+from sidecar.config.settings import ConfigError, load_yaml_text, read_text_file
 
 REALM = "vllm-cache-sidecar"
 log = logging.getLogger(__name__)
