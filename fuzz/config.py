@@ -1,7 +1,7 @@
 """Target ``config``: arbitrary bytes as each settings file the sidecar reads - the main config,
 the web config and the targets file (as ``.yaml``, ``.json`` and an unsuffixed name) - through
 the same decoding and capped YAML/JSON loading as the files on disk. Only
-:class:`sidecar.config.settings.ConfigError` may escape.
+:class:`sidecar.config.files.ConfigError` may escape.
 
     python -m fuzz.config -atheris_runs=100000 fuzz/corpus/config
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 from fuzz.common import instrumented, main
 
 with instrumented(__name__ == "__main__", include=("sidecar", "yaml", "json")):
-    from sidecar.config.settings import ConfigError, build_config, decode_text, parse_config_text
+    from sidecar.config.files import ConfigError, decode_text
+    from sidecar.config.settings import build_config, parse_config_text
     from sidecar.config.targets import parse_targets_file
     from sidecar.config.web import parse_web_config
 

@@ -19,7 +19,7 @@ from typing import Callable
 from fuzz.common import instrumented, main
 
 with instrumented(__name__ == "__main__"):
-    from sidecar.config.settings import Window
+    from sidecar.model import Window
     from sidecar.derive import TargetTracker
     from sidecar.exporter import render_target
     from sidecar.model import TargetSnapshot

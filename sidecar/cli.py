@@ -9,7 +9,8 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .config.settings import ConfigError, load_config, parse_target_spec
+from .config.files import ConfigError
+from .config.settings import load_config, parse_target_spec
 
 log = logging.getLogger("sidecar")
 

@@ -27,10 +27,9 @@ from operator import add, sub
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from .config.settings import Window
 from .diagnose import diagnose
 from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
-                    ScrapeOutcome, TargetSnapshot, WindowStats, ratio)
+                    ScrapeOutcome, TargetSnapshot, Window, WindowStats, ratio)
 
 INF = float("inf")
 COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions",

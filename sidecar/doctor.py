@@ -22,8 +22,9 @@ from typing import Any, Sequence, TextIO
 import aiohttp
 
 from .api import target_dict
-from .config.settings import (DEFAULT_MAX_BODY_BYTES, ConfigError, TargetConfig, Window, load_config,
-                     redact_url)
+from .config.files import ConfigError
+from .config.settings import DEFAULT_MAX_BODY_BYTES, TargetConfig, load_config, redact_url
+from .model import Window
 from .derive import TargetTracker
 from .diagnose import engine_name
 from .explain import Explanation, exposer_note, explain_all, fmt_count, fmt_pct, tier_split

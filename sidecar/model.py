@@ -20,6 +20,14 @@ SEVERITIES = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True)
+class Window:
+    """A look-back window, labelled exactly as the user wrote it (``1m``)."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Histogram:
     """A cumulative histogram: ``bounds`` (upper bounds, ascending) and their cumulative counts."""
 

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .config.settings import Window
+from .model import Window
 from .derive import TargetTracker
 from .diagnose import CODES
 from .model import ScrapeOutcome, TargetSnapshot

@@ -22,7 +22,8 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
-from .config.settings import Config, ConfigError, TargetConfig, redact_url
+from .config.files import ConfigError
+from .config.settings import Config, TargetConfig, redact_url
 from .derive import TargetTracker
 from .exporter import ServiceStatus, SnapshotCollector, render, render_target
 from .model import ScrapeOutcome, TargetSnapshot
@@ -239,12 +240,13 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     """Run until SIGTERM or SIGINT (stopping within a second); SIGHUP reloads the config."""
     ssl_context, middlewares = None, ()
     if config.web_config:
+        from . import webauth
         from .config.web import load_web_config
         web = load_web_config(config.web_config)  # ConfigError: refuse to start insecurely
         for w in web.warnings:
             log.warning("web config: %s", w)
-        ssl_context = web.ssl_context()
-        middlewares = (web.middleware(PROBE_PATHS),)
+        ssl_context = webauth.ssl_context(web)
+        middlewares = (webauth.middleware(web, PROBE_PATHS),)
     sidecar = Sidecar(config)
     watcher = None
     if config.targets_file:

@@ -11,11 +11,11 @@ name the file and the reason, never its content.
 from __future__ import annotations
 
 import base64
-import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
+from sidecar.config.files import file_stamp
 from sidecar.config.settings import TargetConfig, TLSConfig
 
 # A token or password larger than this is not a token: refuse rather than send megabytes.
@@ -110,19 +110,8 @@ def _basic_auth(target: TargetConfig) -> str:
 _contexts: dict[TLSConfig, tuple[tuple, ssl.SSLContext]] = {}
 
 
-def _stamp(tls: TLSConfig) -> tuple:
-    out = []
-    for name in (tls.ca_file, tls.cert_file, tls.key_file):
-        if not name:
-            out.append(None)
-            continue
-        try:
-            st = os.stat(name)
-        except OSError:
-            out.append("missing")
-            continue
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
+def _stamp(tls: TLSConfig) -> tuple[Any, ...]:
+    return tuple(file_stamp(name) for name in (tls.ca_file, tls.cert_file, tls.key_file))
 
 
 def tls_context(tls: TLSConfig) -> ssl.SSLContext:

@@ -6,7 +6,7 @@ the old inode miss. The content is compared, not just the mtime, so a rewrite wi
 mtime or a swap to an older file is still seen, and a touch without change is not a reload.
 
 A broken file (bad YAML, bad address, missing) keeps the last good set: ``on_error`` gets the
-:class:`~sidecar.config.settings.ConfigError` so the service can raise an error series, and the next good
+:class:`~sidecar.config.files.ConfigError` so the service can raise an error series, and the next good
 version clears it (``on_change`` is called then even if the targets equal the old set, so the
 service knows the error is gone).
 """
@@ -20,7 +20,8 @@ import logging
 import time
 from typing import Any, Awaitable, Callable
 
-from sidecar.config.settings import ConfigError, TargetConfig
+from sidecar.config.files import ConfigError
+from sidecar.config.settings import TargetConfig
 from sidecar.config.targets import parse_targets_file, read_targets_file
 
 log = logging.getLogger(__name__)

@@ -1,24 +1,29 @@
 """Configuration: YAML file, then environment (``VLLM_SIDECAR_*``), then flags.
 
 Everything here is pure: it turns text and mappings into frozen dataclasses or raises
-:class:`ConfigError` carrying ``FILE:LINE: message`` so a user can jump to the bad line.
-Reading files is the only I/O, kept to :func:`load_file`.
+:class:`~sidecar.config.files.ConfigError` carrying ``FILE:LINE: message`` so a user can jump to
+the bad line. Reading files is the only I/O, kept to :func:`load_file` (through
+:mod:`sidecar.config.files`, like every settings reader).
 """
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import os
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
-from functools import lru_cache
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-if TYPE_CHECKING:  # yaml is imported only when a file is read (it costs ~1 MB of RSS)
-    import yaml
+from ..model import Window
+from .files import (
+    ConfigError,
+    check_label_name,
+    line_of,
+    load_yaml_text,
+    read_text_file,
+    reject_unknown_keys,
+)
 
 DEFAULT_URL = "http://127.0.0.1:8000/metrics"
 DEFAULT_LISTEN = "0.0.0.0:9490"
@@ -26,36 +31,6 @@ DEFAULT_INTERVAL = 5.0
 DEFAULT_WINDOWS = "1m,5m"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ENV_PREFIX = "VLLM_SIDECAR_"
-LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-#: label names the sidecar sets itself: a static label of that name is a config error
-RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason",
-                   "version", "schema", "le", "quantile", "replica", "source", "tier", "mode",
-                   "family", "exposer", "phase", "finished_reason"}
-
-
-class ConfigError(ValueError):
-    """A bad setting, located as precisely as we can: ``FILE:LINE: message``."""
-
-    def __init__(self, message: str, file: str | None = None, line: int | None = None):
-        self.message = message
-        self.file = file
-        self.line = line
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        if self.file and self.line:
-            return f"{self.file}:{self.line}: {self.message}"
-        if self.file:
-            return f"{self.file}: {self.message}"
-        return self.message
-
-
-@dataclass(frozen=True)
-class Window:
-    """A look-back window, labelled exactly as the user wrote it (``1m``)."""
-
-    label: str
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -314,156 +289,6 @@ def parse_target_spec(spec: str) -> TargetConfig:
     return TargetConfig(name=name or default_target_name(url), url=url)
 
 
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-# ---------------------------------------------------------------- YAML with line numbers
-
-class _Map(dict):
-    """A dict that remembers the line of each key (1-based) and of itself."""
-
-    line: int = 0
-    key_lines: dict[str, int]
-
-
-#: Caps on every settings file (config, web config, targets file): far above any real file, low
-#: enough that a hostile or broken one is a clean ConfigError, never a hang, a memory blow-up or a
-#: RecursionError.
-MAX_SETTINGS_BYTES = 4 * 1024 * 1024
-MAX_NESTING = 64  # mappings/lists inside each other (YAML and JSON)
-MAX_YAML_ALIASES = 1000  # ``*name`` references in one document
-MAX_YAML_NODES = 1_000_000  # nodes once every alias is expanded (the "billion laughs" bomb)
-
-
-#: what PyYAML's constructors raise, besides YAMLError, for a value they cannot build
-_CONSTRUCT_ERRORS = (ValueError, OverflowError, TypeError, KeyError, IndexError, AttributeError)
-
-
-@lru_cache(maxsize=1)
-def _loader() -> type:
-    """A SafeLoader that records line numbers and enforces the caps above while composing, before
-    anything recursive (construction, our readers) sees the tree. Built on first use (imports yaml)."""
-    import yaml
-
-    class _LineLoader(yaml.SafeLoader):
-        def __init__(self, stream: Any) -> None:
-            super().__init__(stream)
-            self._depth = 0
-            self._aliases = 0
-            self._weights: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
-
-        def compose_node(self, parent: Any, index: Any) -> Any:
-            line = self.peek_event().start_mark.line + 1
-            if self.check_event(yaml.AliasEvent):
-                self._aliases += 1
-                if self._aliases > MAX_YAML_ALIASES:
-                    raise ConfigError(f"more than {MAX_YAML_ALIASES} YAML aliases", line=line)
-                return super().compose_node(parent, index)
-            self._depth += 1
-            if self._depth > MAX_NESTING:
-                raise ConfigError(f"nested deeper than {MAX_NESTING} levels", line=line)
-            node = super().compose_node(parent, index)
-            self._depth -= 1
-            children = [c for pair in node.value for c in pair] \
-                if isinstance(node, yaml.MappingNode) else node.value
-            weight = 1 if isinstance(node, yaml.ScalarNode) else \
-                1 + sum(self._weights.get(id(c), 1) for c in children)
-            if weight > MAX_YAML_NODES:
-                raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES} nodes", line=line)
-            self._weights[id(node)] = weight
-            return node
-
-        def construct_object(self, node: Any, deep: bool = False) -> Any:
-            """PyYAML's constructors let plain exceptions out for some values (``2020-13-01``,
-            ``!!bool ''``, ``!!map [1]``): report them as this node's error, with its line."""
-            try:
-                return super().construct_object(node, deep)
-            except (ConfigError, yaml.YAMLError):
-                raise
-            except _CONSTRUCT_ERRORS as exc:
-                tag = node.tag.rpartition(":")[2]
-                value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
-                raise ConfigError(f"invalid {tag}{value}: {exc}", line=node.start_mark.line + 1) \
-                    from None
-
-    def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
-        loader.flatten_mapping(node)
-        m = _Map()
-        m.line = node.start_mark.line + 1
-        m.key_lines = {}
-        for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:  # ``{[1]: 2}``, ``? {a: 1}``: valid YAML, no use as a setting's name
-                raise ConfigError("a mapping key must be a plain value, not a list or mapping",
-                                  line=key_node.start_mark.line + 1) from None
-            if key in m:
-                raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
-            m[key] = loader.construct_object(value_node, deep=True)
-            m.key_lines[str(key)] = key_node.start_mark.line + 1
-        return m
-
-    def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> _Seq:
-        seq = _Seq(loader.construct_object(child, deep=True) for child in node.value)
-        seq.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return seq
-
-    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)
-    _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)
-    return _LineLoader
-
-
-class _Seq(list):
-    """A list that remembers the line of each item (scalars have no other place to keep it)."""
-
-    item_lines: list[int]
-
-
-def safe_yaml_loader() -> type:
-    """The one YAML loader class for settings (safe, line-tracking, capped): for ``yaml.compose``."""
-    return _loader()
-
-
-def _check_size(text: str, file: str) -> None:
-    if len(text) > MAX_SETTINGS_BYTES:
-        raise ConfigError(f"larger than {MAX_SETTINGS_BYTES} bytes", file)
-
-
-def load_yaml_text(text: str, file: str) -> Any:
-    """Settings YAML -> plain data with line numbers, or ConfigError (``FILE:LINE`` where known).
-
-    Every reader of a settings file goes through here (or :func:`load_json_text`), so the caps on
-    size, nesting and aliases hold for all of them."""
-    import yaml
-
-    _check_size(text, file)
-    try:
-        return yaml.load(text, Loader=_loader())  # noqa: S506 - SafeLoader subclass
-    except ConfigError as exc:
-        raise ConfigError(exc.message, file, exc.line) from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise ConfigError(f"invalid YAML: {exc.problem or exc}", file, line) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"invalid YAML: {exc}", file) from None
-    except _CONSTRUCT_ERRORS as exc:  # from a tagged value built after the tree (``!!omap [x]``)
-        raise ConfigError(f"invalid YAML value: {exc}", file) from None
-
-
-def _line(m: Any, key: str | None = None) -> int | None:
-    if isinstance(m, _Map):
-        if key is not None and key in m.key_lines:
-            return m.key_lines[key]
-        return m.line
-    return None
-
-
 _GLOBAL_KEYS = {"listen", "interval", "windows", "web_config", "targets_file", "targets",
                 "max_body_bytes", "log_level", "log_format", "labels", "scrape_filter"}
 _TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls",
@@ -478,11 +303,8 @@ def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], .
     out = []
     for k, v in value.items():
         k = str(k)
-        kl = _line(value, k) or line
-        if not LABEL_NAME_RE.match(k) or k.startswith("__"):
-            raise ConfigError(f"invalid label name {k!r}", file, kl)
-        if k in RESERVED_LABELS:
-            raise ConfigError(f"label name {k!r} is reserved by the sidecar", file, kl)
+        kl = line_of(value, k) or line
+        check_label_name(k, file, kl)
         if isinstance(v, bool):
             raise ConfigError(f"label {k}: YAML read this as a boolean; quote the value", file, kl)
         out.append((k, "" if v is None else str(v)))
@@ -490,7 +312,7 @@ def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], .
 
 
 def _target_from_mapping(item: Any, file: str, default_line: int | None) -> TargetConfig:
-    line = _line(item) or default_line
+    line = line_of(item) or default_line
     if isinstance(item, str):
         try:
             return parse_target_spec(item)
@@ -498,36 +320,30 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
             raise ConfigError(str(exc), file, line) from None
     if not isinstance(item, dict):
         raise ConfigError("each target must be a mapping with at least 'url'", file, line)
-    unknown = set(map(str, item)) - _TARGET_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise ConfigError(f"unknown target key {k!r} (known: {', '.join(sorted(_TARGET_KEYS))})",
-                          file, _line(item, k))
+    reject_unknown_keys(item, _TARGET_KEYS, file, "target key")
     if "url" not in item:
         raise ConfigError("target needs a 'url'", file, line)
     try:
         url = normalise_url(str(item["url"]))
     except ValueError as exc:
-        raise ConfigError(str(exc), file, _line(item, "url")) from None
+        raise ConfigError(str(exc), file, line_of(item, "url")) from None
     if isinstance(item.get("name"), bool):
         raise ConfigError("name: YAML read this as a boolean; quote it (name: \"on\")", file,
-                          _line(item, "name"))
+                          line_of(item, "name"))
     name = str(item.get("name") or default_target_name(url))
     timeout = None
     if item.get("timeout") is not None:
         try:
             timeout = parse_duration(str(item["timeout"]))
         except ValueError as exc:
-            raise ConfigError(f"timeout: {exc}", file, _line(item, "timeout")) from None
+            raise ConfigError(f"timeout: {exc}", file, line_of(item, "timeout")) from None
     basic = None
     if item.get("basic_auth") is not None:
         ba = item["basic_auth"]
-        bl = _line(item, "basic_auth")
+        bl = line_of(item, "basic_auth")
         if not isinstance(ba, dict) or not ba.get("username"):
             raise ConfigError("basic_auth needs 'username' and 'password' or 'password_file'", file, bl)
-        extra = set(map(str, ba)) - {"username", "password", "password_file"}
-        if extra:
-            raise ConfigError(f"unknown basic_auth key {sorted(extra)[0]!r}", file, bl)
+        reject_unknown_keys(ba, ("username", "password", "password_file"), file, "basic_auth key")
         if ba.get("password") is not None and ba.get("password_file"):
             raise ConfigError("basic_auth: give password or password_file, not both", file, bl)
         basic = BasicAuth(str(ba["username"]),
@@ -536,18 +352,17 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
     tls = None
     if item.get("tls") is not None:
         t = item["tls"]
-        tl = _line(item, "tls")
+        tl = line_of(item, "tls")
         if not isinstance(t, dict):
             raise ConfigError("tls must be a mapping", file, tl)
-        extra = set(map(str, t)) - {"ca_file", "cert_file", "key_file", "insecure_skip_verify"}
-        if extra:
-            raise ConfigError(f"unknown tls key {sorted(extra)[0]!r}", file, tl)
+        reject_unknown_keys(t, ("ca_file", "cert_file", "key_file", "insecure_skip_verify"), file,
+                            "tls key")
         skip = t.get("insecure_skip_verify", False)
         if not isinstance(skip, bool):
             raise ConfigError("tls.insecure_skip_verify must be true or false (unquoted)", file,
-                              _line(t, "insecure_skip_verify") or tl)
+                              line_of(t, "insecure_skip_verify") or tl)
         tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
-    return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, _line(item, "labels")),
+    return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, line_of(item, "labels")),
                         timeout=timeout, bearer_token_file=item.get("bearer_token_file"),
                         basic_auth=basic, tls=tls, scrape_filter=_target_scrape_filter(item, file))
 
@@ -558,7 +373,7 @@ def _target_scrape_filter(item: dict, file: str) -> str | None:
     try:
         return parse_scrape_filter(item["scrape_filter"])
     except ValueError as exc:
-        raise ConfigError(f"scrape_filter: {exc}", file, _line(item, "scrape_filter")) from None
+        raise ConfigError(f"scrape_filter: {exc}", file, line_of(item, "scrape_filter")) from None
 
 
 def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[str, int | None]]:
@@ -566,16 +381,12 @@ def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[s
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
-        raise ConfigError("the config file must be a mapping of settings", file, _line(data) or 1)
-    unknown = set(map(str, data)) - _GLOBAL_KEYS
-    if unknown:
-        k = sorted(unknown)[0]
-        raise ConfigError(f"unknown setting {k!r} (known: {', '.join(sorted(_GLOBAL_KEYS))})",
-                          file, _line(data, k))
+        raise ConfigError("the config file must be a mapping of settings", file, line_of(data) or 1)
+    reject_unknown_keys(data, _GLOBAL_KEYS, file, "setting")
     settings: dict[str, Any] = {}
     lines: dict[str, int | None] = {}
     for key, value in data.items():
-        lines[key] = _line(data, key)
+        lines[key] = line_of(data, key)
         if key == "targets":
             if value is None:
                 value = []
@@ -584,11 +395,11 @@ def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[s
             item_lines = getattr(value, "item_lines", None) or [lines[key]] * len(value)
             settings[key] = [_target_from_mapping(v, file, item_lines[i]) for i, v in enumerate(value)]
             for i, item in enumerate(value):
-                lines[f"targets.{i}"] = _line(item) or item_lines[i]
+                lines[f"targets.{i}"] = line_of(item) or item_lines[i]
                 if isinstance(item, dict):
                     for k in ("name", "url", "timeout"):
                         if k in item:
-                            lines[f"targets.{i}.{k}"] = _line(item, k)
+                            lines[f"targets.{i}.{k}"] = line_of(item, k)
         elif key == "labels":
             settings[key] = _labels(value, file, lines[key])
         else:
@@ -723,48 +534,6 @@ def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict
     return Config(**kwargs)
 
 
-def read_text_file(path: str, what: str) -> str:
-    """A settings file's text, or a :class:`ConfigError` that says why it cannot be read.
-
-    Reads at most :data:`MAX_SETTINGS_BYTES` + 1 bytes, so a huge file (or ``/dev/zero``) is an
-    error, not an out-of-memory."""
-    try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SETTINGS_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what}: {exc.strerror or exc}", path) from None
-    return decode_text(raw, path)
-
-
-def decode_text(raw: bytes, path: str) -> str:
-    """A settings file's bytes as text: at most :data:`MAX_SETTINGS_BYTES`, UTF-8."""
-    if len(raw) > MAX_SETTINGS_BYTES:
-        raise ConfigError(f"larger than {MAX_SETTINGS_BYTES} bytes", path)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path) from None
-
-
-def load_json_text(text: str, file: str) -> Any:
-    """JSON settings -> plain data, or ConfigError; the same size and nesting caps as YAML."""
-    _check_size(text, file)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"invalid JSON: {exc.msg} (column {exc.colno})", file, exc.lineno) from None
-    except RecursionError:
-        raise ConfigError(f"nested deeper than {MAX_NESTING} levels", file) from None
-    stack = [(data, 1)]
-    while stack:  # iterative: the check itself must not recurse
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
-        if children and depth >= MAX_NESTING:
-            raise ConfigError(f"nested deeper than {MAX_NESTING} levels", file)
-        stack.extend((c, depth + 1) for c in children)
-    return data
-
-
 def parse_config_text(text: str, path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
     """A config file's text -> raw settings and the line each came from (see :func:`load_file`)."""
     return _settings_from_mapping(load_yaml_text(text, path), path)
@@ -782,7 +551,3 @@ def load_config(path: str | None = None, flags: dict[str, Any] | None = None,
     file_settings, lines = load_file(path) if path else ({}, {})
     return build_config(file_settings, env_settings(environ), flags or {}, file=path, lines=lines,
                         environ=environ)
-
-
-def with_targets(config: Config, targets: tuple[TargetConfig, ...]) -> Config:
-    return replace(config, targets=targets)

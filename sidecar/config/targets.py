@@ -14,7 +14,7 @@ static labels of the target.
 
 Everything here is pure (text in, :class:`~sidecar.config.settings.TargetConfig` out) except
 :func:`load_targets_file`, which only reads the file. Errors are
-:class:`~sidecar.config.settings.ConfigError` carrying ``FILE:LINE`` so a user can jump to the bad line.
+:class:`~sidecar.config.files.ConfigError` carrying ``FILE:LINE`` so a user can jump to the bad line.
 """
 
 from __future__ import annotations
@@ -24,18 +24,17 @@ from typing import Any
 
 import yaml
 
-from sidecar.config.settings import (
-    LABEL_NAME_RE,
-    RESERVED_LABELS,
+from .files import (
     ConfigError,
-    TargetConfig,
-    default_target_name,
+    check_label_name,
+    line_of,
     load_json_text,
     load_yaml_text,
-    normalise_url,
     read_text_file,
+    reject_unknown_keys,
     safe_yaml_loader,
 )
+from .settings import TargetConfig, default_target_name, normalise_url
 
 _GROUP_KEYS = {"targets", "labels"}
 _SCHEMES = ("http", "https")
@@ -65,7 +64,7 @@ def parse_targets_file(text: str, path: str,
         return ()
     if not isinstance(data, list):
         raise ConfigError("a targets file must be a list of {targets: [...], labels: {...}} groups",
-                          path, _line(data) or 1)
+                          path, line_of(data) or 1)
     item_lines = _address_lines(text)
     out: list[TargetConfig] = []
     seen: dict[str, int | None] = {}
@@ -106,13 +105,6 @@ def _load_document(text: str, path: str) -> Any:
     return load_yaml_text(text, path)
 
 
-def _line(node: Any, key: str | None = None) -> int | None:
-    lines = getattr(node, "key_lines", None)
-    if key is not None and lines and key in lines:
-        return lines[key]
-    return getattr(node, "line", None)
-
-
 def _count(group: Any) -> int:
     addresses = group.get("targets") if isinstance(group, dict) else None
     return len(addresses) if isinstance(addresses, list) else 0
@@ -139,28 +131,25 @@ def _address_lines(text: str) -> dict[tuple[int, int], int]:
 
 def _group_targets(group: Any, path: str, defaults: TargetConfig | None,
                    item_lines: dict[int, int | None]) -> list[tuple[TargetConfig, int | None]]:
-    gline = _line(group)
+    gline = line_of(group)
     if not isinstance(group, dict):
         raise ConfigError("each entry must be a mapping {targets: [...], labels: {...}}", path, gline)
-    unknown = sorted(set(map(str, group)) - _GROUP_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r} in a target group (known: labels, targets)",
-                          path, _line(group, unknown[0]))
+    reject_unknown_keys(group, _GROUP_KEYS, path, "key", " in a target group")
     addresses = group.get("targets")
-    tline = _line(group, "targets") or gline
+    tline = line_of(group, "targets") or gline
     if addresses is None:
         addresses = []
     if not isinstance(addresses, list):
         raise ConfigError("'targets' must be a list of host:port strings", path, tline)
-    labels = _group_labels(group.get("labels"), path, _line(group, "labels") or gline)
+    labels = _group_labels(group.get("labels"), path, line_of(group, "labels") or gline)
     scheme = labels.pop("__scheme__", "http").lower()
     metrics_path = labels.pop("__metrics_path__", "/metrics") or "/metrics"
-    lline = _line(group.get("labels"), "__scheme__") or _line(group, "labels") or gline
+    lline = line_of(group.get("labels"), "__scheme__") or line_of(group, "labels") or gline
     if scheme not in _SCHEMES:
         raise ConfigError(f"__scheme__ must be http or https, not {scheme!r}", path, lline)
     if not metrics_path.startswith("/"):
         raise ConfigError(f"__metrics_path__ must start with '/', not {metrics_path!r}", path,
-                          _line(group.get("labels"), "__metrics_path__") or lline)
+                          line_of(group.get("labels"), "__metrics_path__") or lline)
     name = labels.pop(NAME_LABEL, None)
     if name is not None and len(addresses) > 1:
         raise ConfigError(f"label name={name!r} names one target, but the group lists "
@@ -183,13 +172,10 @@ def _group_labels(value: Any, path: str, line: int | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, v in value.items():
         k = str(key)
-        kl = _line(value, k) or line
-        if not LABEL_NAME_RE.match(k):
-            raise ConfigError(f"invalid label name {k!r}", path, kl)
+        kl = line_of(value, k) or line
+        check_label_name(k, path, kl, meta_ok=True)  # __* labels steer the scrape, then drop
         if isinstance(v, (dict, list)):
             raise ConfigError(f"label {k!r}: value must be a string", path, kl)
-        if k in RESERVED_LABELS:
-            raise ConfigError(f"label name {k!r} is reserved by the sidecar", path, kl)
         text = "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v))
         if k == NAME_LABEL and not text:
             raise ConfigError("label 'name' must not be empty", path, kl)

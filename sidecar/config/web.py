@@ -15,34 +15,21 @@ serve node_exporter, Prometheus and this sidecar::
       prometheus: $2b$12$...                   # bcrypt hash (htpasswd -nBC 12 "" | tr -d ':\\n')
 
 :func:`load_web_config` validates everything up front (files readable, key matches certificate,
-hashes well formed) and raises :class:`~sidecar.config.settings.ConfigError` with ``FILE:LINE``.
-:meth:`WebConfig.ssl_context` gives the server's :class:`ssl.SSLContext`;
-:meth:`WebConfig.middleware` gives an aiohttp middleware that enforces basic auth, the allowed
-client-certificate SANs and the extra response headers.
-Certificate files are re-read when they change (cert-manager rotates them in place), as the
-exporter-toolkit does.
+hashes well formed) and raises :class:`~sidecar.config.files.ConfigError` with ``FILE:LINE``;
+:func:`build_context` turns a TLS section into an :class:`ssl.SSLContext`. This module is the
+file half, as in the exporter-toolkit; what happens per connection and per request (certificates
+re-read when they rotate, basic auth, allowed SANs, headers) is :mod:`sidecar.webauth`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
-import logging
 import os
 import re
 import ssl
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
-from sidecar.config.settings import ConfigError, load_yaml_text, read_text_file
-
-REALM = "vllm-cache-sidecar"
-log = logging.getLogger(__name__)
+from .files import ConfigError, line_of, load_yaml_text, read_text_file, reject_unknown_keys
 
 # exporter-toolkit's client_auth_type values. Python's ssl cannot demand a certificate without
 # verifying it, so RequireAnyClientCert is refused rather than silently changed; RequestClientCert
@@ -134,25 +121,6 @@ class WebConfig:
     def scheme(self) -> str:
         return "https" if self.tls else "http"
 
-    def ssl_context(self) -> ssl.SSLContext | None:
-        """The server's TLS context (``None`` without ``tls_server_config``).
-
-        Certificates are re-read on the first handshake after their files change, so a rotated
-        certificate is served without a restart.
-        """
-        if self.tls is None:
-            return None
-        return _ReloadingContext(self.tls, self.path).outer
-
-    def middleware(self, exempt_paths: Iterable[str] = ()) -> Callable[..., Awaitable[Any]]:
-        """An aiohttp middleware: basic auth (401 + ``WWW-Authenticate``), allowed client SANs
-        (403), and the configured response headers. ``exempt_paths`` skip basic auth only
-        (exporter-toolkit protects everything: pass nothing unless you mean it).
-
-        Users, headers and allowed SANs are re-read when the file changes (checked at most once
-        a second); while the file is invalid, protected paths answer 500 (fail closed)."""
-        return _make_middleware(self, frozenset(exempt_paths))
-
     def summary(self) -> dict[str, Any]:
         """What is safe to log or serve: no hashes, no key material."""
         out: dict[str, Any] = {"tls": self.tls_enabled, "basic_auth": self.auth_enabled}
@@ -181,38 +149,27 @@ def parse_web_config(text: str, path: str) -> WebConfig:
     if data is None:
         return WebConfig(path=path)
     if not isinstance(data, dict):
-        raise ConfigError("the web config must be a mapping", path, _line(data) or 1)
+        raise ConfigError("the web config must be a mapping", path, line_of(data) or 1)
     _no_unknown(data, _TOP_KEYS, "", path)
     base = os.path.dirname(os.path.abspath(path))
     warnings: list[str] = []
     tls = None
     if _has_tls(data.get("tls_server_config")):
-        tls = _parse_tls(data["tls_server_config"], path, base, _line(data, "tls_server_config"),
+        tls = _parse_tls(data["tls_server_config"], path, base, line_of(data, "tls_server_config"),
                          warnings)
     headers: tuple[tuple[str, str], ...] = ()
     if data.get("http_server_config") is not None:
-        headers = _parse_http(data["http_server_config"], path, _line(data, "http_server_config"),
+        headers = _parse_http(data["http_server_config"], path, line_of(data, "http_server_config"),
                               warnings)
     users: tuple[tuple[str, str], ...] = ()
     if data.get("basic_auth_users") is not None:
-        users = _parse_users(data["basic_auth_users"], path, _line(data, "basic_auth_users"))
+        users = _parse_users(data["basic_auth_users"], path, line_of(data, "basic_auth_users"))
     return WebConfig(path=path, tls=tls, basic_auth_users=users, headers=headers,
                      warnings=tuple(warnings))
 
 
-def _line(node: Any, key: str | None = None) -> int | None:
-    lines = getattr(node, "key_lines", None)
-    if key is not None and lines and key in lines:
-        return lines[key]
-    return getattr(node, "line", None)
-
-
 def _no_unknown(node: dict, known: set[str], section: str, path: str) -> None:
-    unknown = sorted(set(map(str, node)) - known)
-    if unknown:
-        where = f" in {section}" if section else ""
-        raise ConfigError(f"unknown key {unknown[0]!r}{where} (known: {', '.join(sorted(known))})",
-                          path, _line(node, unknown[0]))
+    reject_unknown_keys(node, known, path, "key", f" in {section}" if section else "")
 
 
 def _str(node: dict, key: str, path: str) -> str | None:
@@ -220,7 +177,7 @@ def _str(node: dict, key: str, path: str) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ConfigError(f"{key} must be a string", path, _line(node, key))
+        raise ConfigError(f"{key} must be a string", path, line_of(node, key))
     return value
 
 
@@ -229,7 +186,7 @@ def _str_list(node: dict, key: str, path: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key} must be a list of strings", path, _line(node, key))
+        raise ConfigError(f"{key} must be a list of strings", path, line_of(node, key))
     return tuple(value)
 
 
@@ -259,21 +216,21 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
     cert_file, key_file = _str(node, "cert_file", path), _str(node, "key_file", path)
     cert_pem, key_pem = _str(node, "cert", path), _str(node, "key", path)
     if cert_file and cert_pem:
-        raise ConfigError("give cert or cert_file, not both", path, _line(node, "cert"))
+        raise ConfigError("give cert or cert_file, not both", path, line_of(node, "cert"))
     if key_file and key_pem:
-        raise ConfigError("give key or key_file, not both", path, _line(node, "key"))
+        raise ConfigError("give key or key_file, not both", path, line_of(node, "key"))
     if not (cert_file or cert_pem):
         raise ConfigError("tls_server_config needs cert_file", path, line)
     if not (key_file or key_pem):
         raise ConfigError("tls_server_config needs key_file", path, line)
     ca_file, ca_pem = _str(node, "client_ca_file", path), _str(node, "client_ca", path)
     if ca_file and ca_pem:
-        raise ConfigError("give client_ca or client_ca_file, not both", path, _line(node, "client_ca"))
+        raise ConfigError("give client_ca or client_ca_file, not both", path, line_of(node, "client_ca"))
     auth = _str(node, "client_auth_type", path)
     if auth is None:
         # exporter-toolkit: a client CA alone means "require and verify".
         auth = "RequireAndVerifyClientCert" if (ca_file or ca_pem) else "NoClientCert"
-    aline = _line(node, "client_auth_type") or line
+    aline = line_of(node, "client_auth_type") or line
     if auth == "RequestClientCert":
         # Go asks for a certificate and ignores it: no authorisation ever rests on it, so not
         # asking at all is the same protection.
@@ -300,27 +257,27 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
         value = _str(node, key, path) or default
         if value is not None and value not in _TLS_VERSIONS:
             raise ConfigError(f"invalid {key} {value!r} (known: {', '.join(_TLS_VERSIONS)})",
-                              path, _line(node, key))
+                              path, line_of(node, key))
         versions[key] = value
     if versions["max_version"] and (_TLS_VERSIONS[versions["max_version"]]
                                     < _TLS_VERSIONS[versions["min_version"]]):
-        raise ConfigError("max_version is below min_version", path, _line(node, "max_version"))
+        raise ConfigError("max_version is below min_version", path, line_of(node, "max_version"))
     ciphers = _str_list(node, "cipher_suites", path)
     for c in ciphers:
         if c not in _CIPHERS:
             raise ConfigError(f"unknown or unsupported cipher suite {c!r}", path,
-                              _line(node, "cipher_suites"))
+                              line_of(node, "cipher_suites"))
     for c in _str_list(node, "curve_preferences", path):
         if c not in _CURVES:
             raise ConfigError(f"unknown curve {c!r} (known: {', '.join(sorted(_CURVES))})", path,
-                              _line(node, "curve_preferences"))
+                              line_of(node, "curve_preferences"))
     if node.get("curve_preferences"):
         warnings.append("tls_server_config.curve_preferences is accepted but the TLS library "
                         "chooses curves itself")
     prefer = node.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
         raise ConfigError("prefer_server_cipher_suites must be true or false", path,
-                          _line(node, "prefer_server_cipher_suites"))
+                          line_of(node, "prefer_server_cipher_suites"))
     return TLSServerConfig(
         cert_file=_resolve(base, cert_file), key_file=_resolve(base, key_file),
         client_auth_type=auth, client_ca_file=_resolve(base, ca_file),
@@ -336,17 +293,17 @@ def _parse_http(node: Any, path: str, line: int | None,
         raise ConfigError("http_server_config must be a mapping", path, line)
     _no_unknown(node, _HTTP_KEYS, "http_server_config", path)
     if node.get("http2") is not None and not isinstance(node["http2"], bool):
-        raise ConfigError("http2 must be true or false", path, _line(node, "http2"))
+        raise ConfigError("http2 must be true or false", path, line_of(node, "http2"))
     if node.get("http2"):
         warnings.append("http_server_config.http2 is accepted but this server speaks HTTP/1.1")
     headers = node.get("headers")
     if headers is None:
         return ()
     if not isinstance(headers, dict):
-        raise ConfigError("headers must be a mapping of name: value", path, _line(node, "headers"))
+        raise ConfigError("headers must be a mapping of name: value", path, line_of(node, "headers"))
     out = []
     for name, value in headers.items():
-        hl = _line(headers, str(name)) or _line(node, "headers")
+        hl = line_of(headers, str(name)) or line_of(node, "headers")
         if str(name).lower() not in _ALLOWED_HEADERS:
             raise ConfigError(f"header {name!r} cannot be set here (allowed: "
                               f"{', '.join(sorted(_ALLOWED_HEADERS))})", path, hl)
@@ -361,7 +318,7 @@ def _parse_users(node: Any, path: str, line: int | None) -> tuple[tuple[str, str
         raise ConfigError("basic_auth_users must be a mapping of user: bcrypt hash", path, line)
     out = []
     for user, hashed in node.items():
-        ul = _line(node, str(user)) or line
+        ul = line_of(node, str(user)) or line
         name = str(user)
         if not _USERNAME_RE.match(name):
             raise ConfigError(f"invalid user name {name!r}", path, ul)
@@ -392,22 +349,24 @@ def _check_tls_files(tls: TLSServerConfig, path: str, text: str) -> None:
             why = "does not exist" if not os.path.exists(name) else "is not readable"
             raise ConfigError(f"{key} {name} {why}", path, _key_line(text, key))
     try:
-        _build_context(tls)
+        build_context(tls)
     except ssl.SSLError as exc:
         raise ConfigError(f"cannot load the TLS certificate/key: {exc.reason or exc}", path,
                           _key_line(text, "cert_file") or _key_line(text, "cert")) from None
-    except _CAError as exc:
+    except CAError as exc:
         raise ConfigError(str(exc), path, _key_line(text, "client_ca_file")
                           or _key_line(text, "client_ca")) from None
 
 
 # ---------------------------------------------------------------- TLS
 
-class _CAError(ValueError):
-    pass
+class CAError(ValueError):
+    """The client CA of a TLS section cannot be loaded."""
 
 
-def _build_context(tls: TLSServerConfig) -> ssl.SSLContext:
+def build_context(tls: TLSServerConfig) -> ssl.SSLContext:
+    """The server context a TLS section describes (certificate chain, versions, ciphers,
+    client verification); :class:`ssl.SSLError` or :class:`CAError` when a file does not load."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = _TLS_VERSIONS[tls.min_version]
     if tls.max_version:
@@ -425,7 +384,7 @@ def _build_context(tls: TLSServerConfig) -> ssl.SSLContext:
             else:
                 ctx.load_verify_locations(cafile=tls.client_ca_file)
         except (ssl.SSLError, OSError) as exc:
-            raise _CAError(f"cannot load client_ca_file: {getattr(exc, 'reason', None) or exc}") from None
+            raise CAError(f"cannot load client_ca_file: {getattr(exc, 'reason', None) or exc}") from None
     return ctx
 
 
@@ -451,226 +410,3 @@ def _write_private(name: str, text: str) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
-
-
-def _stamp(tls: TLSServerConfig) -> tuple:
-    out = []
-    for name in (tls.cert_file, tls.key_file, tls.client_ca_file):
-        try:
-            st = os.stat(name) if name else None
-        except OSError:
-            st = None
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino) if st else None)
-    return tuple(out)
-
-
-class _ReloadingContext:
-    """An outer context whose SNI hook swaps in a freshly loaded inner one when the certificate
-    files changed. A failed reload keeps serving the last good certificate."""
-
-    def __init__(self, tls: TLSServerConfig, path: str | None):
-        self.tls = tls
-        self.path = path
-        self.stamp = _stamp(tls)
-        self.inner = _build_context(tls)
-        self.outer = _build_context(tls)
-        self.outer.sni_callback = self._on_sni
-
-    def _on_sni(self, sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        stamp = _stamp(self.tls)
-        if stamp != self.stamp:
-            try:
-                self.inner = _build_context(self.tls)
-                self.stamp = stamp
-            except (ssl.SSLError, OSError, _CAError):
-                pass  # half-written files during rotation: keep the old pair, retry next time
-        sslobj.context = self.inner
-        return None
-
-
-# ---------------------------------------------------------------- basic auth
-
-class _AuthCache:
-    """Remembers recent successful checks, keyed by a hash of user and password, so a scraper
-    that authenticates every few seconds does not pay a bcrypt round (~0.1-0.3 s of CPU) each
-    time. Only successes are cached: wrong passwords always cost a full bcrypt check."""
-
-    def __init__(self, size: int = 64):
-        self.size = size
-        self.entries: OrderedDict[bytes, None] = OrderedDict()
-        self.salt = os.urandom(16)
-
-    def key(self, user: str, password: bytes, hashed: str) -> bytes:
-        return hashlib.sha256(self.salt + user.encode() + b"\0" + hashed.encode() + b"\0"
-                              + password).digest()
-
-    def hit(self, key: bytes) -> bool:
-        for k in self.entries:
-            if hmac.compare_digest(k, key):
-                self.entries.move_to_end(k)
-                return True
-        return False
-
-    def add(self, key: bytes) -> None:
-        self.entries[key] = None
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-
-def parse_basic_authorization(header: str | None) -> tuple[str, bytes] | None:
-    """``Authorization: Basic base64(user:password)`` -> (user, password bytes), else ``None``."""
-    if not header:
-        return None
-    scheme, _, value = header.strip().partition(" ")
-    if scheme.lower() != "basic" or not value:
-        return None
-    try:
-        decoded = base64.b64decode(value.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    user, sep, password = decoded.partition(b":")
-    if not sep:
-        return None
-    try:
-        return user.decode("utf-8"), password
-    except UnicodeDecodeError:
-        return None
-
-
-def dummy_hash(users: dict[str, str]) -> bytes:
-    """A hash of a random password at the cost of the configured ones: checking an unknown user
-    against it takes as long as checking a known one, so timing does not reveal user names."""
-    import bcrypt
-
-    costs = [int(h.split("$")[2]) for h in users.values()] or [10]
-    return bcrypt.hashpw(os.urandom(18), bcrypt.gensalt(rounds=max(costs)))
-
-
-def check_password(users: dict[str, str], user: str, password: bytes, dummy: bytes) -> bool:
-    """bcrypt check against the configured hash; unknown users are checked against ``dummy``."""
-    import bcrypt
-
-    hashed = users.get(user)
-    candidate = hashed.encode() if hashed else dummy
-    try:
-        ok = bcrypt.checkpw(password, candidate)
-    except ValueError:
-        ok = False
-    return ok and hashed is not None
-
-
-class _LiveSettings:
-    """The per-request part of the web config (users, headers, allowed SANs), re-read when the
-    file changes, as the exporter-toolkit does: a rotated password needs no restart.
-
-    A file that turns invalid fails closed: protected paths answer 500 until it is fixed, so a
-    typo made while revoking a user never keeps that user in. TLS settings other than the
-    certificate files (which :meth:`WebConfig.ssl_context` reloads itself) need a restart.
-    """
-
-    CHECK_EVERY = 1.0
-
-    def __init__(self, config: WebConfig):
-        self.path = config.path
-        self.error: str | None = None
-        self.checked = time.monotonic()
-        self.stamp = _file_stamp(self.path)
-        self.apply(config)
-
-    def apply(self, config: WebConfig) -> None:
-        users = dict(config.basic_auth_users)
-        if users != getattr(self, "users", None):
-            self.dummy = dummy_hash(users) if users else b""
-        self.users = users
-        self.headers = config.headers
-        self.sans = set(config.tls.client_allowed_sans) if config.tls else set()
-
-    def refresh(self) -> None:
-        now = time.monotonic()
-        if self.path is None or now - self.checked < self.CHECK_EVERY:
-            return
-        self.checked = now
-        stamp = _file_stamp(self.path)
-        if stamp == self.stamp:
-            return
-        self.stamp = stamp
-        try:
-            with open(self.path, encoding="utf-8") as fh:
-                config = parse_web_config(fh.read(), self.path)
-        except (OSError, UnicodeDecodeError, ConfigError) as exc:
-            reason = str(exc) if isinstance(exc, ConfigError) else f"cannot read {self.path}"
-            if reason != self.error:
-                log.error("web config %s is invalid, refusing protected requests until it is "
-                          "fixed: %s", self.path, reason)
-            self.error = reason
-            return
-        self.apply(config)
-        if self.error:
-            log.info("web config %s is valid again", self.path)
-        self.error = None
-
-
-def _file_stamp(path: str | None) -> tuple | None:
-    if path is None:
-        return None
-    try:
-        st = os.stat(path)
-    except OSError:
-        return ("missing",)
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _make_middleware(config: WebConfig, exempt: frozenset[str]) -> Callable[..., Awaitable[Any]]:
-    from aiohttp import web
-
-    live = _LiveSettings(config)
-    cache = _AuthCache()
-
-    async def authorised(request: web.Request) -> bool:
-        creds = parse_basic_authorization(request.headers.get("Authorization"))
-        if creds is None:
-            return False
-        user, password = creds
-        users = live.users
-        key = cache.key(user, password, users.get(user, ""))
-        if user in users and cache.hit(key):
-            return True
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, check_password, users, user, password, live.dummy)
-        if ok:
-            cache.add(key)
-        return ok
-
-    def finish(response: web.StreamResponse) -> web.StreamResponse:
-        for name, value in live.headers:
-            response.headers[name] = value
-        return response
-
-    @web.middleware
-    async def web_config_middleware(request: web.Request, handler: Callable[..., Awaitable[Any]]):
-        live.refresh()
-        protected = request.path not in exempt
-        if live.error is not None and protected:
-            return finish(web.Response(status=500, text="web config invalid: see the logs\n"))
-        if live.sans and not _peer_san_allowed(request, live.sans):
-            return finish(web.Response(status=403, text="client certificate not allowed\n"))
-        if live.users and protected and not await authorised(request):
-            return finish(web.Response(status=401, text="Unauthorized\n",
-                                       headers={"WWW-Authenticate": f'Basic realm="{REALM}"'}))
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            finish(exc)
-            raise
-        return finish(response)
-
-    return web_config_middleware
-
-
-def _peer_san_allowed(request: Any, allowed: set[str]) -> bool:
-    transport = request.transport
-    cert = transport.get_extra_info("peercert") if transport is not None else None
-    if not cert:
-        return False
-    names = {value for kind, value in cert.get("subjectAltName", ())}
-    return bool(names & allowed)

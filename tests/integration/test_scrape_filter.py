@@ -17,7 +17,8 @@ from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.bodies import get_value, set_value
-from sidecar.config.settings import Config, TargetConfig, Window
+from sidecar.config.settings import Config, TargetConfig
+from sidecar.model import Window
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
 from testkit.replay import ReplayServer

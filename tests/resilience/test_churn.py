@@ -20,7 +20,8 @@ import aiohttp
 from faultserver import FaultServer, real_bodies
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config.settings import Config, Window
+from sidecar.config.settings import Config
+from sidecar.model import Window
 from sidecar.derive import TargetTracker
 from sidecar.config.reload import TargetsFileWatcher
 from sidecar.service import Sidecar

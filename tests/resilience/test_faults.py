@@ -16,7 +16,8 @@ import pytest
 from faultserver import FaultServer, real_bodies, refused_url
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config.settings import Config, TargetConfig, Window
+from sidecar.config.settings import Config, TargetConfig
+from sidecar.model import Window
 from sidecar.model import REASONS
 from testkit.replay import ReplayServer
 from sidecar.service import Sidecar

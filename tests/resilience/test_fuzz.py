@@ -15,7 +15,7 @@ from faultserver import real_bodies, set_sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.config.settings import Window
+from sidecar.model import Window
 from sidecar.derive import TargetTracker
 from sidecar.exporter import families
 from sidecar.model import REASONS, ScrapeOutcome

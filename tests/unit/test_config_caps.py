@@ -1,5 +1,5 @@
 """Settings files are read with caps on size, nesting and YAML aliases, in one place
-(``sidecar.config.settings``) shared by the config, the web config and the targets file: a hostile or
+(``sidecar.config.files``) shared by the config, the web config and the targets file: a hostile or
 broken file is a clean ``ConfigError`` (``FILE:LINE`` where known), never a hang, a memory
 blow-up or a RecursionError. Also the crashes the ``config`` fuzz target found, as regressions."""
 
@@ -8,8 +8,16 @@ from __future__ import annotations
 import pytest
 
 from fuzz.config import test_one_input as fuzz_config
-from sidecar.config.settings import (MAX_NESTING, MAX_SETTINGS_BYTES, MAX_YAML_ALIASES, ConfigError,
-                            load_config, load_json_text, load_yaml_text, read_text_file)
+from sidecar.config.files import (
+    ConfigError,
+    MAX_NESTING,
+    MAX_SETTINGS_BYTES,
+    MAX_YAML_ALIASES,
+    load_json_text,
+    load_yaml_text,
+    read_text_file,
+)
+from sidecar.config.settings import load_config
 from sidecar.config.targets import load_targets_file, parse_targets_file
 from sidecar.config.web import load_web_config
 

@@ -9,7 +9,8 @@ from testkit.captures import load_capture
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.bodies import multi_engine, set_value
-from sidecar.config.settings import Window, parse_windows
+from sidecar.config.settings import parse_windows
+from sidecar.model import Window
 from sidecar.derive import TargetTracker, histogram_quantile
 from sidecar.model import ScrapeOutcome
 from sidecar.scrape import parse_body

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from sidecar.config.settings import BasicAuth, ConfigError, TargetConfig, TLSConfig
+from sidecar.config.files import ConfigError
+from sidecar.config.settings import BasicAuth, TLSConfig, TargetConfig
 from sidecar.config.reload import TargetsFileWatcher
 from sidecar.config.targets import load_targets_file, parse_targets_file
 
