@@ -1,7 +1,11 @@
-"""Render the latest snapshots as Prometheus metric families (a custom ``Collector``).
+"""The whole ``/metrics`` body, in Prometheus text 0.0.4 or OpenMetrics: :func:`exposition`.
 
-Families are built fresh at collect time from immutable snapshots; nothing here is a global gauge
-mutated from the scrape loop, so a removed target's series vanish with its snapshot.
+Families are built fresh from immutable snapshots; nothing here is a global gauge mutated from the
+scrape loop, so a removed target's series vanish with its snapshot. Each target's lines are
+rendered once per snapshot (:func:`render_target`), so serving is a join. The process's own
+families (CPU, memory, GC: reading them is I/O) are collected by the caller and handed in, so
+this module stays pure. :class:`SnapshotCollector` renders the same snapshots through
+prometheus_client, the reference the tests hold the fast renderer to.
 """
 
 from __future__ import annotations
@@ -151,6 +155,30 @@ def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], .
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
         out.extend(parts)
     return "".join(out)
+
+
+class _Collected:
+    """Families collected already, in the shape prometheus_client's encoders read (``collect``)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def exposition(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], ...] = (),
+               status: ServiceStatus | None = None, openmetrics: bool = False,
+               process: Iterable[Metric] = ()) -> bytes:
+    """The ``/metrics`` body: the sidecar's families (:func:`render`), then the ``process``
+    families (collected by the caller, rendered by prometheus_client's own encoder), then, in
+    OpenMetrics, the one ``# EOF``."""
+    ours = render(fragments, static, status, openmetrics).encode()
+    if openmetrics:
+        from prometheus_client.openmetrics.exposition import generate_latest as om_latest
+        return ours + om_latest(_Collected(process))  # type: ignore[arg-type]  # ends in # EOF
+    from prometheus_client.exposition import generate_latest
+    return ours + generate_latest(_Collected(process))  # type: ignore[arg-type]
 
 
 def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica: bool) -> None:

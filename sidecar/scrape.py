@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 
+from . import targetauth
 from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
@@ -33,18 +34,12 @@ def request_options(target: TargetConfig) -> dict[str, Any]:
     """Headers / TLS for a target (secrets read at scrape time so rotated files are picked up)."""
     if not (target.bearer_token_file or target.basic_auth or target.tls):
         return {}
-    try:
-        from .targetauth import request_options as _opts  # provided by the security module
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return {}
-    headers, ssl_ctx, auth = _opts(target)
+    headers, ssl_ctx = targetauth.request_options(target)
     out: dict[str, Any] = {}
     if headers:
         out["headers"] = headers
     if ssl_ctx is not None:
         out["ssl"] = ssl_ctx
-    if auth is not None:
-        out["auth"] = auth
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Protocol, Sequence
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from . import statuspage
 from .api import targets_document
 from .model import TargetSnapshot
 
@@ -25,14 +26,7 @@ class State(Protocol):
 
 
 def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
-    try:
-        from .statuspage import render  # the full page
-    except ImportError:  # pragma: no cover - fallback while the page module is absent
-        import html
-        rows = "".join(f"<li>{html.escape(s.name)}: {'up' if s.up else 'down'}</li>"
-                       for s in snapshots)
-        return f"<!doctype html><title>vllm-cache-sidecar</title><ul>{rows}</ul>"
-    return render(snapshots, time.time())
+    return statuspage.render(snapshots, time.time())
 
 
 def build_app(state: State, middlewares: Sequence = ()) -> web.Application:

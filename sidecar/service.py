@@ -25,7 +25,7 @@ from prometheus_client.registry import CollectorRegistry
 from .config.files import ConfigError
 from .config.settings import Config, TargetConfig, redact_url
 from .derive import TargetTracker
-from .exporter import ServiceStatus, SnapshotCollector, render, render_target
+from .exporter import ServiceStatus, exposition, render_target
 from .model import ScrapeOutcome, TargetSnapshot
 from .scrape import scrape
 from .scrapefilter import FilterState
@@ -55,16 +55,11 @@ class Sidecar:
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
         self.status = ServiceStatus()
-        #: the process's own metrics (served after the sidecar's families)
-        self.process_registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self.process_registry)
-        PlatformCollector(registry=self.process_registry)
-        GCCollector(registry=self.process_registry)
-        #: the exact reference: prometheus_client renders the same snapshots through a Collector;
-        #: tests prove :meth:`metrics` equal to it (see tests/unit/test_exporter.py)
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SnapshotCollector(self.snapshots, config.static_labels,
-                                                 status=lambda: self.status))
+        #: the process's own metrics (CPU, memory, GC), handed to the exporter on each /metrics
+        self._process = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self._process)
+        PlatformCollector(registry=self._process)
+        GCCollector(registry=self._process)
         self._fragments: dict[str, tuple[TargetSnapshot, dict[str, str]]] = {}
         self.port: int | None = None
         self.extra_targets: tuple[TargetConfig, ...] = ()
@@ -77,16 +72,10 @@ class Sidecar:
         return all(r.tracker.snapshot.scraped for r in self._running.values())
 
     def metrics(self, openmetrics: bool = False) -> bytes:
-        """/metrics: the targets' pre-rendered fragments joined, then the process metrics."""
+        """/metrics: the targets' pre-rendered fragments and the process metrics, as one body."""
         frags = [self._fragment(r) for r in self._running.values()]
-        ours = render(frags, self.config.static_labels, self.status, openmetrics)
-        if openmetrics:
-            from prometheus_client.openmetrics.exposition import generate_latest as om_latest
-            proc = om_latest(self.process_registry).decode()
-            proc = proc[: -len("# EOF\n")] if proc.endswith("# EOF\n") else proc
-            return (ours + proc + "# EOF\n").encode()
-        from prometheus_client.exposition import generate_latest
-        return ours.encode() + generate_latest(self.process_registry)
+        return exposition(frags, self.config.static_labels, self.status, openmetrics,
+                          self._process.collect())
 
     def _fragment(self, r: _Running) -> dict[str, str]:
         cached = self._fragments.get(r.target.name)

@@ -29,28 +29,25 @@ class TargetAuthError(Exception):
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """What to pass to the HTTP client for one scrape (a tuple-like: headers, ssl, auth)."""
+    """What to pass to the HTTP client for one scrape (a tuple-like: headers, ssl)."""
 
     headers: dict[str, str]
     ssl: ssl.SSLContext | None
-    auth: Any  # always None: basic auth is in headers
 
     def __iter__(self):
-        return iter((self.headers, self.ssl, self.auth))
+        return iter((self.headers, self.ssl))
 
     def __repr__(self) -> str:  # never print the Authorization header or the password
-        return (f"RequestOptions(headers={sorted(self.headers)}, ssl={self.ssl!r}, "
-                f"auth={'set' if self.auth else None})")
+        return f"RequestOptions(headers={sorted(self.headers)}, ssl={self.ssl!r})"
 
 
 def request_options(target: TargetConfig) -> RequestOptions:
-    """Headers, SSL context and basic auth for scraping ``target``.
+    """Headers and SSL context for scraping ``target``.
 
-    * ``headers``: ``Authorization: Bearer ...`` when ``bearer_token_file`` is set.
+    * ``headers``: ``Authorization: Bearer ...`` when ``bearer_token_file`` is set, or
+      ``Authorization: Basic ...`` (UTF-8, RFC 7617) for ``basic_auth``, as aiohttp 4 wants it.
     * ``ssl``: an :class:`ssl.SSLContext` when the target has ``tls`` settings (CA file, client
       certificate, ``insecure_skip_verify``); ``None`` means the client's default verification.
-    * ``auth``: always ``None`` (kept for the tuple shape): basic auth goes into ``headers`` as
-      ``Authorization: Basic ...`` (UTF-8, RFC 7617), as aiohttp 4 wants it.
 
     Raises :class:`TargetAuthError` (safe message) when a file is missing or unusable.
     """
@@ -63,7 +60,7 @@ def request_options(target: TargetConfig) -> RequestOptions:
     if target.basic_auth:
         headers["Authorization"] = _basic_auth(target)
     context = tls_context(target.tls) if target.tls else None
-    return RequestOptions(headers, context, None)
+    return RequestOptions(headers, context)
 
 
 def read_secret(path: str, what: str) -> str:
