@@ -174,8 +174,11 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
-        #: the last seen value of every counter, kept for the target's life (restart detection)
+        #: the last seen values of the counters as derived (hit/query pairs complete)
         self.last: EngineMetrics | None = None
+        #: the last seen value of every counter as exposed, kept for the target's life: a
+        #: counter back below it is a restart (judged per engine identity)
+        self.seen: EngineMetrics | None = None
         self.last_t: float | None = None
         self.gen = 0
         #: time of a synthetic zero point from ``_created``: a baseline only inside a window
@@ -450,7 +453,7 @@ class TargetTracker:
         for r in norm.refused:
             self._out_of_range[r.family] = self._out_of_range.get(r.family, 0) + 1
         reset = _restarted(
-            self._last_start, {k: h.last for k, h in self._engines.items() if h.last is not None},
+            self._last_start, {k: h.seen for k, h in self._engines.items() if h.seen is not None},
             norm) if self._last_keys is not None else frozenset()
         if reset:  # one restart per scrape, however many engines it reset
             self._restarts += 1
@@ -466,6 +469,7 @@ class TargetTracker:
                 hist = self._engines[m.key] = _EngineHistory()
                 self._start(hist, _paired(m), norm, t)
             hist.add(t, _paired(m), m.key in reset)
+            hist.seen = _merge(hist.seen, m)
             hist.prune(t - self.longest)
             engines.append(self._engine_state(hist, m, t))
         self._forget_stale(t)
