@@ -173,8 +173,11 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
-        #: the last seen value of every counter, kept for the target's life (restart detection)
+        #: the last seen values of the counters as derived (hit/query pairs complete)
         self.last: EngineMetrics | None = None
+        #: the last seen value of every counter as exposed, kept for the target's life: a
+        #: counter back below it is a restart (judged per engine identity)
+        self.seen: EngineMetrics | None = None
         self.last_t: float | None = None
         self.gen = 0
         #: time of a synthetic zero point from ``_created``: a baseline only inside a window
@@ -311,7 +314,7 @@ class _EngineHistory:
             hits_by_source=tuple(sorted(inc["hits_by_source"].items())), tiers=tiers,
             kv_usage_delta=kv_delta, prompt_tokens=prompt, generation_tokens=gen,
             preemptions=pre, requests=requests, latency=tuple(lat),
-            mean_prompt_tokens=mean_prompt, resets=resets)
+            mean_prompt_tokens=mean_prompt, prompts_finished=max(n1 - n0, 0.0), resets=resets)
 
     def _hist_base(self, i: int, base: _Point, cur: _Point) -> tuple | None:
         """The window's baseline histogram, moved forward past a bucket-layout change."""
@@ -351,30 +354,49 @@ def _zero_like(m: EngineMetrics) -> EngineMetrics:
     return replace(m, kv_usage=None, created=None, **zero)
 
 
-def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
-               cur: Normalised) -> bool:
-    """Did vLLM restart? Any counter (labelled ones too) below its last seen value, or a start
-    time changed."""
-    if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
+def _engine_restarted(o: EngineMetrics, e: EngineMetrics) -> bool:
+    """Did this engine identity restart? Any counter (labelled ones too) below its last seen
+    value, or its ``_created`` changed."""
+    if o.created is not None and e.created is not None and o.created != e.created:
         return True
-    for e in cur.engines:
-        o = old.get(e.key)
-        if o is None:
-            continue
-        if o.created is not None and e.created is not None and o.created != e.created:
+    for f in COUNTERS:
+        a, b = getattr(o, f), getattr(e, f)
+        if a is not None and b is not None and b < a:
             return True
-        for f in COUNTERS:
-            a, b = getattr(o, f), getattr(e, f)
-            if a is not None and b is not None and b < a:
-                return True
-        before = dict(_labelled(o))
-        if any(x < before.get(k, x) for k, x in _labelled(e)):
+    before = dict(_labelled(o))
+    if any(x < before.get(k, x) for k, x in _labelled(e)):
+        return True
+    for h in HISTS:
+        a, b = getattr(o, h), getattr(e, h)
+        if a is not None and b is not None and b.count < a.count:
             return True
-        for h in HISTS:
-            a, b = getattr(o, h), getattr(e, h)
-            if a is not None and b is not None and b.count < a.count:
-                return True
     return False
+
+
+def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
+               cur: Normalised) -> frozenset[tuple[str, str, str]]:
+    """The engine identities that restarted: each judged on its own counters (one replica's
+    restart behind a router or Ray Serve is not another's), all of them when vLLM's process
+    start time changed."""
+    if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
+        return frozenset(e.key for e in cur.engines)
+    return frozenset(e.key for e in cur.engines
+                     if e.key in old and _engine_restarted(old[e.key], e))
+
+
+def _paired(m: EngineMetrics) -> EngineMetrics:
+    """For derivation, a hit counter counts only with its query counter: when one of a pair is
+    absent (or was refused), both are, so a window never sees hits without their queries."""
+    change: dict = {}
+    for q, h in (("prefix_queries", "prefix_hits"), ("external_queries", "external_hits")):
+        if (getattr(m, q) is None) != (getattr(m, h) is None):
+            change[q] = change[h] = None
+    tq, th = dict(m.tier_queries), dict(m.tier_hits)
+    if set(tq) != set(th):
+        both = set(tq) & set(th)
+        change["tier_queries"] = tuple((k, x) for k, x in m.tier_queries if k in both)
+        change["tier_hits"] = tuple((k, x) for k, x in m.tier_hits if k in both)
+    return replace(m, **change) if change else m
 
 
 class TargetTracker:
@@ -429,14 +451,12 @@ class TargetTracker:
         self.identity_labels |= norm.identity_labels
         for r in norm.refused:
             self._out_of_range[r.family] = self._out_of_range.get(r.family, 0) + 1
-        reset = self._last_keys is not None and _restarted(
-            self._last_start, {k: h.last for k, h in self._engines.items() if h.last is not None},
-            norm)
-        if reset:
+        reset = _restarted(
+            self._last_start, {k: h.seen for k, h in self._engines.items() if h.seen is not None},
+            norm) if self._last_keys is not None else frozenset()
+        if reset:  # one restart per scrape, however many engines it reset
             self._restarts += 1
             self._restart_times.append(t)
-        prev_t = self._last_success
-        prev_keys = self._last_keys
         if norm.process_start is not None:
             self._last_start = norm.process_start
         self._last_keys = frozenset(e.key for e in norm.engines)
@@ -446,8 +466,9 @@ class TargetTracker:
             hist = self._engines.get(m.key)
             if hist is None:
                 hist = self._engines[m.key] = _EngineHistory()
-                self._start(hist, m, norm, t, prev_t if prev_keys is not None else None)
-            hist.add(t, m, reset)
+                self._start(hist, _paired(m), norm, t)
+            hist.add(t, _paired(m), m.key in reset)
+            hist.seen = _merge(hist.seen, m)
             hist.prune(t - self.longest)
             engines.append(self._engine_state(hist, m, t))
         self._forget_stale(t)
@@ -461,13 +482,9 @@ class TargetTracker:
         self.snapshot = replace(snap, diagnoses=diagnose(snap))
         return self.snapshot
 
-    def _start(self, hist: _EngineHistory, m: EngineMetrics, norm: Normalised, t: float,
-               prev_t: float | None) -> None:
-        """Where a new engine's counting began, when the tracker can know it."""
-        if prev_t is not None:
-            # The series appeared since the last good scrape: vLLM counted it from zero.
-            hist.add(prev_t, _zero_like(m), False)
-            return
+    def _start(self, hist: _EngineHistory, m: EngineMetrics, norm: Normalised, t: float) -> None:
+        """Where a new engine identity's counting began, when vLLM says so (its ``_created``, or
+        its process start); otherwise its windows start at its first sample (partial)."""
         began = m.created if m.created is not None else norm.process_start
         # only inside the longest window, and never after the first sample (clocks differ)
         if began is not None and t - self.longest < began < t:
@@ -486,8 +503,8 @@ class TargetTracker:
                 h.clear()
 
     def _engine_state(self, hist: _EngineHistory, m: EngineMetrics, now: float) -> EngineState:
-        if m.prefix_queries is not None:
-            lifetime = _ratio(m.prefix_hits or 0.0, m.prefix_queries)
+        if m.prefix_queries is not None:  # NaN without hits: an absent counter is not 0 hits
+            lifetime = _ratio(NAN if m.prefix_hits is None else m.prefix_hits, m.prefix_queries)
         elif m.v0_hit_rate is not None and m.v0_hit_rate >= 0 and not math.isnan(m.v0_hit_rate):
             lifetime = min(1.0, m.v0_hit_rate)
         else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import signal
 import ssl
@@ -44,6 +45,27 @@ class _Running:
     task: asyncio.Task | None = None
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
+
+
+#: first scrapes land on a grid of this step on the loop's clock (one epoch for every target)
+SLOT_SECONDS = 0.25
+
+
+def first_scrape_at(now: float, interval: float, scraped: bool) -> float:
+    """When a target's scrapes start (it keeps that phase afterwards).
+
+    Spread over the interval, so thousands of targets do not start in the same second (timeouts,
+    a memory peak of bodies in flight), but on 250 ms slots: targets of one slot share one
+    event-loop wakeup instead of one each, which measured 25-34 % less CPU per scrape at 250
+    targets (docs/performance.md). Short intervals (under 4 slots) are spread without slots.
+    A target already scraped (a restarted task) starts at once.
+    """
+    if scraped:
+        return now
+    at = now + random.uniform(0, interval)
+    if interval >= 4 * SLOT_SECONDS:
+        at = math.ceil(at / SLOT_SECONDS) * SLOT_SECONDS
+    return at
 
 
 class Sidecar:
@@ -113,9 +135,7 @@ class Sidecar:
     async def _loop(self, r: _Running) -> None:
         interval = self.config.interval
         loop = asyncio.get_running_loop()
-        # Spread first scrapes over the interval, so thousands of targets do not start in the same
-        # second (timeouts, a memory peak of bodies in flight); each keeps its phase afterwards.
-        next_at = loop.time() + (0.0 if r.tracker.snapshot.scraped else random.uniform(0, interval))
+        next_at = first_scrape_at(loop.time(), interval, r.tracker.snapshot.scraped)
         timeout = self.config.timeout_for(r.target)
         while True:
             delay = next_at - loop.time()

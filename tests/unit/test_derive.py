@@ -128,13 +128,17 @@ def test_failed_scrape_serves_nothing_stale_and_history_survives():
     assert w.queries == ref_value(caps[-1].body, Q) - ref_value(caps[0].body, Q)
 
 
-def test_engine_appearing_later_counts_from_zero():
+def test_engine_appearing_later_starts_a_partial_window():
+    """Contract "Windows": with no sample a window old and no _created (V0 has none) inside the
+    window, the increase starts from the engine's oldest sample, never from an invented zero."""
     caps = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [c.body for c in caps], [c.ts for c in caps])
     (e,) = snap.engines
-    # the idle V0 body has no engine series; all prompt tokens of the run count in the window
-    assert e.windows[0].prompt_tokens == ref_value(caps[-1].body, "vllm:prompt_tokens_total")
+    first = next(c for c in caps if b"vllm:prompt_tokens_total{" in c.body)
+    assert e.windows[0].prompt_tokens == (ref_value(caps[-1].body, "vllm:prompt_tokens_total")
+                                         - ref_value(first.body, "vllm:prompt_tokens_total"))
+    assert e.windows[0].span == caps[-1].ts - first.ts
 
 
 def test_v0_lifetime_is_its_gauge_and_minus_one_is_nan():
