@@ -160,7 +160,7 @@ def test_prefix_below_block_needs_the_windows_own_prompts_not_the_lifetime_ones(
 
 
 def test_zero_hit_rate_is_judged_per_replica():
-    from sidecar.bodies import ray_body
+    from testkit.bodies import ray_body
     seq = [ray_body({"r1": (1000, 500), "r2": (4000, 0)}),
            ray_body({"r1": (2000, 1000), "r2": (8000, 0)})]
     snap = run(seq)

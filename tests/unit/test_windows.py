@@ -89,7 +89,7 @@ def test_counter_back_higher_counts_from_its_last_seen_value():
 
 
 def _ray(r1: tuple[int, int], r2: tuple[int, int]) -> str:
-    from sidecar.bodies import ray_body
+    from testkit.bodies import ray_body
     return ray_body({"r1": r1, "r2": r2})
 
 
