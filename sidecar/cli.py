@@ -10,19 +10,19 @@ from typing import Any, Sequence
 
 from . import __version__
 from .config.files import ConfigError
-from .config.settings import load_config, parse_target_spec
+from .config.settings import TargetConfig, load_config, parse_target_spec
 
 log = logging.getLogger("sidecar")
 
 
-def _target_arg(value: str):
+def _target_arg(value: str) -> TargetConfig:
     try:
         return parse_target_spec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="scrape vLLM targets and serve /metrics (the service)",
                        description="Scrape every vLLM target and serve the derived series. "
                                    "Every flag also has a VLLM_SIDECAR_<SETTING> variable.")

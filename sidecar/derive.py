@@ -25,7 +25,7 @@ from collections import deque
 from itertools import accumulate
 from operator import add, sub
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
 from .diagnose import diagnose
 from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
@@ -69,6 +69,9 @@ class _Layout:
         return self.offsets[i]
 
 
+#: one histogram in a point: (layout generation, bounds, cumulative counts, sum, count)
+_Hist = tuple[int, tuple[float, ...], "array[float]", float, float]
+
 # array slots: accumulated COUNTERS, then kv usage (NaN when absent)
 _KV = len(COUNTERS)
 _BASE = _KV + 1
@@ -78,9 +81,9 @@ _BASE = _KV + 1
 class _Point:
     t: float
     layout: _Layout
-    v: array  # see _Layout
+    v: array[float]  # see _Layout
 
-    def hist(self, i: int) -> tuple[int, tuple[float, ...], array, float, float] | None:
+    def hist(self, i: int) -> _Hist | None:
         b = self.layout.bounds[i]
         if b is None:
             return None
@@ -134,7 +137,7 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
     return lower + (bounds[i] - lower) * (rank - below) / in_bucket
 
 
-def _latency(base: tuple | None, cur: tuple | None) -> LatencyStats | None:
+def _latency(base: _Hist | None, cur: _Hist | None) -> LatencyStats | None:
     if cur is None or base is None or base[0] != cur[0]:
         return None
     counts = list(accumulate(map(sub, cur[2], base[2]), max))
@@ -156,7 +159,7 @@ def _merge(old: EngineMetrics | None, m: EngineMetrics) -> EngineMetrics:
     """``m`` with every counter it lacks taken from ``old``: the last seen values."""
     if old is None:
         return m
-    keep: dict = {}
+    keep: dict[str, Any] = {}
     for f in COUNTERS + HISTS + ("created",):
         if getattr(m, f) is None and getattr(old, f) is not None:
             keep[f] = getattr(old, f)
@@ -233,19 +236,22 @@ class _EngineHistory:
             if prev is not None and before is not None and layout.gens[i] == prev.layout.gens[i]:
                 b = getattr(before, h)
                 poff = prev.layout.hist_offset(i)
-                old = prev.v[poff:poff + n + 2]
+                was = prev.v[poff:poff + n + 2]
                 now = cur.counts + (cur.sum, cur.count)
                 if reset or cur.count < b.count:  # restarted: everything counted from zero
-                    v[off:off + n + 2] = array("d", map(add, old, now))
+                    v[off:off + n + 2] = array("d", map(add, was, now))
                 else:
                     base = b.counts + (b.sum, b.count)
                     inc = [x - y if x >= y else x for x, y in zip(now, base)]
-                    v[off:off + n + 2] = array("d", map(add, old, inc))
+                    v[off:off + n + 2] = array("d", map(add, was, inc))
         if m.prompt_len is not None and prev is not None and before is not None:
-            b = before.prompt_len
-            restarted = reset or b is None or m.prompt_len.count < b.count
-            v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, None if restarted else b.sum, restarted)
-            v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None if restarted else b.count, restarted)
+            pb = before.prompt_len
+            if reset or pb is None or m.prompt_len.count < pb.count:  # counted from zero
+                v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, None, True)
+                v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None, True)
+            else:
+                v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, pb.sum, False)
+                v[-1] = prev.v[-1] + _delta(m.prompt_len.count, pb.count, False)
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
         self.points.append(_Point(t, layout, v))
@@ -316,7 +322,7 @@ class _EngineHistory:
             preemptions=pre, requests=requests, latency=tuple(lat),
             mean_prompt_tokens=mean_prompt, prompts_finished=max(n1 - n0, 0.0), resets=resets)
 
-    def _hist_base(self, i: int, base: _Point, cur: _Point) -> tuple | None:
+    def _hist_base(self, i: int, base: _Point, cur: _Point) -> _Hist | None:
         """The window's baseline histogram, moved forward past a bucket-layout change."""
         gen = cur.layout.gens[i]
         if cur.layout.bounds[i] is None:
@@ -330,7 +336,7 @@ class _EngineHistory:
                 return p.hist(i)
         return None
 
-    def ratio_series(self) -> array:
+    def ratio_series(self) -> array[float]:
         """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines)."""
         out = array("d")
         prev = None
@@ -348,7 +354,7 @@ def _zero_hist(h: Histogram | None) -> Histogram | None:
 
 def _zero_like(m: EngineMetrics) -> EngineMetrics:
     """The same engine with every counter at zero: its state just before it first counted."""
-    zero: dict = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
+    zero: dict[str, Any] = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
     zero.update({h: _zero_hist(getattr(m, h)) for h in HISTS})
     zero.update({f: tuple((k, 0.0) for k, _ in getattr(m, f)) for f in LABELLED})
     return replace(m, kv_usage=None, created=None, **zero)
@@ -387,7 +393,7 @@ def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineM
 def _paired(m: EngineMetrics) -> EngineMetrics:
     """For derivation, a hit counter counts only with its query counter: when one of a pair is
     absent (or was refused), both are, so a window never sees hits without their queries."""
-    change: dict = {}
+    change: dict[str, Any] = {}
     for q, h in (("prefix_queries", "prefix_hits"), ("external_queries", "external_hits")):
         if (getattr(m, q) is None) != (getattr(m, h) is None):
             change[q] = change[h] = None

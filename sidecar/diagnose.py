@@ -40,7 +40,7 @@ def _shortest(engines: Iterable[EngineState]) -> list[WindowStats]:
 
 
 def _sum(ws: list[WindowStats], attr: str) -> float:
-    return sum(getattr(w, attr) for w in ws)
+    return float(sum(getattr(w, attr) for w in ws))
 
 
 def window_mean_prompt(ws: list[WindowStats]) -> float | None:

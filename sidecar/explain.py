@@ -313,7 +313,7 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
         "the prompts share no prefix: something differs near the start (a timestamp, request "
         "id or user name at the top of the system prompt, per-user text before the shared "
         "instructions, different chat templates or tools)", 2))
-    kv = [e.current.kv_usage for e in s.engines if _num(e.current.kv_usage) is not None]
+    kv = [u for u in (_num(e.current.kv_usage) for e in s.engines) if u is not None]
     pre = sum(w.preemptions for e in s.engines for w in e.windows[:1])
     evict = ""
     if kv and max(kv) >= 0.9:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
-from .model import REASONS, EngineState, TargetSnapshot, ratio
+from .model import REASONS, EngineState, TargetSnapshot, WindowStats, ratio
 
 P = "vllm_sidecar_"
 
@@ -174,11 +174,12 @@ def exposition(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str
     families (collected by the caller, rendered by prometheus_client's own encoder), then, in
     OpenMetrics, the one ``# EOF``."""
     ours = render(fragments, static, status, openmetrics).encode()
-    if openmetrics:
-        from prometheus_client.openmetrics.exposition import generate_latest as om_latest
-        return ours + om_latest(_Collected(process))  # type: ignore[arg-type]  # ends in # EOF
-    from prometheus_client.exposition import generate_latest
-    return ours + generate_latest(_Collected(process))  # type: ignore[arg-type]
+    encode: Callable[[Any], bytes]
+    if openmetrics:  # its answer ends in the one ``# EOF``
+        from prometheus_client.openmetrics.exposition import generate_latest as encode
+    else:
+        from prometheus_client.exposition import generate_latest as encode
+    return ours + encode(_Collected(process))
 
 
 def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica: bool) -> None:
@@ -229,7 +230,8 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica
                 f.add("latency_seconds", {**pl, "quantile": q}, v)
 
 
-def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState, w=None) -> None:
+def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState,
+           w: WindowStats | None = None) -> None:
     """Which tier served the hits: by source, KV connector, offload tiers (window ``w``, or
     lifetime from vLLM's counters). Absent families stay absent, never zeros."""
     c = e.current

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from .model import CacheConfig, EngineMetrics, Histogram, Normalised, Refused
 from .parser import ParseError, Sample
@@ -135,7 +135,8 @@ class _Acc:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, float], float] = {}
-        self.hist: dict[tuple[str, int], list] = {}
+        #: (field, priority) -> [buckets {le: count}, sum, count]
+        self.hist: dict[tuple[str, int], list[Any]] = {}
         self.labelled: dict[tuple[str, int], dict[str, float]] = {}
         self.created: dict[str, float] = {}
         self.names: dict[str, str] = {}  # field -> family as exposed (for refused samples)
@@ -177,7 +178,7 @@ def _cache_config(labels: dict[str, str], replica: str) -> CacheConfig:
     )
 
 
-def _histogram(parts: list) -> Histogram | None:
+def _histogram(parts: list[Any]) -> Histogram | None:
     buckets, total, count = parts
     if not buckets:
         return None
@@ -427,8 +428,9 @@ class _Checker:
 
     def pair(self, v: dict[str, float | None], q: str, h: str) -> None:
         """Hits above queries: both are refused (a ratio from either alone would lie)."""
-        if v[q] is not None and v[h] is not None and v[h] > v[q]:
-            self.refuse(h, v[h], f"hits above queries ({v[h]:g} > {v[q]:g})")
+        queries, hits = v[q], v[h]
+        if queries is not None and hits is not None and hits > queries:
+            self.refuse(h, hits, f"hits above queries ({hits:g} > {queries:g})")
             v[q] = v[h] = None
 
     def labelled(self, fld: str, by: dict[str, float]) -> dict[str, float]:

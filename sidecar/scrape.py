@@ -258,7 +258,7 @@ async def _filtered(c: _Cycle, state: FilterState, request: Request,
     if verdict.honoured and outcome is not None and outcome.ok:
         return outcome, state.fall_back(verdict.why) if verdict.ignored else None
     if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it
-        verdict = Verdict(False, outcome.error if outcome is not None else "no answer")
+        verdict = Verdict(False, (outcome.error if outcome is not None else None) or "no answer")
     full, full_parsed = await _full(c)
     if full.ok:
         now = asyncio.get_running_loop().time()

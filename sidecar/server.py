@@ -9,6 +9,8 @@ import json
 import time
 from typing import Protocol, Sequence
 
+from aiohttp.typedefs import Middleware
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
@@ -29,7 +31,7 @@ def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
     return statuspage.render(snapshots, time.time())
 
 
-def build_app(state: State, middlewares: Sequence = ()) -> web.Application:
+def build_app(state: State, middlewares: Sequence[Middleware] = ()) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # prometheus_client's negotiation decides the format; the body comes pre-rendered
         _, content_type = choose_encoder(request.headers.get("Accept", ""))

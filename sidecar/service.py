@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
+from aiohttp.typedefs import Middleware
+
 import aiohttp
 from aiohttp import web
 from prometheus_client.gc_collector import GCCollector
@@ -42,7 +44,7 @@ class _Running:
     target: TargetConfig
     tracker: TargetTracker
     filter: FilterState
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
 
@@ -207,7 +209,7 @@ class Sidecar:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, *, ssl_context: ssl.SSLContext | None = None,
-                    middlewares: tuple = ()) -> None:
+                    middlewares: tuple[Middleware, ...] = ()) -> None:
         # At most MAX_CONNECTIONS scrapes in flight: bounds the memory of bodies being read and of
         # the keep-alive pool (a scrape waiting for a connection still counts against its timeout).
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=60,
@@ -247,7 +249,8 @@ PROBE_PATHS = ("/healthz", "/readyz")
 
 async def run(config: Config, reload_config: Callable[[], Config] | None = None) -> None:
     """Run until SIGTERM or SIGINT (stopping within a second); SIGHUP reloads the config."""
-    ssl_context, middlewares = None, ()
+    ssl_context: ssl.SSLContext | None = None
+    middlewares: tuple[Middleware, ...] = ()
     if config.web_config:
         from . import webauth
         from .config.web import load_web_config

@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from sidecar.config.files import file_stamp
 from sidecar.config.settings import TargetConfig, TLSConfig
@@ -34,7 +34,7 @@ class RequestOptions:
     headers: dict[str, str]
     ssl: ssl.SSLContext | None
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Any]:
         return iter((self.headers, self.ssl))
 
     def __repr__(self) -> str:  # never print the Authorization header or the password
@@ -104,7 +104,7 @@ def _basic_auth(target: TargetConfig) -> str:
 
 # ---------------------------------------------------------------- TLS
 
-_contexts: dict[TLSConfig, tuple[tuple, ssl.SSLContext]] = {}
+_contexts: dict[TLSConfig, tuple[tuple[Any, ...], ssl.SSLContext]] = {}
 
 
 def _stamp(tls: TLSConfig) -> tuple[Any, ...]:

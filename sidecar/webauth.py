@@ -230,7 +230,8 @@ def _make_middleware(config: WebConfig, exempt: frozenset[str]) -> Callable[...,
         return response
 
     @web.middleware
-    async def web_config_middleware(request: web.Request, handler: Callable[..., Awaitable[Any]]):
+    async def web_config_middleware(request: web.Request,
+                                    handler: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
         live.refresh()
         protected = request.path not in exempt
         if live.error is not None and protected:

@@ -44,7 +44,7 @@ class ConfigError(ValueError):
 
 # ---------------------------------------------------------------- YAML with line numbers
 
-class _Map(dict):
+class _Map(dict[Any, Any]):
     """A dict that remembers the line of each key (1-based) and of itself."""
 
     line: int = 0
@@ -78,7 +78,7 @@ def _loader() -> type:
             self._weights: dict[int, int] = {}  # id(node) -> nodes it stands for, aliases expanded
 
         def compose_node(self, parent: Any, index: Any) -> Any:
-            line = self.peek_event().start_mark.line + 1
+            line = self.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
             if self.check_event(yaml.AliasEvent):
                 self._aliases += 1
                 if self._aliases > MAX_YAML_ALIASES:
@@ -88,6 +88,7 @@ def _loader() -> type:
             if self._depth > MAX_NESTING:
                 raise ConfigError(f"nested deeper than {MAX_NESTING} levels", line=line)
             node = super().compose_node(parent, index)
+            assert node is not None  # a node event was peeked above
             self._depth -= 1
             children = [c for pair in node.value for c in pair] \
                 if isinstance(node, yaml.MappingNode) else node.value
@@ -139,7 +140,7 @@ def _loader() -> type:
     return _LineLoader
 
 
-class _Seq(list):
+class _Seq(list[Any]):
     """A list that remembers the line of each item (scalars have no other place to keep it)."""
 
     item_lines: list[int]
@@ -226,10 +227,11 @@ def line_of(node: Any, key: str | None = None) -> int | None:
     """The 1-based line of ``key`` in a mapping read by :func:`load_yaml_text` (of the mapping
     itself without ``key`` or when the key is absent); ``None`` for data without lines (JSON,
     environment)."""
-    lines = getattr(node, "key_lines", None)
+    lines: dict[str, int] | None = getattr(node, "key_lines", None)
     if key is not None and lines and key in lines:
         return lines[key]
-    return getattr(node, "line", None)
+    line: int | None = getattr(node, "line", None)
+    return line
 
 
 def reject_unknown_keys(node: Any, known: Iterable[str], file: str | None, what: str = "key",

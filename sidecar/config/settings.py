@@ -367,7 +367,7 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
                         basic_auth=basic, tls=tls, scrape_filter=_target_scrape_filter(item, file))
 
 
-def _target_scrape_filter(item: dict, file: str) -> str | None:
+def _target_scrape_filter(item: dict[str, Any], file: str) -> str | None:
     if item.get("scrape_filter") is None:
         return None
     try:

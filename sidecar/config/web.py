@@ -168,11 +168,11 @@ def parse_web_config(text: str, path: str) -> WebConfig:
                      warnings=tuple(warnings))
 
 
-def _no_unknown(node: dict, known: set[str], section: str, path: str) -> None:
+def _no_unknown(node: dict[str, Any], known: set[str], section: str, path: str) -> None:
     reject_unknown_keys(node, known, path, "key", f" in {section}" if section else "")
 
 
-def _str(node: dict, key: str, path: str) -> str | None:
+def _str(node: dict[str, Any], key: str, path: str) -> str | None:
     value = node.get(key)
     if value is None or value == "":
         return None
@@ -181,7 +181,7 @@ def _str(node: dict, key: str, path: str) -> str | None:
     return value
 
 
-def _str_list(node: dict, key: str, path: str) -> tuple[str, ...]:
+def _str_list(node: dict[str, Any], key: str, path: str) -> tuple[str, ...]:
     value = node.get(key)
     if value is None:
         return ()
@@ -252,15 +252,15 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
         warnings.append("tls_server_config.client_ca_file is ignored: client_auth_type is "
                         "NoClientCert")
         ca_file = ca_pem = None
-    versions = {}
+    versions: dict[str, str | None] = {}
     for key, default in (("min_version", "TLS12"), ("max_version", None)):
         value = _str(node, key, path) or default
         if value is not None and value not in _TLS_VERSIONS:
             raise ConfigError(f"invalid {key} {value!r} (known: {', '.join(_TLS_VERSIONS)})",
                               path, line_of(node, key))
         versions[key] = value
-    if versions["max_version"] and (_TLS_VERSIONS[versions["max_version"]]
-                                    < _TLS_VERSIONS[versions["min_version"]]):
+    low, high = versions["min_version"] or "TLS12", versions["max_version"]
+    if high and _TLS_VERSIONS[high] < _TLS_VERSIONS[low]:
         raise ConfigError("max_version is below min_version", path, line_of(node, "max_version"))
     ciphers = _str_list(node, "cipher_suites", path)
     for c in ciphers:
@@ -281,7 +281,7 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
     return TLSServerConfig(
         cert_file=_resolve(base, cert_file), key_file=_resolve(base, key_file),
         client_auth_type=auth, client_ca_file=_resolve(base, ca_file),
-        min_version=versions["min_version"], max_version=versions["max_version"],
+        min_version=low, max_version=high,
         cipher_suites=ciphers, prefer_server_cipher_suites=prefer,
         client_allowed_sans=_str_list(node, "client_allowed_sans", path),
         cert_pem=cert_pem, key_pem=key_pem, client_ca_pem=ca_pem)
