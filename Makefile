@@ -49,9 +49,12 @@ fuzz: venv
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
 
+## lint: ruff (lint, import order, pyupgrade), ruff format --check, mypy --strict on sidecar/
+LINT_PATHS := sidecar tests bench demo testkit fuzz scripts dashboards
 lint: venv
-	$(PIP) install -q ruff
-	$(VENV)/bin/ruff check sidecar tests bench demo testkit fuzz
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 ## generate: rebuild the dashboards and the Kubernetes copies of the rules and dashboards
 generate: venv

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
+from . import _version
 from .model import REASONS, EngineState, TargetSnapshot, WindowStats, ratio
 
 P = "vllm_sidecar_"
@@ -139,7 +139,7 @@ def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], .
     """The sidecar's families from pre-rendered target fragments, in text 0.0.4 or OpenMetrics
     (sample lines are identical; only HELP/TYPE naming differs). ``# EOF`` is the caller's."""
     head = _Lines()
-    head.add("build_info", {"version": __version__}, 1)
+    head.add("build_info", {"version": _version()}, 1)
     if status is not None:
         _status(head, dict(static), status)
     maps = [{k: "".join(v) for k, v in head.items.items()}, *fragments]
@@ -306,7 +306,7 @@ def families(snapshots: Iterable[TargetSnapshot],
              static: tuple[tuple[str, str], ...] = (),
              status: ServiceStatus | None = None) -> list[Metric]:
     f = _Families()
-    f.add("build_info", {"version": __version__}, 1)
+    f.add("build_info", {"version": _version()}, 1)
     if status is not None:
         _status(f, dict(static), status)
     for s in snapshots:
