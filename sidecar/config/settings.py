@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -446,86 +446,121 @@ def downward_api_labels(environ: Mapping[str, str]) -> tuple[tuple[str, str], ..
     return tuple(out)
 
 
-def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict[str, Any],
-                 *, file: str | None = None, lines: dict[str, int | None] | None = None,
-                 environ: Mapping[str, str] | None = None) -> Config:
-    """Merge defaults < file < environment < flags and validate the result."""
-    lines = lines or {}
-    merged: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    for name, layer in (("file", file_settings), ("env", env), ("flag", flags)):
-        for k, v in layer.items():
-            if v is None or k == "labels":
-                continue
-            merged[k] = v
-            origin[k] = name
+class _Layers:
+    """Settings merged from defaults < file < environment < flags, remembering where each value
+    came from, so an error names the flag, the variable or the ``FILE:LINE`` the user wrote."""
 
-    def fail(key: str, msg: str, line_key: str | None = None) -> ConfigError:
-        where = origin.get(key)
+    def __init__(self, layers: tuple[tuple[str, dict[str, Any]], ...], file: str | None,
+                 lines: dict[str, int | None]):
+        self.file, self.lines = file, lines
+        self.merged: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}
+        for name, layer in layers:
+            for k, v in layer.items():
+                if v is not None and k != "labels":
+                    self.merged[k], self.origin[k] = v, name
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.merged.get(key, default)
+
+    def fail(self, key: str, msg: str, line_key: str | None = None) -> ConfigError:
+        where = self.origin.get(key)
         if where == "file":
-            line = lines.get(line_key) if line_key else None
-            return ConfigError(f"{key}: {msg}", file, line or lines.get(key))
+            line = self.lines.get(line_key) if line_key else None
+            return ConfigError(f"{key}: {msg}", self.file, line or self.lines.get(key))
         if where == "env":
             return ConfigError(f"{ENV_PREFIX}{key.upper()}: {msg}")
         return ConfigError(f"--{key.replace('_', '-')}: {msg}")
 
-    kwargs: dict[str, Any] = {}
+    def parsed(self, key: str, parse: Callable[[Any], Any], default: Any) -> Any:
+        """``parse(value)``; its ValueError becomes this setting's ConfigError."""
+        try:
+            return parse(self.get(key, default))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise self.fail(key, str(exc)) from None
+
+
+def _max_body_bytes(value: Any) -> int:
     try:
-        kwargs["interval"] = parse_duration(str(merged.get("interval", DEFAULT_INTERVAL)))
-    except ValueError as exc:
-        raise fail("interval", str(exc)) from None
-    try:
-        kwargs["windows"] = parse_windows(merged.get("windows", DEFAULT_WINDOWS))
-    except ValueError as exc:
-        raise fail("windows", str(exc)) from None
+        n = int(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"invalid size: {exc}") from None
+    if n < 1024:
+        raise ValueError("invalid size: must be at least 1024")
+    return n
+
+
+def _listen(value: Any) -> str:
+    parse_listen(str(value))  # ValueError when it is no HOST:PORT
+    return str(value)
+
+
+def _log_level(value: Any) -> str:
+    level = str(value).lower()
+    if level not in ("debug", "info", "warning", "error", "critical"):
+        raise ValueError(f"unknown level {level!r}")
+    return level
+
+
+def _log_format(value: Any) -> str:
+    fmt = str(value).lower()
+    if fmt not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return fmt
+
+
+def _scalars(s: _Layers) -> dict[str, Any]:
+    """Every single-valued setting, parsed and checked."""
+    kwargs: dict[str, Any] = {
+        "interval": s.parsed("interval", lambda v: parse_duration(str(v)), DEFAULT_INTERVAL),
+        "windows": s.parsed("windows", parse_windows, DEFAULT_WINDOWS),
+        "listen": s.parsed("listen", _listen, DEFAULT_LISTEN),
+        "max_body_bytes": s.parsed("max_body_bytes", _max_body_bytes, DEFAULT_MAX_BODY_BYTES),
+        "log_level": s.parsed("log_level", _log_level, "info"),
+        "log_format": s.parsed("log_format", _log_format, "text"),
+        "scrape_filter": s.parsed("scrape_filter", parse_scrape_filter, "auto"),
+    }
     for w in kwargs["windows"]:
         if w.seconds < 2 * kwargs["interval"]:
             msg = (f"window {w.label} must span at least two scrape intervals "
                    f"({2 * kwargs['interval']:g}s)")
             # blame what the user set: the windows if they gave them, else the interval
-            raise fail("windows" if "windows" in origin else "interval", msg)
-    listen = str(merged.get("listen", DEFAULT_LISTEN))
-    try:
-        parse_listen(listen)
-    except ValueError as exc:
-        raise fail("listen", str(exc)) from None
-    kwargs["listen"] = listen
-    try:
-        mbb = int(merged.get("max_body_bytes", DEFAULT_MAX_BODY_BYTES))
-        if mbb < 1024:
-            raise ValueError("must be at least 1024")
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise fail("max_body_bytes", f"invalid size: {exc}") from None
-    kwargs["max_body_bytes"] = mbb
-    level = str(merged.get("log_level", "info")).lower()
-    if level not in ("debug", "info", "warning", "error", "critical"):
-        raise fail("log_level", f"unknown level {level!r}")
-    kwargs["log_level"] = level
-    fmt = str(merged.get("log_format", "text")).lower()
-    if fmt not in ("text", "json"):
-        raise fail("log_format", "must be text or json")
-    kwargs["log_format"] = fmt
-    try:
-        kwargs["scrape_filter"] = parse_scrape_filter(merged.get("scrape_filter", "auto"))
-    except ValueError as exc:
-        raise fail("scrape_filter", str(exc)) from None
+            raise s.fail("windows" if "windows" in s.origin else "interval", msg)
     for k in ("web_config", "targets_file"):
-        if merged.get(k):
-            kwargs[k] = str(merged[k])
-    targets = list(merged.get("targets") or [])
-    if not targets and not kwargs.get("targets_file"):
+        if s.get(k):
+            kwargs[k] = str(s.get(k))
+    return kwargs
+
+
+def _checked_targets(s: _Layers, interval: float, has_file: bool) -> tuple[TargetConfig, ...]:
+    """The targets (the default one when none and no targets file): names unique, timeouts
+    below the interval."""
+    targets = list(s.get("targets") or [])
+    if not targets and not has_file:
         targets = [TargetConfig(name="local", url=DEFAULT_URL)]
     seen: set[str] = set()
     for i, t in enumerate(targets):
         if t.name in seen:
             name_key = next((k for k in (f"targets.{i}.name", f"targets.{i}.url", f"targets.{i}")
-                             if k in lines), None)
-            raise fail("targets", f"target name {t.name!r} used twice", name_key)
+                             if k in s.lines), None)
+            raise s.fail("targets", f"target name {t.name!r} used twice", name_key)
         seen.add(t.name)
-        if t.timeout is not None and t.timeout >= kwargs["interval"]:
-            raise fail("targets", f"target {t.name!r}: timeout {t.timeout:g}s must be below the "
-                                  f"interval {kwargs['interval']:g}s", f"targets.{i}.timeout")
-    kwargs["targets"] = tuple(targets)
+        if t.timeout is not None and t.timeout >= interval:
+            raise s.fail("targets", f"target {t.name!r}: timeout {t.timeout:g}s must be below the "
+                                    f"interval {interval:g}s", f"targets.{i}.timeout")
+    return tuple(targets)
+
+
+def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict[str, Any],
+                 *, file: str | None = None, lines: dict[str, int | None] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Merge defaults < file < environment < flags and validate the result.
+
+    Raises :class:`ConfigError` naming the flag, the environment variable or ``FILE:LINE``."""
+    layers = _Layers((("file", file_settings), ("env", env), ("flag", flags)), file, lines or {})
+    kwargs = _scalars(layers)
+    kwargs["targets"] = _checked_targets(layers, kwargs["interval"],
+                                         bool(kwargs.get("targets_file")))
     static = dict(file_settings.get("labels") or ())
     static.update(env.get("labels") or ())
     static.update(downward_api_labels(environ if environ is not None else os.environ))
