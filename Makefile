@@ -40,7 +40,7 @@ test-unit: venv
 test-e2e: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
-## bench: the sidecar vs Prometheus, vLLM's cost per scrape, scale, RSS (~30 min; --quick ~6)
+## bench: the sidecar vs Prometheus, vLLM's cost per scrape, scale, RSS (~16 min; bench-quick ~6)
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
 

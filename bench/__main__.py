@@ -430,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="one run, small N, short windows, no 2,500/5,000 (for trying out)")
     p.add_argument("--scale", default="100,1000,2500,5000", help="target counts at 5 s")
     p.add_argument("--runs", type=int, help="runs of each anchor (default 3; 1 with --quick)")
+    p.add_argument("--anchors", help="anchor configurations N@interval, comma separated "
+                                     "(default 100@1,1000@5; with --quick 100@1,300@5)")
     p.add_argument("--vllm", choices=("auto", "on", "off"), default="auto",
                    help="the real-vLLM part: auto = on unless --quick (skipped when vLLM is "
                         "not installed)")
@@ -448,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as d:
         tmp = Path(d)
         if "anchors" in only:
-            configs = [(100, 1.0), (300, 5.0)] if q else [(100, 1.0), (1000, 5.0)]
+            spec = ns.anchors or ("100@1,300@5" if q else "100@1,1000@5")
+            configs = [(int(c.split("@")[0]), float(c.split("@")[1])) for c in spec.split(",")]
             res["anchors"] = run_anchors(configs, ns.runs or (1 if q else 3),
                                          12.0 if q else 30.0, tmp)
         if "vllm" in only and (ns.vllm == "on" or (ns.vllm == "auto" and not q)):
