@@ -406,7 +406,8 @@ def vllm_table(v: dict) -> str:
                      + [line(r) for r in rows[1:]])
 
 
-def run_anchors(configs: list[tuple[int, float]], runs: int, dur: float, tmp: Path) -> list[dict]:
+def run_anchors(configs: list[tuple[int, float]], runs: int, dur: float, tmp: Path,
+                rules: bool = True) -> list[dict]:
     """Each configuration ``runs`` times (interleaved, so a noisy minute hits one run of each,
     not all runs of one), then medians."""
     if not prom.available():
@@ -417,7 +418,7 @@ def run_anchors(configs: list[tuple[int, float]], runs: int, dur: float, tmp: Pa
     for k in range(runs):
         for n, interval in configs:
             warm = 2 * interval + 3.0
-            r = guarded(anchors.run_once, n, interval, warm, dur, tmp)
+            r = guarded(anchors.run_once, n, interval, warm, dur, tmp, rules)
             done[(n, interval)].append(r)
             print(f"anchors run {k + 1}/{runs}:", json.dumps(r), flush=True)
     return [anchors.median_of(v) for v in done.values()]
@@ -432,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, help="runs of each anchor (default 3; 1 with --quick)")
     p.add_argument("--anchors", help="anchor configurations N@interval, comma separated "
                                      "(default 100@1,1000@5; with --quick 100@1,300@5)")
+    p.add_argument("--no-rules", action="store_true",
+                   help="anchors without the Prometheus + recording rules process (less load "
+                        "on a small machine)")
     p.add_argument("--vllm", choices=("auto", "on", "off"), default="auto",
                    help="the real-vLLM part: auto = on unless --quick (skipped when vLLM is "
                         "not installed)")
@@ -453,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = ns.anchors or ("100@1,300@5" if q else "100@1,1000@5")
             configs = [(int(c.split("@")[0]), float(c.split("@")[1])) for c in spec.split(",")]
             res["anchors"] = run_anchors(configs, ns.runs or (1 if q else 3),
-                                         12.0 if q else 30.0, tmp)
+                                         12.0 if q else 30.0, tmp, not ns.no_rules)
         if "vllm" in only and (ns.vllm == "on" or (ns.vllm == "auto" and not q)):
             res["vllm"] = guarded(vllmcost.run, 200, 2, tmp)
             print("vllm:", res["vllm"], flush=True)
