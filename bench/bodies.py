@@ -50,3 +50,15 @@ def bodies(kind: str) -> list[bytes]:
     if kind == "eight":
         return [multi_engine(b) for b in real]
     raise ValueError(f"unknown body kind {kind!r}")
+
+
+def filtered(seq: list[bytes]) -> list[bytes]:
+    """``seq`` as the sidecar receives it in filtered mode: the names it would ask for after a
+    probe of the first body (``scrapefilter.request_names``), each body restricted to them the
+    way vLLM's prometheus_client does (``testkit.replay.restricted_body``)."""
+    from sidecar.parser import parse
+    from testkit.replay import TEXT_004, restricted_body
+    from sidecar.scrapefilter import request_names
+
+    names = request_names({s[0] for s in parse(seq[0], TEXT_004).samples})
+    return [restricted_body(b, TEXT_004, names)[0] for b in seq]

@@ -51,8 +51,10 @@ def start_replay(n: int, kind: str, prefix: str = "t") -> tuple[subprocess.Popen
     return proc, int(proc.stdout.readline())
 
 
-def replay_hits(port: int, since: float, until: float) -> dict[str, list[float]]:
-    _, body = get(f"http://127.0.0.1:{port}/_stats?since={since}")
+def replay_hits(port: int, since: float, until: float,
+                filtered: bool = False) -> dict[str, list[float]]:
+    """Per target, when it was scraped in [since, until] (only filtered GETs if ``filtered``)."""
+    _, body = get(f"http://127.0.0.1:{port}/_stats?since={since}" + ("&filtered=1" * filtered))
     return {k: [t for t in v if t <= until] for k, v in json.loads(body).items()}
 
 
