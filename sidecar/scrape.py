@@ -244,8 +244,8 @@ async def _filtered(c: _Cycle, state: FilterState, request: Request,
     """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
     answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
-        note = state.fall_back("the filtered request timed out")
-        return c.failed(answer.reason, answer.error), note
+        return c.failed(answer.reason, answer.error), state.timed_out()
+    state.answered()
     outcome, parsed = c.parse(answer) if answer.reason is None else (None, None)
     if answer.reason is not None and not answer.status:
         # connect, too_large, a broken answer: the route misbehaved; the full GET tells the rest
