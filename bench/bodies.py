@@ -7,21 +7,15 @@ once per engine; no capture of one exists, so we relabel the real single-engine 
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+from testkit.captures import capture_bodies
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 #: a busy capture: 16 concurrent requests, latency histograms filled, KV usage > 0
 SCENARIO = "vllm-0.32.0/concurrent"
 
 
 def one_engine_bodies(scenario: str = SCENARIO) -> list[bytes]:
     """The plain-text bodies of a capture folder, in scrape order."""
-    base = FIXTURES / scenario
-    meta = json.loads((base / "meta.json").read_text())
-    return [(base / s["file"]).read_bytes() for s in meta["scrapes"]]
+    return capture_bodies(scenario)
 
 
 def multi_engine(body: bytes, engines: int = 8) -> bytes:
@@ -56,3 +50,15 @@ def bodies(kind: str) -> list[bytes]:
     if kind == "eight":
         return [multi_engine(b) for b in real]
     raise ValueError(f"unknown body kind {kind!r}")
+
+
+def filtered(seq: list[bytes]) -> list[bytes]:
+    """``seq`` as the sidecar receives it in filtered mode: the names it would ask for after a
+    probe of the first body (``scrapefilter.request_names``), each body restricted to them the
+    way vLLM's prometheus_client does (``testkit.replay.restricted_body``)."""
+    from sidecar.parser import parse
+    from testkit.replay import TEXT_004, restricted_body
+    from sidecar.scrapefilter import request_names
+
+    names = request_names({s[0] for s in parse(seq[0], TEXT_004).samples})
+    return [restricted_body(b, TEXT_004, names)[0] for b in seq]

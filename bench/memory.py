@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 import sidecar.service  # noqa: F401 - the service's import footprint
-from sidecar.config import parse_windows
+from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.exporter import SnapshotCollector, render, render_target
 from sidecar.scrape import parse_body

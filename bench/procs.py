@@ -5,22 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from testkit.procs import free_port
+
 PY = sys.executable
 REPO = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -56,8 +51,10 @@ def start_replay(n: int, kind: str, prefix: str = "t") -> tuple[subprocess.Popen
     return proc, int(proc.stdout.readline())
 
 
-def replay_hits(port: int, since: float, until: float) -> dict[str, list[float]]:
-    _, body = get(f"http://127.0.0.1:{port}/_stats?since={since}")
+def replay_hits(port: int, since: float, until: float,
+                filtered: bool = False) -> dict[str, list[float]]:
+    """Per target, when it was scraped in [since, until] (only filtered GETs if ``filtered``)."""
+    _, body = get(f"http://127.0.0.1:{port}/_stats?since={since}" + ("&filtered=1" * filtered))
     return {k: [t for t in v if t <= until] for k, v in json.loads(body).items()}
 
 

@@ -1,8 +1,13 @@
 """A replay server process: N fake vLLM targets serving real bodies, logging when each is scraped.
 
-Runs in its own process so its CPU never counts against the sidecar's. ``GET /_stats?since=T``
-returns, per target, the unix times of the ``/metrics`` requests since ``T``: the bench derives
-from them whether the scrape cycles stayed on time (gaps between consecutive scrapes).
+Runs in its own process so its CPU never counts against the sidecar's. The routes are those of
+:meth:`testkit.replay.ReplayServer.add_routes`: ``/<name>/metrics`` (the full body, as vLLM's exact
+route) and ``/<name>/metrics/?name[]=...`` answered the way vLLM's prometheus_client app does (only
+the named samples, with their families' HELP/TYPE), so the sidecar's filtered mode is what gets
+measured. ``GET /_stats?since=T`` returns, per target, the unix times of its ``/metrics`` requests
+since ``T`` (either route); ``&filtered=1`` only those of filtered requests (``/metrics/`` with a
+``name[]`` query). The bench derives from them whether the scrape cycles stayed on time and which
+mode each scraper used.
 
     python -m bench.replayproc --targets 1000 --kind one
 """
@@ -17,32 +22,36 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 from .bodies import bodies
 
 
 class LoggingReplay(ReplayServer):
-    """:class:`sidecar.replay.ReplayServer` that also records every scrape's arrival time."""
+    """:class:`testkit.replay.ReplayServer` that also records every scrape's arrival time."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0):
         super().__init__(host, port)
         self.log: dict[str, list[float]] = defaultdict(list)
+        self.filtered: dict[str, list[float]] = defaultdict(list)
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        self.log[request.match_info["name"]].append(time.time())
+        now, name = time.time(), request.match_info["name"]
+        self.log[name].append(now)
+        if request.path.endswith("/") and "name[]" in request.query:
+            self.filtered[name].append(now)
         return await super()._metrics(request)
 
     async def _stats(self, request: web.Request) -> web.Response:
         since = float(request.query.get("since", "0"))
-        doc = {name: [t for t in times if t >= since] for name, times in self.log.items()}
+        log = self.filtered if request.query.get("filtered") else self.log
+        doc = {name: [t for t in times if t >= since] for name, times in log.items()}
         return web.Response(text=json.dumps(doc), content_type="application/json")
 
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/_stats", self._stats)
-        app.router.add_get("/{name}/metrics", self._metrics)
-        app.router.add_get("/{name}/version", self._version)
+        self.add_routes(app)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=4096)

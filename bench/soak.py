@@ -48,11 +48,13 @@ SAMPLE_EVERY = 60.0
 SLOPE_WINDOW_S = 2400.0
 CHURN_OFFSET = 30.0
 LATE = 1.5  # a gap longer than 1.5 intervals is a missed cycle, as in ``python -m bench``
-_UP_RE = re.compile(rb'^vllm_sidecar_target_up\{(?:[^}]*,)?target="((?:[^"\\]|\\.)*)"[^}]*\}\s+(\S+)',
-                    re.MULTILINE)
+_UP_RE = re.compile(
+    rb'^vllm_sidecar_target_up\{(?:[^}]*,)?target="((?:[^"\\]|\\.)*)"[^}]*\}\s+(\S+)', re.MULTILINE
+)
 
 
 # ------------------------------------------------------------------ one minute's row
+
 
 @dataclass
 class Row:
@@ -137,8 +139,9 @@ class Lateness:
     gap_p99_ratio: float
 
 
-def lateness(hits: dict[str, list[float]], names: list[str], t0: float, t1: float,
-             interval: float) -> Lateness:
+def lateness(
+    hits: dict[str, list[float]], names: list[str], t0: float, t1: float, interval: float
+) -> Lateness:
     """Scrape gaps of ``names`` (targets present for the whole of [t0, t1]) that end in the
     minute, plus each one's open gap at ``t1`` when that is already overdue: a target nobody
     scrapes any more shows up as late instead of vanishing from the figures."""
@@ -160,6 +163,7 @@ def lateness(hits: dict[str, list[float]], names: list[str], t0: float, t1: floa
 
 
 # ------------------------------------------------------------------ the moving parts
+
 
 class MetricsReader(threading.Thread):
     """GETs the service's ``/metrics`` every ``interval`` on a fixed schedule, as Prometheus does;
@@ -198,8 +202,7 @@ class MetricsReader(threading.Thread):
     def take(self) -> tuple[bytes, int, int, float]:
         """(last body, GETs, errors, slowest ms) since the previous call."""
         with self.lock:
-            out = (self.last_body, self.gets, self.errors,
-                   1e3 * max(self.latencies, default=math.nan))
+            out = (self.last_body, self.gets, self.errors, 1e3 * max(self.latencies, default=math.nan))
             self.gets = self.errors = 0
             self.latencies = []
         return out
@@ -234,9 +237,13 @@ class Fleet:
 
     def write(self) -> None:
         """Atomically, as a ConfigMap swap or ``mv`` would: the watcher never reads half a file."""
-        groups = [{"targets": [f"127.0.0.1:{self.port}"],
-                   "labels": {"name": name, "__metrics_path__": f"/{name}/metrics"}}
-                  for name in self.active]
+        groups = [
+            {
+                "targets": [f"127.0.0.1:{self.port}"],
+                "labels": {"name": name, "__metrics_path__": f"/{name}/metrics"},
+            }
+            for name in self.active
+        ]
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups, indent=1))
         os.replace(tmp, self.path)
@@ -259,21 +266,41 @@ def read_tasks(pid: int, path: Path, wait: float = 3.0) -> tuple[int | str, int 
     return "n/a", "n/a"
 
 
-def start_service(targets_file: Path, interval: float, log_path: Path, probe: bool,
-                  tasks_file: Path) -> tuple[subprocess.Popen, int]:
+def start_service(
+    targets_file: Path, interval: float, log_path: Path, probe: bool, tasks_file: Path
+) -> tuple[subprocess.Popen, int]:
     port = procs.free_port()
     module = "bench.soakprobe" if probe else "sidecar"
     env = {**os.environ, "SOAK_TASKS_FILE": str(tasks_file)}
     with open(log_path, "w") as log:  # a file, never a pipe nobody drains
-        proc = subprocess.Popen([procs.PY, "-m", module, "run", "--targets-file", str(targets_file),
-                                 "--listen", f"127.0.0.1:{port}", "--interval", f"{interval:g}",
-                                 "--windows", WINDOWS, "--log-level", "warning"],
-                                cwd=procs.REPO, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        proc = subprocess.Popen(
+            [
+                procs.PY,
+                "-m",
+                module,
+                "run",
+                "--targets-file",
+                str(targets_file),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                f"{interval:g}",
+                "--windows",
+                WINDOWS,
+                "--log-level",
+                "warning",
+            ],
+            cwd=procs.REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=env,
+        )
     proc.log_path = log_path  # type: ignore[attr-defined]
     return proc, port
 
 
 # ------------------------------------------------------------------ the run
+
 
 @dataclass
 class Settings:
@@ -287,8 +314,17 @@ class Settings:
     seed: int
 
 
-def sample(s: Settings, pid: int, rport: int, fleet: Fleet, reader: MetricsReader,
-           t_start: float, t_prev: float, cpu_prev: float, tasks_file: Path) -> Row:
+def sample(
+    s: Settings,
+    pid: int,
+    rport: int,
+    fleet: Fleet,
+    reader: MetricsReader,
+    t_start: float,
+    t_prev: float,
+    cpu_prev: float,
+    tasks_file: Path,
+) -> Row:
     now = time.time()
     cpu = procs.cpu_seconds(pid)
     body, gets, errors, slowest = reader.take()
@@ -297,14 +333,29 @@ def sample(s: Settings, pid: int, rport: int, fleet: Fleet, reader: MetricsReade
     tasks, scrape_tasks = read_tasks(pid, tasks_file) if s.probe else ("n/a", "n/a")
     hits = procs.replay_hits(rport, t_prev - 3 * s.interval, now)
     late = lateness(hits, fleet.steady(t_prev - 3 * s.interval), t_prev, now, s.interval)
-    return Row(elapsed_s=round(now - t_start, 1), rss_mb=round(procs.rss_mb(pid), 2),
-               cpu_s=round(cpu, 2), cpu_frac=round((cpu - cpu_prev) / (now - t_prev), 4),
-               fds=fd_count(pid), tcp_conns=conns, tcp_established=established, tasks=tasks,
-               scrape_tasks=scrape_tasks, targets_configured=len(fleet.active),
-               targets_tracked=tracked, targets_up=up, churns=fleet.churns, scrapes=late.scrapes,
-               late_targets=late.late_targets, gap_max_ratio=round(late.gap_max_ratio, 3),
-               gap_p99_ratio=round(late.gap_p99_ratio, 3), metrics_gets=gets,
-               metrics_errors=errors, metrics_max_ms=round(slowest, 1), loadavg=procs.loadavg())
+    return Row(
+        elapsed_s=round(now - t_start, 1),
+        rss_mb=round(procs.rss_mb(pid), 2),
+        cpu_s=round(cpu, 2),
+        cpu_frac=round((cpu - cpu_prev) / (now - t_prev), 4),
+        fds=fd_count(pid),
+        tcp_conns=conns,
+        tcp_established=established,
+        tasks=tasks,
+        scrape_tasks=scrape_tasks,
+        targets_configured=len(fleet.active),
+        targets_tracked=tracked,
+        targets_up=up,
+        churns=fleet.churns,
+        scrapes=late.scrapes,
+        late_targets=late.late_targets,
+        gap_max_ratio=round(late.gap_max_ratio, 3),
+        gap_p99_ratio=round(late.gap_p99_ratio, 3),
+        metrics_gets=gets,
+        metrics_errors=errors,
+        metrics_max_ms=round(slowest, 1),
+        loadavg=procs.loadavg(),
+    )
 
 
 def run(s: Settings, csv_path: Path) -> None:
@@ -314,19 +365,21 @@ def run(s: Settings, csv_path: Path) -> None:
     rounds = int(s.duration // s.churn_every) + 1 if s.churn_every > 0 else 0
     pool_size = s.targets + churn_k * rounds
     replay, rport = procs.start_replay(pool_size, "one", prefix="s")
-    fleet = Fleet(s.out / f"targets-{stamp}.json", rport, [f"s{i}" for i in range(pool_size)],
-                  random.Random(s.seed))
+    fleet = Fleet(
+        s.out / f"targets-{stamp}.json", rport, [f"s{i}" for i in range(pool_size)], random.Random(s.seed)
+    )
     fleet.start(s.targets)
     tasks_file = s.out / f"tasks-{stamp}.txt"
-    side, sport = start_service(fleet.path, s.interval, s.out / f"sidecar-{stamp}.log", s.probe,
-                                tasks_file)
+    side, sport = start_service(fleet.path, s.interval, s.out / f"sidecar-{stamp}.log", s.probe, tasks_file)
     reader = MetricsReader(f"http://127.0.0.1:{sport}/metrics", s.interval)
     try:
         t_launch = time.time()
         ready = procs.wait_ready(sport, side, timeout=300)
-        print(f"service pid {side.pid} ready={ready} after {time.time() - t_launch:.1f}s; "
-              f"replay pid {replay.pid} on port {rport} serving {pool_size} names; csv {csv_path}",
-              flush=True)
+        print(
+            f"service pid {side.pid} ready={ready} after {time.time() - t_launch:.1f}s; "
+            f"replay pid {replay.pid} on port {rport} serving {pool_size} names; csv {csv_path}",
+            flush=True,
+        )
         reader.start()
         _loop(s, side, rport, fleet, reader, tasks_file, csv_path)
     finally:
@@ -336,8 +389,15 @@ def run(s: Settings, csv_path: Path) -> None:
         tasks_file.unlink(missing_ok=True)
 
 
-def _loop(s: Settings, side: subprocess.Popen, rport: int, fleet: Fleet, reader: MetricsReader,
-          tasks_file: Path, csv_path: Path) -> None:
+def _loop(
+    s: Settings,
+    side: subprocess.Popen,
+    rport: int,
+    fleet: Fleet,
+    reader: MetricsReader,
+    tasks_file: Path,
+    csv_path: Path,
+) -> None:
     t_start = t_prev = time.time()
     cpu_prev = procs.cpu_seconds(side.pid)
     next_sample, end = t_start + SAMPLE_EVERY, t_start + s.duration
@@ -349,8 +409,10 @@ def _loop(s: Settings, side: subprocess.Popen, rport: int, fleet: Fleet, reader:
         while next_sample <= end + 1e-6:
             time.sleep(max(0.0, min(next_sample, next_churn) - time.time()))
             if side.poll() is not None:
-                print(f"service exited with {side.returncode}; see {side.log_path}",  # type: ignore[attr-defined]
-                      flush=True)
+                print(
+                    f"service exited with {side.returncode}; see {side.log_path}",  # type: ignore[attr-defined]
+                    flush=True,
+                )
                 return
             if time.time() >= next_churn:
                 fleet.churn(s.churn_fraction)
@@ -365,6 +427,7 @@ def _loop(s: Settings, side: subprocess.Popen, rport: int, fleet: Fleet, reader:
 
 
 # ------------------------------------------------------------------ the summary
+
 
 @dataclass
 class Trend:
@@ -428,8 +491,12 @@ def trend(rows: list[dict[str, float]], col: str) -> Trend:
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     slope, se = fit(xs, ys)
     third = max(1, len(ys) // 3)
-    grew = (len(ys) >= 3 and statistics.median(ys[-third:]) > max(ys[:third])
-            and slope > 0 and not slope <= 2 * se)  # se is nan with 2 points, 0 on a line
+    grew = (
+        len(ys) >= 3
+        and statistics.median(ys[-third:]) > max(ys[:third])
+        and slope > 0
+        and not slope <= 2 * se
+    )  # se is nan with 2 points, 0 on a line
     return Trend(ys[0], ys[-1], max(ys), slope * 3600, grew)
 
 
@@ -448,18 +515,27 @@ def summarize(rows: list[dict[str, float]]) -> Summary:
     rss = [r["rss_mb"] for r in win]
     slope, se = fit(xs, rss)
     mean = statistics.fmean(rss) if rss else math.nan
-    peaks = {c: max((r[c] for r in rows if not math.isnan(r[c])), default=math.nan)
-             for c in COLUMNS if c != "elapsed_s"}
+    peaks = {
+        c: max((r[c] for r in rows if not math.isnan(r[c])), default=math.nan)
+        for c in COLUMNS
+        if c != "elapsed_s"
+    }
     cols = ("rss_mb", "fds", "tcp_conns", "tcp_established", "tasks", "targets_tracked")
     return Summary(
-        minutes=len(rows), window_from_s=xs[0] if xs else math.nan,
-        window_to_s=xs[-1] if xs else math.nan, rss_slope_mb_h=slope * 3600,
-        rss_slope_se_mb_h=se * 3600, rss_mean_mb=mean,
-        rss_slope_rel_pct_h=100 * slope * 3600 / mean if mean else math.nan, peaks=peaks,
+        minutes=len(rows),
+        window_from_s=xs[0] if xs else math.nan,
+        window_to_s=xs[-1] if xs else math.nan,
+        rss_slope_mb_h=slope * 3600,
+        rss_slope_se_mb_h=se * 3600,
+        rss_mean_mb=mean,
+        rss_slope_rel_pct_h=100 * slope * 3600 / mean if mean else math.nan,
+        peaks=peaks,
         trends={c: trend(win, c) for c in cols},
         late_minutes=sum(1 for r in rows if r["late_targets"] > 0),
-        gap_max_ratio=peaks["gap_max_ratio"], gap_p99_ratio=peaks["gap_p99_ratio"],
-        load_min=min((r["loadavg"] for r in rows), default=math.nan))
+        gap_max_ratio=peaks["gap_max_ratio"],
+        gap_p99_ratio=peaks["gap_p99_ratio"],
+        load_min=min((r["loadavg"] for r in rows), default=math.nan),
+    )
 
 
 def report(sm: Summary) -> str:
@@ -473,36 +549,47 @@ def report(sm: Summary) -> str:
         "the first third's peak and a slope above 2 standard errors):",
     ]
     for col, t in sm.trends.items():
-        lines.append(f"  {col:16} {t.first:g} -> {t.last:g}, peak {t.peak:g}, "
-                     f"{t.slope_per_h:+.2f}/h, grew: {'yes' if t.grew else 'no'}")
-    lines.append(f"scrape cycles: {sm.late_minutes} of {sm.minutes} minutes had a late target; "
-                 f"worst gap {sm.gap_max_ratio:.2f} intervals, worst minute's p99 gap "
-                 f"{sm.gap_p99_ratio:.2f} intervals")
-    lines.append(f"load average over the run: {sm.load_min:g}-{sm.peaks['loadavg']:g} on "
-                 f"{os.cpu_count()} CPUs (neighbours slow every figure above)")
+        lines.append(
+            f"  {col:16} {t.first:g} -> {t.last:g}, peak {t.peak:g}, "
+            f"{t.slope_per_h:+.2f}/h, grew: {'yes' if t.grew else 'no'}"
+        )
+    lines.append(
+        f"scrape cycles: {sm.late_minutes} of {sm.minutes} minutes had a late target; "
+        f"worst gap {sm.gap_max_ratio:.2f} intervals, worst minute's p99 gap "
+        f"{sm.gap_p99_ratio:.2f} intervals"
+    )
+    lines.append(
+        f"load average over the run: {sm.load_min:g}-{sm.peaks['loadavg']:g} on "
+        f"{os.cpu_count()} CPUs (neighbours slow every figure above)"
+    )
     lines.append("peaks over the whole run: " + ", ".join(f"{k}={v:g}" for k, v in sm.peaks.items()))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--targets", type=int, default=1000)
     p.add_argument("--interval", type=float, default=5.0, help="scrape interval, seconds")
     p.add_argument("--duration", type=float, default=3600.0, help="seconds")
     p.add_argument("--churn-every", type=float, default=180.0, help="seconds; 0: no churn")
     p.add_argument("--churn-fraction", type=float, default=0.1, help="of the targets per churn")
     p.add_argument("--out", type=Path, default=procs.REPO / ".artifacts" / "soak")
-    p.add_argument("--plain", action="store_true",
-                   help="run `python -m sidecar` itself (no task counts) instead of bench.soakprobe")
+    p.add_argument(
+        "--plain",
+        action="store_true",
+        help="run `python -m sidecar` itself (no task counts) instead of bench.soakprobe",
+    )
     p.add_argument("--seed", type=int, default=13)
     p.add_argument("--summarize", type=Path, metavar="CSV", help="only print a CSV's summary")
     ns = p.parse_args(argv)
     if ns.summarize:
         print(report(summarize(read_csv(ns.summarize))))
         return 0
-    s = Settings(ns.targets, ns.interval, ns.duration, ns.churn_every, ns.churn_fraction, ns.out,
-                 not ns.plain, ns.seed)
+    s = Settings(
+        ns.targets, ns.interval, ns.duration, ns.churn_every, ns.churn_fraction, ns.out, not ns.plain, ns.seed
+    )
     print(f"machine: nproc={os.cpu_count()} load average {procs.loadavg():.2f}; {s}", flush=True)
     s.out.mkdir(parents=True, exist_ok=True)
     csv_path = s.out / f"soak-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.csv"

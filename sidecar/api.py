@@ -84,7 +84,8 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "identity_labels": list(s.identity_labels),
         "legacy_names": list(s.legacy_names),
         "requests_running": sum(running) if running else None,
-        "refused": [{"family": r.family, "model_name": r.model_name, "engine": r.engine,
+        "refused": [{"family": r.family, "series": r.series, "model_name": r.model_name,
+                     "engine": r.engine,
                      "replica": r.replica, "value": _said(r.value), "why": r.why}
                     for r in s.refused],
         "out_of_range_values": dict(s.out_of_range),

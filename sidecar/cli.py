@@ -8,20 +8,34 @@ import logging
 import sys
 from typing import Any, Sequence
 
-from . import __version__
-from .config import ConfigError, load_config, parse_target_spec
+from . import _version
+from .config.files import ConfigError
+from .config.settings import TargetConfig, load_config, parse_target_spec
 
 log = logging.getLogger("sidecar")
 
 
-def _target_arg(value: str):
+class _VersionAction(argparse.Action):
+    """``--version``, with the version looked up only when asked (not at every start)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: Any = argparse.SUPPRESS, help: str = "show the version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        print(f"{parser.prog} {_version()}")
+        parser.exit()
+
+
+def _target_arg(value: str) -> TargetConfig:
     try:
         return parse_target_spec(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _run_parser(sub: argparse._SubParsersAction) -> None:
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="scrape vLLM targets and serve /metrics (the service)",
                        description="Scrape every vLLM target and serve the derived series. "
                                    "Every flag also has a VLLM_SIDECAR_<SETTING> variable.")
@@ -83,7 +97,7 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
         return 2
     if config.targets_file:
         try:
-            from .targets_file import load_targets_file
+            from .config.targets import load_targets_file
             extra = load_targets_file(config.targets_file)
         except ConfigError as exc:
             print(str(exc), file=sys.stderr)
@@ -101,7 +115,7 @@ def cmd_check_config(ns: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vllm-cache-sidecar",
                                 description="Is vLLM's prefix caching working, and if not, why?")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     d = sub.add_parser("doctor", help="diagnose vLLM targets once and exit 0/1/2",

@@ -25,12 +25,11 @@ from collections import deque
 from itertools import accumulate
 from operator import add, sub
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Any, Sequence
 
-from .config import Window
 from .diagnose import diagnose
 from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
-                    ScrapeOutcome, TargetSnapshot, WindowStats, ratio)
+                    ScrapeOutcome, TargetSnapshot, Window, WindowStats, ratio)
 
 INF = float("inf")
 COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions",
@@ -70,6 +69,9 @@ class _Layout:
         return self.offsets[i]
 
 
+#: one histogram in a point: (layout generation, bounds, cumulative counts, sum, count)
+_Hist = tuple[int, tuple[float, ...], "array[float]", float, float]
+
 # array slots: accumulated COUNTERS, then kv usage (NaN when absent)
 _KV = len(COUNTERS)
 _BASE = _KV + 1
@@ -79,9 +81,9 @@ _BASE = _KV + 1
 class _Point:
     t: float
     layout: _Layout
-    v: array  # see _Layout
+    v: array[float]  # see _Layout
 
-    def hist(self, i: int) -> tuple[int, tuple[float, ...], array, float, float] | None:
+    def hist(self, i: int) -> _Hist | None:
         b = self.layout.bounds[i]
         if b is None:
             return None
@@ -135,7 +137,7 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float
     return lower + (bounds[i] - lower) * (rank - below) / in_bucket
 
 
-def _latency(base: tuple | None, cur: tuple | None) -> LatencyStats | None:
+def _latency(base: _Hist | None, cur: _Hist | None) -> LatencyStats | None:
     if cur is None or base is None or base[0] != cur[0]:
         return None
     counts = list(accumulate(map(sub, cur[2], base[2]), max))
@@ -157,7 +159,7 @@ def _merge(old: EngineMetrics | None, m: EngineMetrics) -> EngineMetrics:
     """``m`` with every counter it lacks taken from ``old``: the last seen values."""
     if old is None:
         return m
-    keep: dict = {}
+    keep: dict[str, Any] = {}
     for f in COUNTERS + HISTS + ("created",):
         if getattr(m, f) is None and getattr(old, f) is not None:
             keep[f] = getattr(old, f)
@@ -174,8 +176,11 @@ class _EngineHistory:
 
     def __init__(self) -> None:
         self.points: deque[_Point] = deque()
-        #: the last seen value of every counter, kept for the target's life (restart detection)
+        #: the last seen values of the counters as derived (hit/query pairs complete)
         self.last: EngineMetrics | None = None
+        #: the last seen value of every counter as exposed, kept for the target's life: a
+        #: counter back below it is a restart (judged per engine identity)
+        self.seen: EngineMetrics | None = None
         self.last_t: float | None = None
         self.gen = 0
         #: time of a synthetic zero point from ``_created``: a baseline only inside a window
@@ -231,19 +236,22 @@ class _EngineHistory:
             if prev is not None and before is not None and layout.gens[i] == prev.layout.gens[i]:
                 b = getattr(before, h)
                 poff = prev.layout.hist_offset(i)
-                old = prev.v[poff:poff + n + 2]
+                was = prev.v[poff:poff + n + 2]
                 now = cur.counts + (cur.sum, cur.count)
                 if reset or cur.count < b.count:  # restarted: everything counted from zero
-                    v[off:off + n + 2] = array("d", map(add, old, now))
+                    v[off:off + n + 2] = array("d", map(add, was, now))
                 else:
                     base = b.counts + (b.sum, b.count)
                     inc = [x - y if x >= y else x for x, y in zip(now, base)]
-                    v[off:off + n + 2] = array("d", map(add, old, inc))
+                    v[off:off + n + 2] = array("d", map(add, was, inc))
         if m.prompt_len is not None and prev is not None and before is not None:
-            b = before.prompt_len
-            restarted = reset or b is None or m.prompt_len.count < b.count
-            v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, None if restarted else b.sum, restarted)
-            v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None if restarted else b.count, restarted)
+            pb = before.prompt_len
+            if reset or pb is None or m.prompt_len.count < pb.count:  # counted from zero
+                v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, None, True)
+                v[-1] = prev.v[-1] + _delta(m.prompt_len.count, None, True)
+            else:
+                v[-2] = prev.v[-2] + _delta(m.prompt_len.sum, pb.sum, False)
+                v[-1] = prev.v[-1] + _delta(m.prompt_len.count, pb.count, False)
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
         self.points.append(_Point(t, layout, v))
@@ -312,9 +320,9 @@ class _EngineHistory:
             hits_by_source=tuple(sorted(inc["hits_by_source"].items())), tiers=tiers,
             kv_usage_delta=kv_delta, prompt_tokens=prompt, generation_tokens=gen,
             preemptions=pre, requests=requests, latency=tuple(lat),
-            mean_prompt_tokens=mean_prompt, resets=resets)
+            mean_prompt_tokens=mean_prompt, prompts_finished=max(n1 - n0, 0.0), resets=resets)
 
-    def _hist_base(self, i: int, base: _Point, cur: _Point) -> tuple | None:
+    def _hist_base(self, i: int, base: _Point, cur: _Point) -> _Hist | None:
         """The window's baseline histogram, moved forward past a bucket-layout change."""
         gen = cur.layout.gens[i]
         if cur.layout.bounds[i] is None:
@@ -328,7 +336,7 @@ class _EngineHistory:
                 return p.hist(i)
         return None
 
-    def ratio_series(self) -> array:
+    def ratio_series(self) -> array[float]:
         """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines)."""
         out = array("d")
         prev = None
@@ -346,32 +354,55 @@ def _zero_hist(h: Histogram | None) -> Histogram | None:
 
 def _zero_like(m: EngineMetrics) -> EngineMetrics:
     """The same engine with every counter at zero: its state just before it first counted."""
-    zero: dict = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
+    zero: dict[str, Any] = {f: (None if getattr(m, f) is None else 0.0) for f in COUNTERS}
     zero.update({h: _zero_hist(getattr(m, h)) for h in HISTS})
     zero.update({f: tuple((k, 0.0) for k, _ in getattr(m, f)) for f in LABELLED})
     return replace(m, kv_usage=None, created=None, **zero)
 
 
-def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
-               cur: Normalised) -> bool:
-    """Did vLLM restart between two good scrapes? Any counter down, or a start time changed."""
-    if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
+def _engine_restarted(o: EngineMetrics, e: EngineMetrics) -> bool:
+    """Did this engine identity restart? Any counter (labelled ones too) below its last seen
+    value, or its ``_created`` changed."""
+    if o.created is not None and e.created is not None and o.created != e.created:
         return True
-    for e in cur.engines:
-        o = old.get(e.key)
-        if o is None:
-            continue
-        if o.created is not None and e.created is not None and o.created != e.created:
+    for f in COUNTERS:
+        a, b = getattr(o, f), getattr(e, f)
+        if a is not None and b is not None and b < a:
             return True
-        for f in COUNTERS:
-            a, b = getattr(o, f), getattr(e, f)
-            if a is not None and b is not None and b < a:
-                return True
-        for h in HISTS:
-            a, b = getattr(o, h), getattr(e, h)
-            if a is not None and b is not None and b.count < a.count:
-                return True
+    before = dict(_labelled(o))
+    if any(x < before.get(k, x) for k, x in _labelled(e)):
+        return True
+    for h in HISTS:
+        a, b = getattr(o, h), getattr(e, h)
+        if a is not None and b is not None and b.count < a.count:
+            return True
     return False
+
+
+def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
+               cur: Normalised) -> frozenset[tuple[str, str, str]]:
+    """The engine identities that restarted: each judged on its own counters (one replica's
+    restart behind a router or Ray Serve is not another's), all of them when vLLM's process
+    start time changed."""
+    if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
+        return frozenset(e.key for e in cur.engines)
+    return frozenset(e.key for e in cur.engines
+                     if e.key in old and _engine_restarted(old[e.key], e))
+
+
+def _paired(m: EngineMetrics) -> EngineMetrics:
+    """For derivation, a hit counter counts only with its query counter: when one of a pair is
+    absent (or was refused), both are, so a window never sees hits without their queries."""
+    change: dict[str, Any] = {}
+    for q, h in (("prefix_queries", "prefix_hits"), ("external_queries", "external_hits")):
+        if (getattr(m, q) is None) != (getattr(m, h) is None):
+            change[q] = change[h] = None
+    tq, th = dict(m.tier_queries), dict(m.tier_hits)
+    if set(tq) != set(th):
+        both = set(tq) & set(th)
+        change["tier_queries"] = tuple((k, x) for k, x in m.tier_queries if k in both)
+        change["tier_hits"] = tuple((k, x) for k, x in m.tier_hits if k in both)
+    return replace(m, **change) if change else m
 
 
 class TargetTracker:
@@ -426,14 +457,12 @@ class TargetTracker:
         self.identity_labels |= norm.identity_labels
         for r in norm.refused:
             self._out_of_range[r.family] = self._out_of_range.get(r.family, 0) + 1
-        reset = self._last_keys is not None and _restarted(
-            self._last_start, {k: h.last for k, h in self._engines.items() if h.last is not None},
-            norm)
-        if reset:
+        reset = _restarted(
+            self._last_start, {k: h.seen for k, h in self._engines.items() if h.seen is not None},
+            norm) if self._last_keys is not None else frozenset()
+        if reset:  # one restart per scrape, however many engines it reset
             self._restarts += 1
             self._restart_times.append(t)
-        prev_t = self._last_success
-        prev_keys = self._last_keys
         if norm.process_start is not None:
             self._last_start = norm.process_start
         self._last_keys = frozenset(e.key for e in norm.engines)
@@ -443,8 +472,9 @@ class TargetTracker:
             hist = self._engines.get(m.key)
             if hist is None:
                 hist = self._engines[m.key] = _EngineHistory()
-                self._start(hist, m, norm, t, prev_t if prev_keys is not None else None)
-            hist.add(t, m, reset)
+                self._start(hist, _paired(m), norm, t)
+            hist.add(t, _paired(m), m.key in reset)
+            hist.seen = _merge(hist.seen, m)
             hist.prune(t - self.longest)
             engines.append(self._engine_state(hist, m, t))
         self._forget_stale(t)
@@ -458,13 +488,9 @@ class TargetTracker:
         self.snapshot = replace(snap, diagnoses=diagnose(snap))
         return self.snapshot
 
-    def _start(self, hist: _EngineHistory, m: EngineMetrics, norm: Normalised, t: float,
-               prev_t: float | None) -> None:
-        """Where a new engine's counting began, when the tracker can know it."""
-        if prev_t is not None:
-            # The series appeared since the last good scrape: vLLM counted it from zero.
-            hist.add(prev_t, _zero_like(m), False)
-            return
+    def _start(self, hist: _EngineHistory, m: EngineMetrics, norm: Normalised, t: float) -> None:
+        """Where a new engine identity's counting began, when vLLM says so (its ``_created``, or
+        its process start); otherwise its windows start at its first sample (partial)."""
         began = m.created if m.created is not None else norm.process_start
         # only inside the longest window, and never after the first sample (clocks differ)
         if began is not None and t - self.longest < began < t:
@@ -483,8 +509,8 @@ class TargetTracker:
                 h.clear()
 
     def _engine_state(self, hist: _EngineHistory, m: EngineMetrics, now: float) -> EngineState:
-        if m.prefix_queries is not None:
-            lifetime = _ratio(m.prefix_hits or 0.0, m.prefix_queries)
+        if m.prefix_queries is not None:  # NaN without hits: an absent counter is not 0 hits
+            lifetime = _ratio(NAN if m.prefix_hits is None else m.prefix_hits, m.prefix_queries)
         elif m.v0_hit_rate is not None and m.v0_hit_rate >= 0 and not math.isnan(m.v0_hit_rate):
             lifetime = min(1.0, m.v0_hit_rate)
         else:

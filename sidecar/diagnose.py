@@ -40,13 +40,24 @@ def _shortest(engines: Iterable[EngineState]) -> list[WindowStats]:
 
 
 def _sum(ws: list[WindowStats], attr: str) -> float:
-    return sum(getattr(w, attr) for w in ws)
+    return float(sum(getattr(w, attr) for w in ws))
+
+
+def window_mean_prompt(ws: list[WindowStats]) -> float | None:
+    """Mean prompt length of the requests that finished in the window, over all engines given
+    (weighted by requests); None when none finished."""
+    n = sum(w.prompts_finished for w in ws if not math.isnan(w.mean_prompt_tokens))
+    if n <= 0:
+        return None
+    return sum(w.mean_prompt_tokens * w.prompts_finished for w in ws
+               if not math.isnan(w.mean_prompt_tokens)) / n
 
 
 def _mean_prompt(ws: list[WindowStats], engines: tuple[EngineState, ...]) -> float | None:
-    vals = [w.mean_prompt_tokens for w in ws if not math.isnan(w.mean_prompt_tokens)]
-    if vals:
-        return sum(vals) / len(vals)
+    """The window's mean prompt, else (to explain, never to decide) the lifetime one."""
+    mean = window_mean_prompt(ws)
+    if mean is not None:
+        return mean
     for e in engines:  # fall back to the lifetime histogram
         h = e.current.prompt_len
         if h is not None and h.count > 0 and not math.isnan(h.sum):
@@ -101,14 +112,15 @@ def rule_no_vllm(s: TargetSnapshot) -> Diagnosis | None:
               error=s.last_error)
 
 
-def _hits_grew(s: TargetSnapshot, c: CacheConfig) -> bool:
+def hits_grew(s: TargetSnapshot, c: CacheConfig) -> bool:
+    """Did this engine's prefix-cache hits grow in the shortest window (caching works)?"""
     return any(e.engine == c.engine and e.replica == c.replica and e.windows
                and e.windows[0].span > 0 and e.windows[0].hits > 0 for e in s.engines)
 
 
 def rule_caching_disabled(s: TargetSnapshot) -> Diagnosis | None:
     """The flag says off, unless that engine's prefix-cache hits grow: the counters win."""
-    off = [c for c in s.cache_configs if c.enable_prefix_caching is False and not _hits_grew(s, c)]
+    off = [c for c in s.cache_configs if c.enable_prefix_caching is False and not hits_grew(s, c)]
     if not off:
         return None
     names = ", ".join(engine_name(c) for c in off)
@@ -138,24 +150,45 @@ def rule_cache_unused(s: TargetSnapshot) -> Diagnosis | None:
               flag=" / ".join(flags))
 
 
+def _flag_off(s: TargetSnapshot, replica: str) -> bool:
+    """Every engine of this replica (one vLLM) says caching is off."""
+    flags = [c.enable_prefix_caching for c in s.cache_configs
+             if c.replica == replica and c.enable_prefix_caching is not None]
+    return bool(flags) and not any(flags)
+
+
 def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
-    if s.prefix_caching_enabled is False:
-        return None
+    """Per vLLM (replica): its engines looked prefixes up and no tier of it served a hit. Data-
+    parallel engines of one vLLM are judged together (one cold engine next to warm ones is
+    routing); replicas behind a router or Ray Serve are separate vLLMs."""
     ws = _shortest(s.engines)
     if not ws:
         return None
     window = ws[0].window
     v1 = [e for e in s.engines if e.current.prefix_queries is not None]
     if v1:
-        w1 = _shortest(v1)
+        by_replica: dict[str, list[EngineState]] = {}
+        for e in v1:
+            by_replica.setdefault(e.replica, []).append(e)
+        cold = []
+        for replica, es in sorted(by_replica.items()):
+            w1 = _shortest(es)
+            # a hit from any tier (CPU offload, LMCache, a KV connector) is a hit
+            if (_sum(w1, "queries") > 0 and not any(w.any_tier_hit for w in w1)
+                    and not _flag_off(s, replica)):
+                cold.append((replica, w1))
+        if not cold:
+            return None
+        w1 = [w for _, ws1 in cold for w in ws1]
         queries, hits = _sum(w1, "queries"), _sum(w1, "hits")
-        # a hit from any tier (CPU offload, LMCache, a KV connector) is a hit
-        if queries > 0 and not any(w.any_tier_hit for w in w1):
-            return _d("zero_hit_rate",
-                      f"{queries:.0f} prefix-cache queries and 0 hits from any tier in the last "
-                      f"{window}",
-                      window=window, queries=queries, hits=hits,
-                      block_size=_block_size(s), mean_prompt_tokens=_mean_prompt(ws, s.engines))
+        where = (" (" + ", ".join(r for r, _ in cold) + ")") if any(r for r, _ in cold) else ""
+        return _d("zero_hit_rate",
+                  f"{queries:.0f} prefix-cache queries and 0 hits from any tier in the last "
+                  f"{window}{where}",
+                  window=window, queries=queries, hits=hits, replicas=tuple(r for r, _ in cold),
+                  block_size=_block_size(s), mean_prompt_tokens=_mean_prompt(w1, s.engines),
+                  window_mean_prompt_tokens=window_mean_prompt(w1))
+    if s.prefix_caching_enabled is False:
         return None
     # V0: no counters; its cumulative block hit rate stays exactly 0 while prompts arrive.
     prompts = _sum(ws, "prompt_tokens")
@@ -164,7 +197,8 @@ def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
         return _d("zero_hit_rate", f"{prompts:.0f} prompt tokens in the last {window} and a "
                                    f"V0 prefix-cache hit rate of 0",
                   window=window, prompt_tokens=prompts, block_size=_block_size(s),
-                  mean_prompt_tokens=_mean_prompt(ws, s.engines))
+                  mean_prompt_tokens=_mean_prompt(ws, s.engines),
+                  window_mean_prompt_tokens=window_mean_prompt(ws))
     return None
 
 
@@ -219,7 +253,7 @@ def rule_below_block(s: TargetSnapshot, zero: Diagnosis | None) -> Diagnosis | N
     if zero is None:
         return None
     unit = _match_unit(s)
-    mean = zero.evidence_dict().get("mean_prompt_tokens")
+    mean = zero.evidence_dict().get("window_mean_prompt_tokens")  # the window's, never lifetime
     if unit is None or mean is None or mean > unit[0]:
         return None
     return _d("prefix_below_block",

@@ -22,10 +22,11 @@ from typing import Any, Sequence, TextIO
 import aiohttp
 
 from .api import target_dict
-from .config import (DEFAULT_MAX_BODY_BYTES, ConfigError, TargetConfig, Window, load_config,
-                     redact_url)
+from .config.files import ConfigError
+from .config.settings import DEFAULT_MAX_BODY_BYTES, TargetConfig, load_config, redact_url
+from .model import Window
 from .derive import TargetTracker
-from .diagnose import engine_name
+from .diagnose import engine_name, hits_grew
 from .explain import Explanation, exposer_note, explain_all, fmt_count, fmt_pct, tier_split
 from .model import SEVERITIES, TargetSnapshot
 from .scrape import scrape
@@ -158,6 +159,8 @@ def _flags_line(s: TargetSnapshot) -> str:
     parts = []
     for c in s.cache_configs:
         on = {True: "ON", False: "OFF", None: "unknown"}[c.enable_prefix_caching]
+        if c.enable_prefix_caching is False and hits_grew(s, c):  # the counters win
+            on = 'ON (hits grow; the flag says enable_prefix_caching="False")'
         bits = [f"{clean(engine_name(c))}: prefix caching {on}"]
         if c.block_size:
             bits.append(f"block_size {c.block_size}")
@@ -210,7 +213,7 @@ def _tier_lines(s: TargetSnapshot) -> list[str]:
 
 def _refused_lines(s: TargetSnapshot) -> list[str]:
     """Impossible values vLLM sent (never exported): what it said, and why refused."""
-    return [f"refused        {clean(r.family)} on {clean(engine_name(r))}: vLLM said "
+    return [f"refused        {clean(r.series)} on {clean(engine_name(r))}: vLLM said "
             f"{r.value!r} ({clean(r.why)}); not exported"
             for r in s.refused]
 
@@ -359,7 +362,7 @@ def _resolve(ns: argparse.Namespace) -> tuple[tuple[TargetConfig, ...], int, str
     config = load_config(getattr(ns, "config", None), flags)
     targets = config.targets
     if config.targets_file and "targets" not in flags:
-        from .targets_file import load_targets_file
+        from .config.targets import load_targets_file
         names = {t.name for t in targets}
         targets += tuple(t for t in load_targets_file(config.targets_file) if t.name not in names)
     return targets, config.max_body_bytes, config.scrape_filter

@@ -284,10 +284,14 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
         nums.append(f"In the last {window} vLLM received {fmt_count(ev.get('prompt_tokens'))} "
                     f"prompt tokens while its (V0) prefix-cache hit rate stayed at 0.")
     b = block_size(s, ev)
+    units = [c.prefix_match_unit for c in s.cache_configs if c.prefix_match_unit]
+    if units:  # hybrid models: prefixes match in units of prefix_match_unit, not whole blocks
+        b = max(units)
     mean = mean_prompt_tokens(s, ev)
     if b and mean is not None:
-        nums.append(f"Mean prompt length {mean:,.0f} tokens; KV block size {b} tokens "
-                    f"({mean / b:.1f} blocks per prompt).")
+        what = "prefix_match_unit" if units else "KV block size"
+        nums.append(f"Mean prompt length {mean:,.0f} tokens; {what} {b} tokens "
+                    f"({mean / b:.1f} per prompt).")
     elif b:
         nums.append(f"KV block size {b} tokens; the prompt length is unknown.")
     causes = []
@@ -309,7 +313,7 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
         "the prompts share no prefix: something differs near the start (a timestamp, request "
         "id or user name at the top of the system prompt, per-user text before the shared "
         "instructions, different chat templates or tools)", 2))
-    kv = [e.current.kv_usage for e in s.engines if _num(e.current.kv_usage) is not None]
+    kv = [u for u in (_num(e.current.kv_usage) for e in s.engines) if u is not None]
     pre = sum(w.preemptions for e in s.engines for w in e.windows[:1])
     evict = ""
     if kv and max(kv) >= 0.9:

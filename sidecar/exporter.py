@@ -1,20 +1,24 @@
-"""Render the latest snapshots as Prometheus metric families (a custom ``Collector``).
+"""The whole ``/metrics`` body, in Prometheus text 0.0.4 or OpenMetrics: :func:`exposition`.
 
-Families are built fresh at collect time from immutable snapshots; nothing here is a global gauge
-mutated from the scrape loop, so a removed target's series vanish with its snapshot.
+Families are built fresh from immutable snapshots; nothing here is a global gauge mutated from the
+scrape loop, so a removed target's series vanish with its snapshot. Each target's lines are
+rendered once per snapshot (:func:`render_target`), so serving is a join. The process's own
+families (CPU, memory, GC: reading them is I/O) are collected by the caller and handed in, so
+this module stays pure. :class:`SnapshotCollector` renders the same snapshots through
+prometheus_client, the reference the tests hold the fast renderer to.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .model import REASONS, EngineState, TargetSnapshot, ratio
+from . import _version
+from .model import REASONS, EngineState, TargetSnapshot, WindowStats, ratio
 
 P = "vllm_sidecar_"
 
@@ -135,7 +139,7 @@ def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], .
     """The sidecar's families from pre-rendered target fragments, in text 0.0.4 or OpenMetrics
     (sample lines are identical; only HELP/TYPE naming differs). ``# EOF`` is the caller's."""
     head = _Lines()
-    head.add("build_info", {"version": __version__}, 1)
+    head.add("build_info", {"version": _version()}, 1)
     if status is not None:
         _status(head, dict(static), status)
     maps = [{k: "".join(v) for k, v in head.items.items()}, *fragments]
@@ -151,6 +155,31 @@ def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], .
         out.append(f"# HELP {name} {doc}\n# TYPE {name} {typ}\n")
         out.extend(parts)
     return "".join(out)
+
+
+class _Collected:
+    """Families collected already, in the shape prometheus_client's encoders read (``collect``)."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def exposition(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], ...] = (),
+               status: ServiceStatus | None = None, openmetrics: bool = False,
+               process: Iterable[Metric] = ()) -> bytes:
+    """The ``/metrics`` body: the sidecar's families (:func:`render`), then the ``process``
+    families (collected by the caller, rendered by prometheus_client's own encoder), then, in
+    OpenMetrics, the one ``# EOF``."""
+    ours = render(fragments, static, status, openmetrics).encode()
+    encode: Callable[[Any], bytes]
+    if openmetrics:  # its answer ends in the one ``# EOF``
+        from prometheus_client.openmetrics.exposition import generate_latest as encode
+    else:
+        from prometheus_client.exposition import generate_latest as encode
+    return ours + encode(_Collected(process))
 
 
 def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica: bool) -> None:
@@ -201,7 +230,8 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica
                 f.add("latency_seconds", {**pl, "quantile": q}, v)
 
 
-def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState, w=None) -> None:
+def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState,
+           w: WindowStats | None = None) -> None:
     """Which tier served the hits: by source, KV connector, offload tiers (window ``w``, or
     lifetime from vLLM's counters). Absent families stay absent, never zeros."""
     c = e.current
@@ -276,7 +306,7 @@ def families(snapshots: Iterable[TargetSnapshot],
              static: tuple[tuple[str, str], ...] = (),
              status: ServiceStatus | None = None) -> list[Metric]:
     f = _Families()
-    f.add("build_info", {"version": __version__}, 1)
+    f.add("build_info", {"version": _version()}, 1)
     if status is not None:
         _status(f, dict(static), status)
     for s in snapshots:

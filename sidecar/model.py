@@ -20,6 +20,14 @@ SEVERITIES = ("info", "warning", "critical")
 
 
 @dataclass(frozen=True)
+class Window:
+    """A look-back window, labelled exactly as the user wrote it (``1m``)."""
+
+    label: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Histogram:
     """A cumulative histogram: ``bounds`` (upper bounds, ascending) and their cumulative counts."""
 
@@ -105,6 +113,13 @@ class Refused:
     replica: str
     value: float
     why: str  # e.g. "outside 0..1", "below 0", "NaN", "hits above queries (1200 > 1000)"
+    #: the family's own dimension where it has one, e.g. ``source="host"`` (for people)
+    detail: str = ""
+
+    @property
+    def series(self) -> str:
+        """The refused series as a person reads it: ``family{detail}``."""
+        return f"{self.family}{{{self.detail}}}" if self.detail else self.family
 
 
 #: who exposes the vLLM numbers (``vllm_sidecar_vllm_info{exposer}``)
@@ -166,6 +181,7 @@ class WindowStats:
     requests: tuple[tuple[str, float], ...] = ()  # finished requests by reason
     latency: tuple[tuple[str, LatencyStats], ...] = ()  # ttft / e2e / queue
     mean_prompt_tokens: float = NAN
+    prompts_finished: float = 0.0  # requests in ``vllm:request_prompt_tokens`` in the window
     resets: int = 0
 
     def rate(self, amount: float) -> float:

@@ -8,8 +8,9 @@ preference; when several are present the first wins, so nothing is ever counted 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 from .model import CacheConfig, EngineMetrics, Histogram, Normalised, Refused
 from .parser import ParseError, Sample
@@ -134,7 +135,8 @@ class _Acc:
 
     def __init__(self) -> None:
         self.values: dict[tuple[str, float], float] = {}
-        self.hist: dict[tuple[str, int], list] = {}
+        #: (field, priority) -> [buckets {le: count}, sum, count]
+        self.hist: dict[tuple[str, int], list[Any]] = {}
         self.labelled: dict[tuple[str, int], dict[str, float]] = {}
         self.created: dict[str, float] = {}
         self.names: dict[str, str] = {}  # field -> family as exposed (for refused samples)
@@ -164,7 +166,7 @@ def _cache_config(labels: dict[str, str], replica: str) -> CacheConfig:
     lower = {k.lower(): v for k, v in labels.items()}
     unit = _int(lower.get("prefix_match_unit"))
     return CacheConfig(
-        engine=labels.get("engine", "0"),
+        engine=labels.get("engine") or "0",
         enable_prefix_caching=_truthy(lower.get("enable_prefix_caching")),
         block_size=_int(lower.get("block_size")),
         prefix_match_unit=unit if unit and unit > 0 else None,
@@ -176,7 +178,7 @@ def _cache_config(labels: dict[str, str], replica: str) -> CacheConfig:
     )
 
 
-def _histogram(parts: list) -> Histogram | None:
+def _histogram(parts: list[Any]) -> Histogram | None:
     buckets, total, count = parts
     if not buckets:
         return None
@@ -206,15 +208,21 @@ def identity_labels(samples: Iterable[Sample]) -> frozenset[str]:
     other label whose value differs between samples of one value family (never ``*_info``), except
     the engine key, ``pid`` and the families' dimension labels (contract "Identity")."""
     first: dict[tuple[str, str], str] = {}
+    samples_of: dict[str, int] = {}
+    carrying: dict[tuple[str, str], int] = {}
     found: set[str] = set()
     for name, labels, _ in samples:
         if name not in ROUTES:
             continue
+        samples_of[name] = samples_of.get(name, 0) + 1
         for k, v in labels:
-            if k in NOT_IDENTITY or k in found:
+            if k in NOT_IDENTITY:
                 continue
-            if k in IDENTITY_ALWAYS or first.setdefault((name, k), v) != v:
+            carrying[(name, k)] = carrying.get((name, k), 0) + 1
+            if k not in found and (k in IDENTITY_ALWAYS or first.setdefault((name, k), v) != v):
                 found.add(k)
+    # a label on some samples of a family and not on others differs too (absent means "")
+    found.update(k for (name, k), n in carrying.items() if n < samples_of[name] and first.get((name, k)))
     return frozenset(found)
 
 
@@ -252,6 +260,7 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     starts: set[float] = set()
     rejections: float | None = None
+    refused: list[Refused] = []
     vllm_count = 0
     for name, labels, value in samples:
         if name == PROCESS_START:
@@ -277,11 +286,17 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
         if not fld:
             continue
         if fld == "admission_rejections":  # no ``engine`` label: the API server's, not an engine's
-            if part == "value" and value == value and value >= 0:
-                rejections = (rejections or 0.0) + value
+            if part == "value":
+                why = _impossible(value, 0.0, None)
+                if why:
+                    refused.append(Refused(name[:-len("_total")] if name.endswith("_total")
+                                           else name, lab.get("model_name", ""), "0", "", value,
+                                           why, f'reason="{lab.get("reason", "")}"'))
+                else:
+                    rejections = (rejections or 0.0) + value
             continue
         acc = engines.setdefault(
-            (lab.get("model_name", ""), lab.get("engine", "0"), replica_of(lab, ident)), _Acc())
+            (lab.get("model_name", ""), lab.get("engine") or "0", replica_of(lab, ident)), _Acc())
         seen_fields.setdefault(fld, set()).add(prio)
         if part == "created":
             if src.family in CREATED_FROM:
@@ -290,7 +305,6 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
         _add(acc, fld, prio, src, part, name, lab, value)
     # process_start_time_seconds is the vLLM process's only where vLLM serves the body itself
     process_start = next(iter(starts)) if len(starts) == 1 and exposer == EXPOSER_VLLM else None
-    refused: list[Refused] = []
     return Normalised(
         engines=tuple(_engine(k, acc, refused) for k, acc in sorted(engines.items())),
         cache_configs=tuple(configs[k] for k in sorted(configs)),
@@ -369,6 +383,19 @@ def _pick_labelled(acc: _Acc, fld: str) -> dict[str, float]:
     return {}
 
 
+def _impossible(value: float, low: float, high: float | None) -> str:
+    """Why ``value`` cannot be (empty when it can): NaN, infinite, or outside low..high."""
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "infinite"
+    if value < low:
+        return f"below {low:g}" if high is None else f"outside {low:g}..{high:g}"
+    if high is not None and value > high:
+        return f"outside {low:g}..{high:g}"
+    return ""
+
+
 class _Checker:
     """Refuses impossible values of one engine (contract "Impossible values"), recording each."""
 
@@ -376,15 +403,16 @@ class _Checker:
         self.key, self.acc, self.refused = key, acc, refused
 
     def refuse(self, fld: str, value: float, why: str, label: str = "") -> None:
-        family = self.acc.names.get(fld, fld)
-        where = f"{family}{{{LABELLED[fld]}={label}}}" if label else family
-        self.refused.append(Refused(where, *self.key, value, why))
+        detail = f'{LABELLED[fld]}="{label}"' if label else ""
+        self.refused.append(Refused(self.acc.names.get(fld, fld), *self.key, value, why, detail))
 
     def counter(self, fld: str, value: float | None, label: str = "") -> float | None:
+        """A counter below 0, NaN or infinite is impossible."""
         if value is None:
             return None
-        if value != value or value < 0:
-            self.refuse(fld, value, "NaN" if value != value else "below 0", label)
+        why = _impossible(value, 0.0, None)
+        if why:
+            self.refuse(fld, value, why, label)
             return None
         return value
 
@@ -392,16 +420,17 @@ class _Checker:
               sentinel: float | None = None) -> float | None:
         if value is None or value == sentinel:
             return value
-        if value != value or value < low or (high is not None and value > high):
-            rng = f"{low:g}..{high:g}" if high is not None else f">= {low:g}"
-            self.refuse(fld, value, f"outside {rng}")
+        why = _impossible(value, low, high)
+        if why:
+            self.refuse(fld, value, why)
             return None
         return value
 
     def pair(self, v: dict[str, float | None], q: str, h: str) -> None:
         """Hits above queries: both are refused (a ratio from either alone would lie)."""
-        if v[q] is not None and v[h] is not None and v[h] > v[q]:
-            self.refuse(h, v[h], f"hits above queries ({v[h]:g} > {v[q]:g})")
+        queries, hits = v[q], v[h]
+        if queries is not None and hits is not None and hits > queries:
+            self.refuse(h, hits, f"hits above queries ({hits:g} > {queries:g})")
             v[q] = v[h] = None
 
     def labelled(self, fld: str, by: dict[str, float]) -> dict[str, float]:

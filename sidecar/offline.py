@@ -27,10 +27,10 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .config import Window
+from .model import Window
 from .derive import TargetTracker
 from .diagnose import CODES
-from .model import ScrapeOutcome, TargetSnapshot
+from .model import Diagnosis, ScrapeOutcome, TargetSnapshot
 from .normalize import normalise
 from .parser import Sample
 
@@ -103,7 +103,7 @@ class OfflineCollector:
         self.errors = 0
         self.last_error: str | None = None
         self.kv_usage_max = 0.0
-        self.pressure_seen = None  # kv_cache_pressure diagnosis seen during the block
+        self.pressure_seen: Diagnosis | None = None  # kv_cache_pressure seen during the block
         self.started: float | None = None
         self.finished: float | None = None
 

@@ -54,7 +54,7 @@ class Parsed:
 
 
 def is_openmetrics(content_type: str | None) -> bool:
-    return bool(content_type) and "application/openmetrics-text" in content_type.lower()
+    return content_type is not None and "application/openmetrics-text" in content_type.lower()
 
 
 def _unescape(value: str) -> str:
@@ -107,6 +107,10 @@ def _decode(body: bytes | str) -> str:
         raise ParseError(line, f"invalid UTF-8 at byte {exc.start}") from None
 
 
+def _is_vllm(name: str) -> bool:
+    return name.startswith("vllm:") or name.startswith("ray_vllm_")
+
+
 def parse(body: bytes | str, content_type: str | None = None,
           wanted: Container[str] | Callable[[str], bool] | None = None) -> Parsed:
     """Parse ``body``; keep samples whose name is in ``wanted`` (all vLLM samples if None).
@@ -118,9 +122,9 @@ def parse(body: bytes | str, content_type: str | None = None,
     """
     text = _decode(body)
     om = is_openmetrics(content_type)
+    want: Callable[[str], bool]
     if wanted is None:
-        def want(name: str) -> bool:
-            return name.startswith("vllm:") or name.startswith("ray_vllm_")
+        want = _is_vllm
     elif callable(wanted):
         want = wanted
     else:

@@ -15,7 +15,8 @@ from typing import Any
 
 import aiohttp
 
-from .config import TargetConfig
+from . import targetauth
+from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
 from .parser import ParseError, Parsed, parse
@@ -33,18 +34,12 @@ def request_options(target: TargetConfig) -> dict[str, Any]:
     """Headers / TLS for a target (secrets read at scrape time so rotated files are picked up)."""
     if not (target.bearer_token_file or target.basic_auth or target.tls):
         return {}
-    try:
-        from .targetauth import request_options as _opts  # provided by the security module
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return {}
-    headers, ssl_ctx, auth = _opts(target)
+    headers, ssl_ctx = targetauth.request_options(target)
     out: dict[str, Any] = {}
     if headers:
         out["headers"] = headers
     if ssl_ctx is not None:
         out["ssl"] = ssl_ctx
-    if auth is not None:
-        out["auth"] = auth
     return out
 
 
@@ -249,8 +244,8 @@ async def _filtered(c: _Cycle, state: FilterState, request: Request,
     """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
     answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
-        note = state.fall_back("the filtered request timed out")
-        return c.failed(answer.reason, answer.error), note
+        return c.failed(answer.reason, answer.error), state.timed_out()
+    state.answered()
     outcome, parsed = c.parse(answer) if answer.reason is None else (None, None)
     if answer.reason is not None and not answer.status:
         # connect, too_large, a broken answer: the route misbehaved; the full GET tells the rest
@@ -263,7 +258,7 @@ async def _filtered(c: _Cycle, state: FilterState, request: Request,
     if verdict.honoured and outcome is not None and outcome.ok:
         return outcome, state.fall_back(verdict.why) if verdict.ignored else None
     if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it
-        verdict = Verdict(False, outcome.error if outcome is not None else "no answer")
+        verdict = Verdict(False, (outcome.error if outcome is not None else None) or "no answer")
     full, full_parsed = await _full(c)
     if full.ok:
         now = asyncio.get_running_loop().time()

@@ -9,9 +9,12 @@ import json
 import time
 from typing import Protocol, Sequence
 
+from aiohttp.typedefs import Middleware
+
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
+from . import statuspage
 from .api import targets_document
 from .model import TargetSnapshot
 
@@ -25,17 +28,10 @@ class State(Protocol):
 
 
 def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
-    try:
-        from .statuspage import render  # the full page
-    except ImportError:  # pragma: no cover - fallback while the page module is absent
-        import html
-        rows = "".join(f"<li>{html.escape(s.name)}: {'up' if s.up else 'down'}</li>"
-                       for s in snapshots)
-        return f"<!doctype html><title>vllm-cache-sidecar</title><ul>{rows}</ul>"
-    return render(snapshots, time.time())
+    return statuspage.render(snapshots, time.time())
 
 
-def build_app(state: State, middlewares: Sequence = ()) -> web.Application:
+def build_app(state: State, middlewares: Sequence[Middleware] = ()) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         # prometheus_client's negotiation decides the format; the body comes pre-rendered
         _, content_type = choose_encoder(request.headers.get("Accept", ""))

@@ -152,7 +152,7 @@ def refused_block(s: TargetSnapshot) -> str:
     """Impossible values vLLM sent in the last scrape: what it said; never exported."""
     if not s.refused:
         return ""
-    items = [f"<code>{esc(r.family)}</code> on {esc(engine_name(r))}: vLLM said "
+    items = [f"<code>{esc(r.series)}</code> on {esc(engine_name(r))}: vLLM said "
              f"<code>{esc(repr(r.value))}</code> ({esc(r.why)})" for r in s.refused]
     return ('<div class="refused"><h4>Refused as impossible (not exported)</h4>'
             + _list(items) + "</div>")

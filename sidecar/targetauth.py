@@ -11,12 +11,12 @@ name the file and the reason, never its content.
 from __future__ import annotations
 
 import base64
-import os
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from sidecar.config import TargetConfig, TLSConfig
+from sidecar.config.files import file_stamp
+from sidecar.config.settings import TargetConfig, TLSConfig
 
 # A token or password larger than this is not a token: refuse rather than send megabytes.
 MAX_SECRET_BYTES = 64 * 1024
@@ -29,28 +29,25 @@ class TargetAuthError(Exception):
 
 @dataclass(frozen=True)
 class RequestOptions:
-    """What to pass to the HTTP client for one scrape (a tuple-like: headers, ssl, auth)."""
+    """What to pass to the HTTP client for one scrape (a tuple-like: headers, ssl)."""
 
     headers: dict[str, str]
     ssl: ssl.SSLContext | None
-    auth: Any  # always None: basic auth is in headers
 
-    def __iter__(self):
-        return iter((self.headers, self.ssl, self.auth))
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.headers, self.ssl))
 
     def __repr__(self) -> str:  # never print the Authorization header or the password
-        return (f"RequestOptions(headers={sorted(self.headers)}, ssl={self.ssl!r}, "
-                f"auth={'set' if self.auth else None})")
+        return f"RequestOptions(headers={sorted(self.headers)}, ssl={self.ssl!r})"
 
 
 def request_options(target: TargetConfig) -> RequestOptions:
-    """Headers, SSL context and basic auth for scraping ``target``.
+    """Headers and SSL context for scraping ``target``.
 
-    * ``headers``: ``Authorization: Bearer ...`` when ``bearer_token_file`` is set.
+    * ``headers``: ``Authorization: Bearer ...`` when ``bearer_token_file`` is set, or
+      ``Authorization: Basic ...`` (UTF-8, RFC 7617) for ``basic_auth``, as aiohttp 4 wants it.
     * ``ssl``: an :class:`ssl.SSLContext` when the target has ``tls`` settings (CA file, client
       certificate, ``insecure_skip_verify``); ``None`` means the client's default verification.
-    * ``auth``: always ``None`` (kept for the tuple shape): basic auth goes into ``headers`` as
-      ``Authorization: Basic ...`` (UTF-8, RFC 7617), as aiohttp 4 wants it.
 
     Raises :class:`TargetAuthError` (safe message) when a file is missing or unusable.
     """
@@ -63,7 +60,7 @@ def request_options(target: TargetConfig) -> RequestOptions:
     if target.basic_auth:
         headers["Authorization"] = _basic_auth(target)
     context = tls_context(target.tls) if target.tls else None
-    return RequestOptions(headers, context, None)
+    return RequestOptions(headers, context)
 
 
 def read_secret(path: str, what: str) -> str:
@@ -107,22 +104,11 @@ def _basic_auth(target: TargetConfig) -> str:
 
 # ---------------------------------------------------------------- TLS
 
-_contexts: dict[TLSConfig, tuple[tuple, ssl.SSLContext]] = {}
+_contexts: dict[TLSConfig, tuple[tuple[Any, ...], ssl.SSLContext]] = {}
 
 
-def _stamp(tls: TLSConfig) -> tuple:
-    out = []
-    for name in (tls.ca_file, tls.cert_file, tls.key_file):
-        if not name:
-            out.append(None)
-            continue
-        try:
-            st = os.stat(name)
-        except OSError:
-            out.append("missing")
-            continue
-        out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-    return tuple(out)
+def _stamp(tls: TLSConfig) -> tuple[Any, ...]:
+    return tuple(file_stamp(name) for name in (tls.ca_file, tls.cert_file, tls.key_file))
 
 
 def tls_context(tls: TLSConfig) -> ssl.SSLContext:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from sidecar import tinymodel
-from sidecar.vllm_server import SidecarProcess, VllmServer
+from demo import tinymodel
+from demo.vllm_server import VllmServer
+from testkit.procs import SidecarProcess
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ``import live`` in any import mode
 
@@ -28,21 +29,6 @@ from live import INTERVAL, WINDOWS, start_vllm  # noqa: E402
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "restarts_vllm: restarts the shared vLLM; runs last")
-    _give_back_conftest_name(config)
-
-
-def _give_back_conftest_name(config: pytest.Config) -> None:
-    """Loading this file took over ``sys.modules["conftest"]``; hand it back to tests/conftest.py.
-
-    Other tests do ``from conftest import ...`` and mean the top-level one; without this, the
-    answer would depend on whether tests/e2e was collected before them.
-    """
-    top = Path(__file__).resolve().parent.parent / "conftest.py"
-    for plugin in config.pluginmanager.get_plugins():
-        f = getattr(plugin, "__file__", None)
-        if f and Path(f).resolve() == top:
-            sys.modules["conftest"] = plugin
-            return
 
 
 HERE = Path(__file__).resolve().parent
@@ -114,10 +100,14 @@ def sidecar_for(logs: Path,
     """Start a fresh sidecar subprocess on a free port against the given vLLM(s)."""
     started: list[SidecarProcess] = []
 
-    def start(*servers: VllmServer, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
-        targets = [f"{n}={s.metrics_url}" for n, s in zip(names, servers)]
-        proc = SidecarProcess(targets, interval=INTERVAL, windows=WINDOWS,
-                              log_path=str(logs / f"sidecar-{request.node.name}-{len(started)}.log"))
+    def start(*servers: VllmServer | str, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
+        """``servers``: vLLM servers or plain ``/metrics`` URLs (e.g. a replay target)."""
+        targets = [f"{n}={s if isinstance(s, str) else s.metrics_url}"
+                   for n, s in zip(names, servers)]
+        args = [a for t in targets for a in ("--target", t)]
+        proc = SidecarProcess([*args, "--interval", f"{INTERVAL:g}", "--windows", WINDOWS],
+                              log_path=logs / f"sidecar-{request.node.name}-{len(started)}.log",
+                              ready=True, timeout=120.0, start=False)
         started.append(proc)
         proc.start()
         return proc

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.traffic import TrafficConfig, TrafficStats, run_traffic
-from sidecar.vllm_server import SidecarProcess, VllmServer, VllmServerConfig
+from demo.traffic import TrafficConfig, TrafficStats, run_traffic
+from demo.vllm_server import VllmServer, VllmServerConfig
+from testkit import procs
+from testkit.procs import SidecarProcess
 
 #: sidecar settings for the live tests: fast scrapes, short windows
 INTERVAL = 1.0  # scrape timeout 0.8 s: room for a loaded 2-core machine
@@ -62,18 +62,10 @@ def diagnoses(data: Series, target: str) -> set[str]:
 
 def wait_until(check: Callable[[], Any], what: str, patience: float = PATIENCE,
                every: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail (not hang) if it never does."""
-    deadline = time.monotonic() + patience
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except (OSError, ValueError) as exc:  # sidecar busy / target restarting
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(every)
-    pytest.fail(f"never saw {what}; last check gave {last!r}")
+    """:func:`testkit.procs.wait_until` with the live tests' patience; a sidecar busy or a
+    target restarting (``OSError``, ``ValueError``) counts as "not yet"."""
+    return procs.wait_until(check, what, timeout=patience, pause=every,
+                            tolerate=(OSError, ValueError))
 
 
 def scraped_after(sidecar: SidecarProcess, t: float, target: str = "live") -> Callable[[], Any]:
@@ -144,3 +136,45 @@ class Watcher:
         """Active diagnosis codes per answer; ``up`` keeps only answers with that target_up."""
         return [diagnoses(data, target) for data in self.seen
                 if up is None or pick(data, "vllm_sidecar_target_up", target=target) == [float(up)]]
+
+
+def target_doc(sidecar: SidecarProcess, name: str = "live") -> dict[str, Any]:
+    """The sidecar's ``/api/v1/targets`` entry for target ``name``."""
+    doc = json.loads(fetch(sidecar.base_url + "/api/v1/targets"))
+    found = [t for t in doc["targets"] if t["name"] == name]
+    assert len(found) == 1, f"target {name!r} not in {[t['name'] for t in doc['targets']]}"
+    return found[0]
+
+
+class BackgroundTraffic:
+    """Traffic to vLLM on its own thread and event loop until :meth:`stop`.
+
+    For faults "mid-traffic": the test kills or freezes vLLM while requests are in flight and
+    reads :attr:`stats` (failures are counted, never raised) from its own thread.
+    """
+
+    def __init__(self, server: VllmServer, **kw: Any) -> None:
+        import threading
+
+        self.config = TrafficConfig(base_url=server.base_url, requests=None, **kw)
+        self.stats = TrafficStats()
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self._loop.run_until_complete(run_traffic(self.config, self.stats, self._stop))
+        self._loop.close()
+
+    def __enter__(self) -> "BackgroundTraffic":
+        self._thread.start()
+        return self
+
+    def stop(self) -> TrafficStats:
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join()
+        return self.stats
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

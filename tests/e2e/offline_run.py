@@ -63,7 +63,7 @@ def main() -> int:
     from vllm import LLM, SamplingParams
 
     from sidecar.offline import OfflineCollector
-    from sidecar.traffic import PromptMaker, TrafficConfig
+    from demo.traffic import PromptMaker, TrafficConfig
 
     llm = LLM(model=model_dir, enable_prefix_caching=(mode == "on"), disable_log_stats=False,
               max_model_len=1024, dtype="float32", seed=0)

@@ -1,4 +1,4 @@
-"""``python -m sidecar.demo`` against the session's vLLM: it prints live tables and cleans up."""
+"""``python -m demo`` against the session's vLLM: it prints live tables and cleans up."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.vllm_server import free_port, port_open
+from testkit.procs import free_port, port_open
 
 pytestmark = pytest.mark.e2e
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_with_existing_vllm_prints_tables_and_stops(vllm_on, tmp_path):
     port = free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "sidecar.demo", "--vllm-url", vllm_on.base_url,
+        [sys.executable, "-m", "demo", "--vllm-url", vllm_on.base_url,
          "--sidecar-port", str(port), "--duration", "12", "--refresh", "3", "--interval", "1",
          "--burst-every", "5", "--log-dir", str(tmp_path)],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

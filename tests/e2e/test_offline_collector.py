@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.vllm_server import vllm_environment
+from demo.vllm_server import vllm_environment
 
 pytestmark = pytest.mark.e2e
 

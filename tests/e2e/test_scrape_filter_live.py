@@ -16,7 +16,8 @@ from sidecar.normalize import WANTED, normalise
 from sidecar.parser import parse
 from sidecar.scrape import ACCEPT
 from sidecar.scrapefilter import check, filtered_url, request_names
-from sidecar.vllm_server import SidecarProcess, VllmServer
+from demo.vllm_server import VllmServer
+from testkit.procs import SidecarProcess
 
 P = "vllm_sidecar_"
 #: series whose value depends on when each target was scraped, not on what vLLM said
@@ -83,10 +84,9 @@ def test_filtered_and_full_targets_give_identical_figures(vllm_on: VllmServer, l
     cfg.write_text(json.dumps({"targets": [
         {"name": "filtered", "url": vllm_on.metrics_url},
         {"name": "full", "url": vllm_on.metrics_url, "scrape_filter": "off"}]}))
-    sidecar = SidecarProcess([], interval=INTERVAL, windows=WINDOWS,
-                             log_path=str(logs / "sidecar-scrape-filter.log"),
-                             extra_args=["--config", str(cfg)])
-    sidecar.start()
+    sidecar = SidecarProcess(["--interval", f"{INTERVAL:g}", "--windows", WINDOWS,
+                              "--config", str(cfg)], log_path=logs / "sidecar-scrape-filter.log",
+                             ready=True, timeout=120.0)
     try:
         traffic(vllm_on, requests=8, concurrency=2, shared_fraction=0.8, prefixes=2, seed=29)
         done = time.time()

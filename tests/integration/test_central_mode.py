@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import FIXTURES, GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
+from testkit.captures import FIXTURES
+from testkit.procs import GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 CAPTURE = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
 

@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, clean_env, free_port
+from testkit import REPO
+from testkit.captures import FIXTURES, load_fixture
+from testkit.procs import clean_env, free_port
+from testkit.replay import ReplayServer
 
-from sidecar.bodies import get_value, set_value
-from sidecar.replay import ReplayServer, load_fixture
+from testkit.bodies import get_value, set_value
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 V32_ON = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from sidecar.config import TargetConfig, parse_windows
+from sidecar.config.settings import TargetConfig, parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.explain import explain
 from sidecar.model import ScrapeOutcome

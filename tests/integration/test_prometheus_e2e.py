@@ -27,10 +27,13 @@ from typing import Any, Iterator
 import httpx
 import pytest
 import yaml
-from conftest import FIXTURES, REPO, SidecarProcess, free_port, growing, terminate, wait_until
+from testkit import REPO
+from testkit.bodies import growing
+from testkit.captures import FIXTURES
+from testkit.procs import SidecarProcess, free_port, terminate, wait_until
 
-from sidecar.bodies import get_value, multi_engine, no_hits, set_value
-from sidecar.replay import ReplayServer
+from testkit.bodies import get_value, multi_engine, no_hits, set_value
+from testkit.replay import ReplayServer
 
 RULES = REPO / "deploy" / "prometheus" / "rules.yaml"
 DASHBOARDS = sorted((REPO / "dashboards").glob("*.json"))

@@ -13,14 +13,15 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from conftest import FIXTURES
+from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import get_value, set_value
-from sidecar.config import Config, TargetConfig, Window
+from testkit.bodies import get_value, set_value
+from sidecar.config.settings import Config, TargetConfig
+from sidecar.model import Window
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 from sidecar.scrapefilter import request_names
 from sidecar.service import Sidecar
 

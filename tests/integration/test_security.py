@@ -26,17 +26,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from conftest import (
-    FIXTURES,
-    GUARD_SECONDS,
-    SidecarProcess,
-    issue,
-    key_pem,
-    make_ca,
-    pem,
-    sidecar_cli,
-    wait_until,
-)
+from testkit.captures import FIXTURES
+from testkit.procs import GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
+from testkit.tls import issue, key_pem, make_ca, pem
 
 bcrypt = pytest.importorskip("bcrypt")
 pytest.importorskip("cryptography")

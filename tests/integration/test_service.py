@@ -9,12 +9,13 @@ import time
 
 import httpx
 import pytest
-from conftest import FIXTURES, SidecarProcess, load_capture, wait_until
+from testkit.captures import FIXTURES, load_capture
+from testkit.procs import SidecarProcess, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import multi_engine, no_hits
-from sidecar.replay import ReplayServer
+from testkit.bodies import multi_engine, no_hits
+from testkit.replay import ReplayServer
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 

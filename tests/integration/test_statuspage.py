@@ -17,11 +17,13 @@ from html.parser import HTMLParser
 
 import httpx
 import pytest
-from conftest import FIXTURES, REPO, SidecarProcess, free_port, wait_until
+from testkit import REPO
+from testkit.captures import FIXTURES, load_fixture
+from testkit.procs import SidecarProcess, free_port, wait_until
+from testkit.replay import ReplayServer
 
-from sidecar.bodies import get_value, set_value
+from testkit.bodies import get_value, set_value
 from sidecar.explain import fmt_pct
-from sidecar.replay import ReplayServer, load_fixture
 
 ARTIFACTS = REPO / ".artifacts"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"

@@ -9,10 +9,11 @@ import time
 
 import httpx
 import pytest
-from conftest import SidecarProcess, load_capture, wait_until
+from testkit.captures import load_capture
+from testkit.procs import SidecarProcess, wait_until
 
-from sidecar.bodies import ROUTER, ray_body, set_value
-from sidecar.replay import ReplayServer
+from testkit.bodies import ROUTER, ray_body, set_value
+from testkit.replay import ReplayServer
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 

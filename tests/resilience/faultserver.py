@@ -9,27 +9,21 @@ is counted per case, and :attr:`FaultServer.inflight` shows requests being held 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import socket
 import struct
 from collections import Counter
-from pathlib import Path
 from typing import Awaitable, Callable
 
-from sidecar.replay import InThread
+from testkit.captures import capture_bodies
+from testkit.replay import InThread
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(os.environ.get("VLLM_SIDECAR_FIXTURES") or REPO.parent / "shared" / "fixtures")
 TEXT = "text/plain; version=0.0.4; charset=utf-8"
 HANG = 3600.0  # "forever": the client's timeout or the server's stop ends it
 
 
 def real_bodies(folder: str = "vllm-0.32.0/prefix_on_shared") -> list[bytes]:
-    """Captured vLLM bodies of one scenario, in order (counters grow from one to the next)."""
-    base = FIXTURES / folder
-    meta = json.loads((base / "meta.json").read_text())
-    return [(base / s["file"]).read_bytes() for s in meta["scrapes"]]
+    """Captured vLLM bodies of one scenario (shared prefixes, caching on by default), in order."""
+    return capture_bodies(folder)
 
 
 def body_with(body: bytes, extra: str) -> bytes:

@@ -15,7 +15,7 @@ from faultserver import real_bodies, set_sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.config import Window
+from sidecar.model import Window
 from sidecar.derive import TargetTracker
 from sidecar.exporter import families
 from sidecar.model import REASONS, ScrapeOutcome
@@ -207,7 +207,8 @@ def test_derivation_invariants_hold_for_any_sequence(steps) -> None:
             queries, hits, kv = step[1], step[2], step[3]
             # impossible values are never exported (contract "Impossible values"): a counter
             # below 0 or NaN, hits above queries (both refused), usage outside 0..1
-            possible = queries >= 0 and not (hits >= 0 and hits > queries)
+            possible = (0 <= queries < math.inf
+                        and not (0 <= hits < math.inf and hits > queries))
             if possible:
                 # pass-through: exactly vLLM's value, even when it went down
                 (_, q), = series["vllm_sidecar_prefix_cache_queries_total"]

@@ -8,7 +8,6 @@ arrives while the fault server sees those requests still open.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,9 @@ from pathlib import Path
 
 from faultserver import FaultServer
 
+from testkit.procs import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(cond, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:

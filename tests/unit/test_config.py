@@ -7,10 +7,16 @@ import textwrap
 
 import pytest
 
-from sidecar.config import (
-    DEFAULT_URL, ConfigError, TargetConfig, Window, load_config, parse_duration, parse_target_spec,
+from sidecar.config.files import ConfigError
+from sidecar.config.settings import (
+    DEFAULT_URL,
+    TargetConfig,
+    load_config,
+    parse_duration,
+    parse_target_spec,
     parse_windows,
 )
+from sidecar.model import Window
 
 
 def write(tmp_path, text: str, name: str = "sidecar.yaml") -> str:

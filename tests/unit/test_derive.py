@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.bodies import multi_engine, set_value
-from sidecar.config import Window, parse_windows
+from testkit.bodies import multi_engine, set_value
+from sidecar.config.settings import parse_windows
+from sidecar.model import Window
 from sidecar.derive import TargetTracker, histogram_quantile
 from sidecar.model import ScrapeOutcome
 from sidecar.scrape import parse_body
@@ -127,13 +128,17 @@ def test_failed_scrape_serves_nothing_stale_and_history_survives():
     assert w.queries == ref_value(caps[-1].body, Q) - ref_value(caps[0].body, Q)
 
 
-def test_engine_appearing_later_counts_from_zero():
+def test_engine_appearing_later_starts_a_partial_window():
+    """Contract "Windows": with no sample a window old and no _created (V0 has none) inside the
+    window, the increase starts from the engine's oldest sample, never from an invented zero."""
     caps = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [c.body for c in caps], [c.ts for c in caps])
     (e,) = snap.engines
-    # the idle V0 body has no engine series; all prompt tokens of the run count in the window
-    assert e.windows[0].prompt_tokens == ref_value(caps[-1].body, "vllm:prompt_tokens_total")
+    first = next(c for c in caps if b"vllm:prompt_tokens_total{" in c.body)
+    assert e.windows[0].prompt_tokens == (ref_value(caps[-1].body, "vllm:prompt_tokens_total")
+                                         - ref_value(first.body, "vllm:prompt_tokens_total"))
+    assert e.windows[0].span == caps[-1].ts - first.ts
 
 
 def test_v0_lifetime_is_its_gauge_and_minus_one_is_nan():
@@ -203,3 +208,23 @@ def test_changed_bucket_layout_is_never_merged():
     lat = dict(snap.engines[0].windows[0].latency)
     assert "ttft" not in lat  # no baseline with the same layout yet
     assert "e2e" in lat
+
+
+@pytest.mark.parametrize("folder", ["vllm-0.32.0-dp2/prefix_on_shared", "vllm-0.32.0-dp2/api_servers_2"])
+def test_real_data_parallel_capture_is_two_engines_never_summed(folder):
+    """Our own capture of a real vLLM with --data-parallel-size 2 (tests/fixtures): one body, two
+    engines, each with its own cache; admission_rejections (no engine label) does not break it."""
+    caps = load_capture(folder)
+    tracker = TargetTracker("t", parse_windows("1m,5m"))
+    snap = feed(tracker, [c.body for c in caps], [c.ts for c in caps])
+    last = caps[-1].body
+    assert [(e.engine, e.replica) for e in snap.engines] == [("0", ""), ("1", "")]
+    for e in snap.engines:
+        q = ref_value(last, Q, engine=e.engine)
+        h = ref_value(last, H, engine=e.engine)
+        assert (e.current.prefix_queries, e.current.prefix_hits) == (q, h)
+        assert e.lifetime_hit_ratio == pytest.approx(h / q)
+    assert [c.engine for c in snap.cache_configs] == ["0", "1"]
+    assert snap.restarts == 0 and "counter_reset" not in {d.code for d in snap.diagnoses}
+    outcome = parse_body(last, None, caps[-1].ts, 0.01)
+    assert outcome.normalised.admission_rejections == 0.0

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from conftest import load_capture
+from testkit.captures import load_capture
 
-from sidecar.bodies import multi_engine, set_value, no_hits
-from sidecar.config import parse_windows
+from testkit.bodies import multi_engine, set_value, no_hits
+from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
 from sidecar.model import ScrapeOutcome

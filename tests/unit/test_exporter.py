@@ -6,17 +6,24 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from sidecar.bodies import multi_engine, set_value
-from sidecar.config import TargetConfig, parse_windows
+from testkit.bodies import multi_engine, set_value
+from sidecar.config.settings import TargetConfig, parse_windows
 from sidecar.derive import TargetTracker
-from sidecar.exporter import FAMILIES, ServiceStatus, SnapshotCollector, render, render_target
+from sidecar.exporter import (
+    FAMILIES,
+    ServiceStatus,
+    SnapshotCollector,
+    exposition,
+    render,
+    render_target,
+)
 from sidecar.model import ScrapeOutcome
 from sidecar.scrape import parse_body
 
@@ -72,6 +79,45 @@ def test_fast_render_equals_prometheus_client_exposition(openmetrics):
     assert as_set(mine) == as_set(theirs)
     assert sorted((f.name, f.type, f.documentation) for f in mine) == \
         sorted((f.name, f.type, f.documentation) for f in theirs)
+
+
+class Fixed:
+    """A collector of families collected once (process metrics move between two collects)."""
+
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return iter(self.families)
+
+
+@pytest.mark.parametrize("openmetrics", [False, True])
+def test_exposition_is_the_reference_registry_with_the_process_metrics(openmetrics):
+    """The whole body equals prometheus_client rendering one registry that holds the snapshots'
+    collector and the process collectors: the same samples and families, one ``# EOF`` last."""
+    from prometheus_client.gc_collector import GCCollector
+    from prometheus_client.platform_collector import PlatformCollector
+
+    snaps = snapshots()
+    static = (("pod", "p-0"),)
+    status = ServiceStatus(True, 99.0, 0, None)
+    collectors = CollectorRegistry(auto_describe=False)
+    PlatformCollector(registry=collectors)
+    GCCollector(registry=collectors)
+    process = list(collectors.collect())
+    assert process, "prometheus_client gave no process families to hand in"
+    body = exposition([render_target(s, static) for s in snaps], static, status, openmetrics,
+                      process).decode()
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(SnapshotCollector(lambda: snaps, static, status=lambda: status))
+    reg.register(Fixed(process))
+    parse = om_parse if openmetrics else text_string_to_metric_families
+    ref = (om_generate if openmetrics else generate_latest)(reg).decode()
+    mine, theirs = list(parse(body)), list(parse(ref))
+    assert as_set(mine) == as_set(theirs)
+    assert [f.name for f in mine][-len(process):] == [f.name for f in theirs][-len(process):]
+    assert body.count("# EOF") == (1 if openmetrics else 0)
+    assert body.endswith("# EOF\n" if openmetrics else "\n")
 
 
 def test_every_family_is_documented():

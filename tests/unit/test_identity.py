@@ -4,11 +4,11 @@ understand are different engines, never merged (issue 10 §4)."""
 from __future__ import annotations
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import codes, observe, run, series, tracker
 
 from sidecar import explain
-from sidecar.bodies import ROUTER, ray_body
+from testkit.bodies import ROUTER, ray_body
 from sidecar.normalize import escape_replica_value
 from sidecar.scrape import parse_body
 
@@ -96,3 +96,22 @@ def test_a_family_without_engine_and_a_foreign_process_never_break_the_body():
     (e,) = snap.engines
     assert e.engine == "0" and e.replica == ""
     assert tr.observe(outcome).up
+
+
+def test_a_label_on_some_samples_only_is_identity_too():
+    """Absent means "" in Prometheus: `pod="a"` next to no pod are two engines, never merged."""
+    body = ('vllm:prefix_cache_queries_total{engine="0",model_name="m",pod="a"} 1000\n'
+            'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 500\n'
+            'vllm:prefix_cache_hits_total{engine="0",model_name="m",pod="a"} 900\n'
+            'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 0\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m",pod="a"} 0.9\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.1\n')
+    snap = run([body])
+    assert sorted((e.replica, e.current.prefix_queries) for e in snap.engines) == [
+        ("", 500), ("pod=a", 1000)]
+
+
+def test_an_empty_engine_label_means_engine_zero():
+    snap = run(['vllm:prefix_cache_queries_total{engine="",model_name="m"} 10\n'
+                'vllm:prefix_cache_hits_total{engine="",model_name="m"} 5\n'])
+    assert [e.engine for e in snap.engines] == ["0"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import observe, run, series, tracker
 
 from sidecar.api import target_dict
-from sidecar.bodies import set_value
+from testkit.bodies import set_value
 
 KV = "vllm:kv_cache_usage_perc"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -72,3 +72,28 @@ def test_negative_running_and_v0_rate_outside_range():
     assert e.current.v0_hit_rate is None
     (e,) = run([set_value(v0, "vllm:gpu_prefix_cache_hit_rate", -1)]).engines
     assert e.current.v0_hit_rate == -1  # the sentinel: caching off, not impossible
+
+
+def test_infinite_counters_are_refused_and_json_stays_valid():
+    import json
+    b = set_value(body(), "vllm:num_preemptions_total", math.inf)
+    snap = run([b, b])
+    assert snap.engines[0].current.preemptions is None
+    assert [r.why for r in snap.refused] == ["infinite"]
+    json.dumps(target_dict(snap), allow_nan=False)  # /api/v1/targets and doctor --json
+
+
+def test_out_of_range_family_label_is_the_family_alone():
+    b = set_value(body(), "vllm:prompt_tokens_cached_by_source_total", -3, {"source": "host"})
+    snap = run([b])
+    (r,) = snap.refused
+    assert r.family == "vllm:prompt_tokens_cached_by_source"
+    assert r.series == 'vllm:prompt_tokens_cached_by_source{source="host"}'
+    fams = [dict(lab)["family"] for lab in series(snap, "vllm_sidecar_out_of_range_values_total")]
+    assert fams == ["vllm:prompt_tokens_cached_by_source"]
+
+
+def test_negative_admission_rejections_are_refused_and_counted():
+    b = body().replace(b'reason="max_num_queued_reqs"} 0.0', b'reason="max_num_queued_reqs"} -2.0')
+    snap = run([b])
+    assert [r.family for r in snap.refused] == ["vllm:admission_rejections"]

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from sidecar.cli import _flags, build_parser
-from sidecar.config import load_config
-from sidecar.targets_file import parse_targets_file
+from sidecar.config.settings import load_config
+from sidecar.config.targets import parse_targets_file
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"

@@ -15,9 +15,12 @@ from typing import Iterator
 
 import pytest
 import yaml
-from conftest import FIXTURES, REPO, SidecarProcess, growing, wait_until
+from testkit import REPO
+from testkit.bodies import growing
+from testkit.captures import FIXTURES
+from testkit.procs import SidecarProcess, wait_until
 
-from sidecar.replay import ReplayServer
+from testkit.replay import ReplayServer
 
 ERAS = {
     "shared032": "vllm-0.32.0/prefix_on_shared",

@@ -12,7 +12,7 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import all_captures, load_capture
+from testkit.captures import all_captures, load_capture
 from sidecar.normalize import (
     SCHEMA_NONE, SCHEMA_UNKNOWN, SCHEMA_V0, SCHEMA_V1, SCHEMA_V1_DUAL, SCHEMA_V1_LEGACY, WANTED,
     normalise,
@@ -54,6 +54,13 @@ def raw_one(body, name: str, **labels) -> float:
     hits = [v for k, v in raw(body, name).items() if set(labels.items()) <= set(k)]
     assert len(hits) == 1, (name, labels, hits)
     return hits[0]
+
+
+def gauge_or_none(body, name: str, engine: str) -> float | None:
+    """A gauge's value, or None where the body has none (multiprocess mode before it is set)."""
+    vals = [v for k, v in raw(body, name).items() if dict(k).get("engine") == engine]
+    assert len(vals) <= 1
+    return vals[0] if vals else None
 
 
 def body_of(folder: str, file: str = "004.prom") -> str:
@@ -116,25 +123,35 @@ def test_unrecognised_vllm_series_only_is_schema_unknown():
 @pytest.mark.parametrize("cap", [c for c in CAPTURES if c.vllm_version != "0.8.5.post2"],
                          ids=lambda c: c.id)
 def test_v1_queries_hits_usage_equal_the_raw_counters(cap):
+    """Per engine (a data-parallel capture has two), every figure equals vLLM's own sample."""
     body = cap.body.decode()
-    e = only_engine(norm(body))
-    assert (e.model_name, e.engine) == ("tiny", "0")
-    assert e.prefix_queries == raw_one(body, "vllm:prefix_cache_queries_total", engine="0")
-    assert e.prefix_hits == raw_one(body, "vllm:prefix_cache_hits_total", engine="0")
-    assert e.kv_usage == raw_one(body, "vllm:kv_cache_usage_perc", engine="0")
-    assert e.prompt_tokens == raw_one(body, "vllm:prompt_tokens_total", engine="0")
-    assert e.generation_tokens == raw_one(body, "vllm:generation_tokens_total", engine="0")
-    assert e.preemptions == raw_one(body, "vllm:num_preemptions_total", engine="0")
-    assert e.running == raw_one(body, "vllm:num_requests_running", engine="0")
-    assert e.waiting == raw_one(body, "vllm:num_requests_waiting", engine="0")
-    assert e.created == raw_one(body, "vllm:prefix_cache_queries_created", engine="0")
-    assert dict(e.request_success) == {
-        dict(k)["finished_reason"]: v
-        for k, v in raw(body, "vllm:request_success_total").items()}
-    assert e.v0_hit_rate is None
-    if "external_prefix_cache_queries_total" in body:
-        assert e.external_queries == raw_one(body, "vllm:external_prefix_cache_queries_total")
-        assert e.external_hits == raw_one(body, "vllm:external_prefix_cache_hits_total")
+    n = norm(body)
+    engines = sorted(dict(k)["engine"] for k in raw(body, "vllm:prefix_cache_queries_total"))
+    assert [e.engine for e in n.engines] == engines and n.identity_labels == frozenset()
+    has_created = bool(raw(body, "vllm:prefix_cache_queries_created"))
+    for e in n.engines:
+        eng = e.engine
+        assert (e.model_name, e.replica) == ("tiny", "")
+        assert e.prefix_queries == raw_one(body, "vllm:prefix_cache_queries_total", engine=eng)
+        assert e.prefix_hits == raw_one(body, "vllm:prefix_cache_hits_total", engine=eng)
+        assert e.kv_usage == gauge_or_none(body, "vllm:kv_cache_usage_perc", eng)
+        assert e.prompt_tokens == raw_one(body, "vllm:prompt_tokens_total", engine=eng)
+        assert e.generation_tokens == raw_one(body, "vllm:generation_tokens_total", engine=eng)
+        assert e.preemptions == raw_one(body, "vllm:num_preemptions_total", engine=eng)
+        assert e.running == gauge_or_none(body, "vllm:num_requests_running", eng)
+        assert e.waiting == gauge_or_none(body, "vllm:num_requests_waiting", eng)
+        assert e.created == (raw_one(body, "vllm:prefix_cache_queries_created", engine=eng)
+                             if has_created else None)
+        assert dict(e.request_success) == {
+            dict(k)["finished_reason"]: v
+            for k, v in raw(body, "vllm:request_success_total").items()
+            if dict(k)["engine"] == eng}
+        assert e.v0_hit_rate is None
+        if "external_prefix_cache_queries_total" in body:
+            assert e.external_queries == raw_one(body, "vllm:external_prefix_cache_queries_total",
+                                                 engine=eng)
+            assert e.external_hits == raw_one(body, "vllm:external_prefix_cache_hits_total",
+                                              engine=eng)
 
 
 @pytest.mark.parametrize("cap", load_capture(V010, openmetrics=True), ids=lambda c: c.id)

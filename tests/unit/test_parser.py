@@ -19,7 +19,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from conftest import all_captures
+from testkit.captures import all_captures
 from sidecar.normalize import WANTED, normalise
 from sidecar.parser import ParseError, is_openmetrics, parse
 

@@ -10,7 +10,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.cli import _flags, build_parser
-from sidecar.config import ConfigError, load_config
+from sidecar.config.files import ConfigError
+from sidecar.config.settings import load_config
 from sidecar.exporter import render, render_target
 from sidecar.model import TargetSnapshot
 

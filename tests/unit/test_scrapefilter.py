@@ -7,12 +7,12 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from conftest import FIXTURES
+from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
-from sidecar.replay import restricted_body
+from testkit.replay import restricted_body
 from sidecar.scrapefilter import (FILTERED, FULL, OFF, PROBE_INTERVAL, FilterState, applies, check,
                                   families, filtered_url, request_names)
 
@@ -263,3 +263,17 @@ def test_the_replay_filter_is_prometheus_clients_restriction_of_the_real_body() 
     assert b"_bucket{" in only and b"_sum" not in only and b"_count" not in only
     # the family name alone matches no sample
     assert restricted_body(body, TEXT, ("vllm:time_to_first_token_seconds",), TEXT)[0] == b""
+
+
+def test_only_three_filtered_timeouts_in_a_row_fall_back_to_full():
+    """One slow cycle of an overloaded sidecar must not turn a target to full scrapes."""
+    from sidecar.scrapefilter import TIMEOUTS_TO_FALL_BACK, FilterState
+    state = FilterState("http://v:8000/metrics")
+    state.probed(["vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"], 0.0, 0)
+    assert state.mode == "filtered"
+    assert state.timed_out() is None and state.timed_out() is None
+    state.answered()  # an answer in between resets the count
+    for _ in range(TIMEOUTS_TO_FALL_BACK - 1):
+        assert state.timed_out() is None and state.mode == "filtered"
+    note = state.timed_out()
+    assert note and "in a row timed out" in note and state.mode == "full"

@@ -12,7 +12,7 @@ import base64
 
 import pytest
 
-from sidecar.config import BasicAuth, TargetConfig, TLSConfig
+from sidecar.config.settings import BasicAuth, TargetConfig, TLSConfig
 from sidecar.targetauth import (
     MAX_SECRET_BYTES,
     TargetAuthError,
@@ -30,14 +30,14 @@ def target(**kw) -> TargetConfig:
 
 
 def test_no_settings_means_no_options():
-    headers, ctx, auth = request_options(target())
-    assert (headers, ctx, auth) == ({}, None, None)
+    headers, ctx = request_options(target())
+    assert (headers, ctx) == ({}, None)
 
 
 def test_bearer_token_is_read_stripped_and_re_read_after_rotation(tmp_path):
     tok = tmp_path / "token"
     tok.write_text(f"  {SECRET}\n")
-    headers, _, _ = request_options(target(bearer_token_file=str(tok)))
+    headers, _ = request_options(target(bearer_token_file=str(tok)))
     assert headers == {"Authorization": f"Bearer {SECRET}"}
     tok.write_text("rotated\n")
     assert request_options(target(bearer_token_file=str(tok))).headers["Authorization"] == \
@@ -51,10 +51,9 @@ def basic(user, password):
 def test_basic_auth_from_file_or_inline_goes_in_the_header(tmp_path):
     pw = tmp_path / "pw"
     pw.write_text(SECRET + "\n")
-    headers, _, auth = request_options(target(basic_auth=BasicAuth("scraper",
-                                                                   password_file=str(pw))))
-    assert (headers, auth) == ({"Authorization": basic("scraper", SECRET)}, None)
-    headers, _, _ = request_options(target(basic_auth=BasicAuth("scraper", password="inlïne")))
+    headers, _ = request_options(target(basic_auth=BasicAuth("scraper", password_file=str(pw))))
+    assert headers == {"Authorization": basic("scraper", SECRET)}
+    headers, _ = request_options(target(basic_auth=BasicAuth("scraper", password="inlïne")))
     assert headers == {"Authorization": basic("scraper", "inlïne")}  # UTF-8 (RFC 7617)
 
 

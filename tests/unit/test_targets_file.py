@@ -8,9 +8,10 @@ import os
 
 import pytest
 
-from sidecar.config import BasicAuth, ConfigError, TargetConfig, TLSConfig
-from sidecar.reload import TargetsFileWatcher
-from sidecar.targets_file import load_targets_file, parse_targets_file
+from sidecar.config.files import ConfigError
+from sidecar.config.settings import BasicAuth, TLSConfig, TargetConfig
+from sidecar.config.reload import TargetsFileWatcher
+from sidecar.config.targets import load_targets_file, parse_targets_file
 
 
 def by_name(targets):

@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import codes, run, series
 
 from sidecar import doctor
-from sidecar.bodies import no_hits, set_value
+from testkit.bodies import no_hits, set_value
 from sidecar.explain import explain, tier_split
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -146,3 +146,32 @@ def test_doctor_prints_the_tier_split():
     snap = run([tiered(1000, 100, 0), tiered(3000, 900, 300)])
     text = doctor.render_text([doctor.Report(snap, 2, 2)], 1.0, doctor.Style(False))
     assert "engine KV memory 40%" in text and "CPU offload 15%" in text
+
+
+def test_prefix_below_block_needs_the_windows_own_prompts_not_the_lifetime_ones():
+    """Queries grow but no request finished in the window: the lifetime mean (50 tokens here)
+    must not make a structural claim about the window."""
+    b = no_hits(base())
+    b = set_value(set_value(b, "vllm:request_prompt_tokens_count", 1000),
+                  "vllm:request_prompt_tokens_sum", 50_000)
+    snap = run([set_value(b, Q, 1000), set_value(b, Q, 21000)])
+    assert "zero_hit_rate" in codes(snap)
+    assert "prefix_below_block" not in codes(snap)
+
+
+def test_zero_hit_rate_is_judged_per_replica():
+    from testkit.bodies import ray_body
+    seq = [ray_body({"r1": (1000, 500), "r2": (4000, 0)}),
+           ray_body({"r1": (2000, 1000), "r2": (8000, 0)})]
+    snap = run(seq)
+    d = next(d for d in snap.diagnoses if d.code == "zero_hit_rate")
+    assert d.evidence_dict()["replicas"] == ("ReplicaId=r2,WorkerId=w2",)
+    assert d.evidence_dict()["queries"] == 4000
+
+
+def test_doctor_says_when_the_counters_overrule_a_false_flag():
+    caps = load_capture("vllm-0.32.0/prefix_on_shared")
+    lying = [c.body.replace(b'enable_prefix_caching="True"', b'enable_prefix_caching="False"')
+             for c in caps]
+    text = doctor.render_text([doctor.Report(run(lying), 5, 5)], 1.0, doctor.Style(False))
+    assert 'prefix caching ON (hits grow; the flag says enable_prefix_caching="False")' in text

@@ -13,20 +13,20 @@ import os
 import ssl
 
 import pytest
-from conftest import issue, key_pem, make_ca, pem
+from testkit.tls import issue, key_pem, make_ca, pem
 
 bcrypt = pytest.importorskip("bcrypt")
 pytest.importorskip("cryptography")
 
 from aiohttp import web  # noqa: E402
 
-from sidecar.config import ConfigError  # noqa: E402
-from sidecar.webconfig import (  # noqa: E402
-    WebConfig,
+from sidecar.config.files import ConfigError  # noqa: E402
+from sidecar.config.web import WebConfig, load_web_config, parse_web_config  # noqa: E402
+from sidecar.webauth import (  # noqa: E402
     check_password,
-    load_web_config,
+    middleware,
     parse_basic_authorization,
-    parse_web_config,
+    ssl_context,
 )
 
 HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
@@ -60,7 +60,7 @@ def write(tmp_path, text, name="web.yml"):
 
 def test_empty_file_means_plain_http_without_auth(tmp_path):
     wc = load_web_config(write(tmp_path, ""))
-    assert not wc.tls_enabled and not wc.auth_enabled and wc.ssl_context() is None
+    assert not wc.tls_enabled and not wc.auth_enabled and ssl_context(wc) is None
     assert wc.scheme == "http"
 
 
@@ -82,7 +82,7 @@ basic_auth_users:
     assert wc.tls.client_ca_file == str(tmp_path / "ca.crt")
     # exporter-toolkit: a client CA alone means "require and verify"
     assert wc.tls.client_auth_type == "RequireAndVerifyClientCert"
-    ctx = wc.ssl_context()
+    ctx = ssl_context(wc)
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
     assert wc.headers == (("Strict-Transport-Security", "max-age=31536000"),)
@@ -166,7 +166,7 @@ def test_inline_pem_is_accepted(tmp_path, pki):
     key = pki["key"].read_text().replace("\n", "\n    ")
     text = f"tls_server_config:\n  cert: |\n    {crt}\n  key: |\n    {key}\n"
     wc = load_web_config(write(tmp_path, text))
-    assert wc.ssl_context() is not None
+    assert ssl_context(wc) is not None
     assert "PRIVATE KEY" not in repr(wc)
 
 
@@ -203,7 +203,7 @@ def test_check_password_needs_known_user_and_right_password():
 # ---------------------------------------------------------------- middleware on a real server
 
 async def serve(wc: WebConfig, exempt=()):
-    app = web.Application(middlewares=[wc.middleware(exempt)])
+    app = web.Application(middlewares=[middleware(wc, exempt)])
 
     async def ok(request):
         return web.Response(text="ok")
@@ -212,7 +212,7 @@ async def serve(wc: WebConfig, exempt=()):
     app.router.add_get("/healthz", ok)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=wc.ssl_context())
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context(wc))
     await site.start()
     port = site._server.sockets[0].getsockname()[1]
     return runner, port
@@ -308,7 +308,7 @@ def test_client_allowed_sans_rejects_other_client_certificates(tmp_path, pki):
                                   "tls_server_config:\n  min_version: TLS13\n"])
 def test_tls_section_without_certificate_means_plain_http_like_the_toolkit(tmp_path, text):
     wc = load_web_config(write(tmp_path, text))
-    assert not wc.tls_enabled and wc.ssl_context() is None
+    assert not wc.tls_enabled and ssl_context(wc) is None
 
 
 def test_request_client_cert_is_served_as_no_client_cert_with_a_warning(tmp_path, pki):
@@ -316,7 +316,7 @@ def test_request_client_cert_is_served_as_no_client_cert_with_a_warning(tmp_path
             "  client_auth_type: RequestClientCert\n")
     wc = load_web_config(write(tmp_path, text))
     assert wc.tls.client_auth_type == "NoClientCert"
-    assert wc.ssl_context().verify_mode == ssl.CERT_NONE
+    assert ssl_context(wc).verify_mode == ssl.CERT_NONE
     assert any("RequestClientCert" in w for w in wc.warnings)
 
 
@@ -324,7 +324,7 @@ def test_client_ca_with_no_client_cert_is_ignored_with_a_warning(tmp_path, pki):
     text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
             "  client_ca_file: ca.crt\n  client_auth_type: NoClientCert\n")
     wc = load_web_config(write(tmp_path, text))
-    assert wc.ssl_context().verify_mode == ssl.CERT_NONE
+    assert ssl_context(wc).verify_mode == ssl.CERT_NONE
     assert any("client_ca_file is ignored" in w for w in wc.warnings)
 
 
@@ -341,9 +341,9 @@ def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path,
 def test_users_are_reloaded_from_the_file_and_a_broken_file_fails_closed(tmp_path, monkeypatch):
     import httpx
 
-    from sidecar import webconfig
+    from sidecar import webauth
 
-    monkeypatch.setattr(webconfig._LiveSettings, "CHECK_EVERY", 0.0)  # look at every request
+    monkeypatch.setattr(webauth._LiveSettings, "CHECK_EVERY", 0.0)  # look at every request
     path = write(tmp_path, f"basic_auth_users:\n  prom: {HASH}\n")
     wc = load_web_config(path)
     new_hash = bcrypt.hashpw(b"rotated", bcrypt.gensalt(rounds=4)).decode()

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import load_capture
+from testkit.captures import load_capture
 from truth_helpers import observe, tracker
 
-from sidecar.bodies import set_value
+from testkit.bodies import set_value
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 QC = "vllm:prefix_cache_queries_created"
@@ -86,3 +86,40 @@ def test_counter_back_higher_counts_from_its_last_seen_value():
     snap = observe(tr, v0(False, 9400), 1200)
     assert snap.restarts == 0
     assert snap.engines[0].window("1m").prompt_tokens == 400
+
+
+def _ray(r1: tuple[int, int], r2: tuple[int, int]) -> str:
+    from testkit.bodies import ray_body
+    return ray_body({"r1": r1, "r2": r2})
+
+
+def test_one_replicas_restart_leaves_the_others_windows_alone():
+    """Restarts are judged per engine identity (review finding: one Ray replica's restart reset
+    every engine's windows)."""
+    tr = tracker("1m")
+    observe(tr, _ray((1_000_000, 900_000), (2048, 512)), 1000)
+    observe(tr, _ray((1_001_000, 900_100), (2148, 600)), 1060)
+    snap = observe(tr, _ray((1_002_000, 900_200), (10, 5)), 1120)
+    assert snap.restarts == 1
+    r1 = next(e for e in snap.engines if "r1" in e.replica)
+    r2 = next(e for e in snap.engines if "r2" in e.replica)
+    assert (r1.window("1m").queries, r1.window("1m").hits) == (1000, 100)
+    assert (r2.window("1m").queries, r2.window("1m").hits) == (10, 5)  # counted from zero
+
+
+def test_a_missing_or_refused_hit_counter_is_no_zero_and_no_ratio_above_one():
+    b = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
+    def body(q, h):
+        out = set_value(b, Q, q)
+        return set_value(out, H, h) if h is not None else out.replace(
+            b"vllm:prefix_cache_hits_total{", b"vllm:other_hits_total{")
+    for gap in (math.nan, None):  # refused (NaN) or absent
+        tr = tracker("1m")
+        observe(tr, body(1000, 100), 1000)
+        mid = observe(tr, body(2000, gap), 1060)
+        e = mid.engines[0]
+        assert math.isnan(e.lifetime_hit_ratio) and math.isnan(e.window("1m").hit_ratio)
+        assert "zero_hit_rate" not in {d.code for d in mid.diagnoses}
+        last = observe(tr, body(3000, 1500), 1120)
+        w = last.engines[0].window("1m")
+        assert w.hits <= w.queries and w.hit_ratio == pytest.approx(1400 / 2000)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config import parse_windows
+from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.exporter import render_target
 from sidecar.model import TargetSnapshot

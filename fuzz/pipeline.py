@@ -1,0 +1,202 @@
+"""Target ``pipeline``: several bodies -> parse + normalise -> one tracker observation each ->
+rendered series, checking the contract's invariants after every observation.
+
+The input is split on NUL bytes into at most :data:`MAX_BODIES` bodies, scraped 15 s apart (a body
+holding ``# EOF`` is served as OpenMetrics). Each invariant is a small named function; an
+invariant that does not hold raises :class:`Violation` (a crash for libFuzzer).
+``FUZZ_INVARIANTS=name,name`` checks only those (default: all of :data:`INVARIANTS`).
+
+    python -m fuzz.pipeline -atheris_runs=100000 fuzz/corpus/pipeline
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from fuzz.common import instrumented, main
+
+with instrumented(__name__ == "__main__"):
+    from sidecar.model import Window
+    from sidecar.derive import TargetTracker
+    from sidecar.exporter import render_target
+    from sidecar.model import TargetSnapshot
+    from sidecar.parser import ParseError, parse
+    from sidecar.scrape import parse_body
+
+SEP = b"\x00"
+MAX_BODIES = 8
+STEP = 15.0
+T0 = 1_800_000_000.0
+WINDOWS = (Window("1m", 60.0), Window("5m", 300.0))
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+OM = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+P = "vllm_sidecar_"
+#: the contract's identity labels that always separate engines (see contract.md "Identity")
+IDENTITY_LABELS = ("server", "ReplicaId", "WorkerId")
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+class Violation(AssertionError):
+    """An invariant of the contract does not hold."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One observation: what went in and what came out."""
+
+    body: bytes
+    content_type: str
+    snapshot: TargetSnapshot
+    text: str  # the target's rendered series
+    series: Series  # the same, parsed back: (name, sorted labels) -> value
+
+
+def _check(ok: bool, what: str) -> None:
+    if not ok:
+        raise Violation(what)
+
+
+def _in_unit(x: float) -> bool:
+    return 0.0 <= x <= 1.0
+
+
+# ---------------------------------------------------------------- invariants
+
+def rendered_text_parses(prev: Step | None, cur: Step) -> None:
+    """The exporter's output is valid exposition text: every line reads back as its own series
+    (a ParseError while reading it back is a crash too; fewer series means a duplicate)."""
+    _check(cur.text.count("\n") == len(cur.series), "rendered series missing or duplicated")
+
+
+def hit_ratios_in_unit_interval(prev: Step | None, cur: Step) -> None:
+    """Hit ratios are in [0, 1] or NaN: in the snapshot and in the exported series."""
+    for e in cur.snapshot.engines:
+        for r in (e.lifetime_hit_ratio, *(w.hit_ratio for w in e.windows)):
+            _check(math.isnan(r) or _in_unit(r), f"snapshot hit ratio {r} of {e.model_name}/{e.engine}")
+    for (name, labels), v in cur.series.items():
+        if name == P + "prefix_cache_hit_ratio":
+            _check(math.isnan(v) or _in_unit(v), f"exported hit ratio {v} {labels}")
+
+
+def counters_never_decrease(prev: Step | None, cur: Step) -> None:
+    """An exported counter never goes down between two observations unless a restart was counted
+    in that same observation (vLLM's counters are passed through, so they drop when it restarts)."""
+    if prev is None or cur.snapshot.restarts > prev.snapshot.restarts:
+        return
+    for key, v in cur.series.items():
+        old = prev.series.get(key)
+        if key[0].endswith("_total") and old is not None:
+            _check(not v < old, f"counter {key} went from {old} to {v} without a restart")
+
+
+def own_counters_never_decrease(prev: Step | None, cur: Step) -> None:
+    """The sidecar's own counters (errors, restarts) never go down, restart or not."""
+    if prev is None:
+        return
+    for key, v in cur.series.items():
+        if key[0] in (P + "scrape_errors_total", P + "target_restarts_total") and key in prev.series:
+            _check(v >= prev.series[key], f"own counter {key} went from {prev.series[key]} to {v}")
+
+
+def no_negative_or_nan_counter(prev: Step | None, cur: Step) -> None:
+    """Impossible values: no exported counter below 0 or NaN."""
+    for (name, labels), v in cur.series.items():
+        if name.endswith("_total"):
+            _check(v >= 0.0, f"counter {name}{labels} exported as {v}")
+
+
+def kv_usage_in_unit_interval(prev: Step | None, cur: Step) -> None:
+    """Impossible values: no exported KV-cache usage outside [0, 1] (NaN is not a usage either)."""
+    for (name, labels), v in cur.series.items():
+        if name == P + "kv_cache_usage_ratio":
+            _check(_in_unit(v), f"kv usage {v} exported {labels}")
+
+
+def hits_not_above_queries(prev: Step | None, cur: Step) -> None:
+    """Impossible values: exported prefix-cache hits never above the queries of the same series."""
+    for (name, labels), hits in cur.series.items():
+        if name == P + "prefix_cache_hits_total":
+            queries = cur.series.get((P + "prefix_cache_queries_total", labels))
+            if queries is not None:
+                _check(not hits > queries, f"hits {hits} above queries {queries} {labels}")
+
+
+def running_waiting_not_negative(prev: Step | None, cur: Step) -> None:
+    """Impossible values: running or waiting requests never exported below 0."""
+    for (name, labels), v in cur.series.items():
+        if name in (P + "requests_running", P + "requests_waiting"):
+            _check(not v < 0.0, f"{name} {v} exported {labels}")
+
+
+def identities_not_merged(prev: Step | None, cur: Step) -> None:
+    """Identity: engines that differ in ``server``/``ReplicaId``/``WorkerId`` are never merged, so
+    a body with N such identities (valid query counters) exports at least N query series."""
+    if not cur.snapshot.up:
+        return
+    q, h = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+    try:
+        samples = parse(cur.body, cur.content_type, {q, h}).samples
+    except ParseError:
+        return
+    hits = {labels: value for name, labels, value in samples if name == h}
+    identities = set()
+    for name, labels, value in samples:
+        # valid queries, and not refused with its hits (hits above queries: both refused)
+        if name == q and value >= 0 and not math.isinf(value) and not hits.get(labels, 0) > value:
+            lab = dict(labels)
+            identities.add((lab.get("model_name", ""), lab.get("engine", "0"),
+                            tuple(lab.get(k) for k in IDENTITY_LABELS)))
+    exported = sum(1 for name, _ in cur.series if name == P + "prefix_cache_queries_total")
+    _check(exported >= len(identities),
+           f"{len(identities)} engine identities exported as {exported} query series")
+
+
+INVARIANTS: dict[str, Callable[[Step | None, Step], None]] = {f.__name__: f for f in (
+    rendered_text_parses, hit_ratios_in_unit_interval, counters_never_decrease,
+    own_counters_never_decrease, no_negative_or_nan_counter, kv_usage_in_unit_interval,
+    hits_not_above_queries, running_waiting_not_negative, identities_not_merged)}
+
+
+def selected() -> list[Callable[[Step | None, Step], None]]:
+    names = [n.strip() for n in os.environ.get("FUZZ_INVARIANTS", "").split(",") if n.strip()]
+    unknown = set(names) - set(INVARIANTS)
+    if unknown:
+        raise SystemExit(f"FUZZ_INVARIANTS: unknown invariant(s) {sorted(unknown)}")
+    return [INVARIANTS[n] for n in names] if names else list(INVARIANTS.values())
+
+
+CHECKS = selected()
+
+
+# ---------------------------------------------------------------- the pipeline
+
+def read_back(text: str) -> Series:
+    """The rendered series as (name, sorted labels) -> value; a ParseError here is a finding."""
+    parsed = parse(text, TEXT, lambda name: True)
+    return {(n, tuple(sorted(lab))): v for n, lab, v in parsed.samples}
+
+
+def observe(tracker: TargetTracker, body: bytes, i: int) -> Step:
+    ctype = OM if b"# EOF" in body else TEXT
+    outcome = parse_body(body, ctype, T0 + i * STEP, 0.01)
+    snap = tracker.observe(outcome)
+    text = "".join(render_target(snap).values())
+    return Step(body, ctype, snap, text, read_back(text))
+
+
+def test_one_input(data: bytes, checks: list[Callable[[Step | None, Step], None]] | None = None) -> None:
+    tracker = TargetTracker("fuzz", WINDOWS, url="http://127.0.0.1:8000/metrics")
+    prev = None
+    for i, body in enumerate(data.split(SEP)[:MAX_BODIES]):
+        cur = observe(tracker, body, i)
+        for check in CHECKS if checks is None else checks:
+            check(prev, cur)
+        prev = cur
+
+
+if __name__ == "__main__":
+    main(test_one_input)
