@@ -34,8 +34,9 @@ def sidecar_modes(port: int) -> dict[str, int]:
     return modes
 
 
-def _start_prometheus(tmp: Path, rport: int, label: str, names: list[str],
-                      interval: float) -> tuple[subprocess.Popen, int]:
+def _start_prometheus(
+    tmp: Path, rport: int, label: str, names: list[str], interval: float
+) -> tuple[subprocess.Popen, int]:
     d = tmp / f"anchor-{label}"
     shutil.rmtree(d, ignore_errors=True)
     config = prom.write_config(d, rport, names, interval, rules=label == "prometheus_rules")
@@ -51,8 +52,7 @@ def _fallbacks(proc: subprocess.Popen) -> int:
     return text.count("scraping in full until the next probe")
 
 
-def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path,
-             rules: bool = True) -> dict:
+def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path, rules: bool = True) -> dict:
     """One side-by-side measurement of N targets @ ``interval``.
 
     Prometheus starts first and gets one interval to create its series (a one-off burst of CPU,
@@ -70,8 +70,7 @@ def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path,
             running[label] = _start_prometheus(tmp, rport, label, groups[label], interval)
             prom.wait_ready(running[label][1], running[label][0])
         time.sleep(interval + 3.0)
-        cfg = procs.write_config(tmp / "anchor-sidecar.yaml",
-                                 {nm: url(nm) for nm in groups["sidecar"]})
+        cfg = procs.write_config(tmp / "anchor-sidecar.yaml", {nm: url(nm) for nm in groups["sidecar"]})
         running["sidecar"] = procs.start_sidecar(cfg, interval, WINDOWS)
         out["sidecar_ready"] = procs.wait_ready(running["sidecar"][1], running["sidecar"][0])
         time.sleep(warm)
@@ -88,12 +87,15 @@ def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path,
         for label, names in groups.items():
             cpu = c1[label] - c0[label]
             scrapes = sum(len(hits.get(nm, [])) for nm in names)
-            out[label] = {"cpu_s": cpu, "scrapes": scrapes,
-                          "expected_scrapes": n * (t1 - t0) / interval,
-                          "filtered_scrapes": sum(len(filtered.get(nm, [])) for nm in names),
-                          "cpu_per_scrape_ms": 1e3 * cpu / max(1, scrapes),
-                          "cores": cpu / (t1 - t0),
-                          "rss_mb": procs.rss_mb(pids[label])}
+            out[label] = {
+                "cpu_s": cpu,
+                "scrapes": scrapes,
+                "expected_scrapes": n * (t1 - t0) / interval,
+                "filtered_scrapes": sum(len(filtered.get(nm, [])) for nm in names),
+                "cpu_per_scrape_ms": 1e3 * cpu / max(1, scrapes),
+                "cores": cpu / (t1 - t0),
+                "rss_mb": procs.rss_mb(pids[label]),
+            }
         # asked after the window: these cost the processes CPU
         out["sidecar"]["modes"] = sidecar_modes(running["sidecar"][1])
         out["sidecar"]["filter_fallbacks"] = _fallbacks(running["sidecar"][0])
@@ -111,19 +113,26 @@ def median_of(runs: list[dict]) -> dict:
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"targets": None, "runs": runs, "error": runs[0].get("error", "no run")}
-    out: dict = {"targets": ok[0]["targets"], "interval": ok[0]["interval"], "runs": runs,
-                 "n_runs": len(ok), "loadavg": [r["loadavg"] for r in ok]}
+    out: dict = {
+        "targets": ok[0]["targets"],
+        "interval": ok[0]["interval"],
+        "runs": runs,
+        "n_runs": len(ok),
+        "loadavg": [r["loadavg"] for r in ok],
+    }
     for label in ("sidecar", "prometheus", "prometheus_rules"):
         if label not in ok[0]:
             continue
         xs = [r[label] for r in ok]
-        out[label] = {"cpu_per_scrape_ms": statistics.median(x["cpu_per_scrape_ms"] for x in xs),
-                      "cpu_per_scrape_ms_all": [x["cpu_per_scrape_ms"] for x in xs],
-                      "rss_mb": statistics.median(x["rss_mb"] for x in xs),
-                      "scrapes": [x["scrapes"] for x in xs],
-                      "expected_scrapes": [round(x["expected_scrapes"]) for x in xs],
-                      "cores": [round(x["cores"], 3) for x in xs],
-                      "filtered_scrapes": [x["filtered_scrapes"] for x in xs]}
+        out[label] = {
+            "cpu_per_scrape_ms": statistics.median(x["cpu_per_scrape_ms"] for x in xs),
+            "cpu_per_scrape_ms_all": [x["cpu_per_scrape_ms"] for x in xs],
+            "rss_mb": statistics.median(x["rss_mb"] for x in xs),
+            "scrapes": [x["scrapes"] for x in xs],
+            "expected_scrapes": [round(x["expected_scrapes"]) for x in xs],
+            "cores": [round(x["cores"], 3) for x in xs],
+            "filtered_scrapes": [x["filtered_scrapes"] for x in xs],
+        }
         if label == "sidecar":
             out[label]["modes"] = [x.get("modes") for x in xs]
             out[label]["filter_fallbacks"] = [x.get("filter_fallbacks") for x in xs]

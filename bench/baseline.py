@@ -22,12 +22,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from sidecar.derive import histogram_quantile
 
 ACCEPT = "text/plain;version=0.0.4"
-COUNTERS = {"vllm:prefix_cache_queries": "q", "vllm:prefix_cache_hits": "h",
-            "vllm:prompt_tokens": "p", "vllm:generation_tokens": "g", "vllm:num_preemptions": "pre"}
-GAUGES = {"vllm:kv_cache_usage_perc": "kv", "vllm:num_requests_running": "run",
-          "vllm:num_requests_waiting": "wait"}
-HISTS = {"vllm:time_to_first_token_seconds": "ttft", "vllm:e2e_request_latency_seconds": "e2e",
-         "vllm:request_queue_time_seconds": "queue"}
+COUNTERS = {
+    "vllm:prefix_cache_queries": "q",
+    "vllm:prefix_cache_hits": "h",
+    "vllm:prompt_tokens": "p",
+    "vllm:generation_tokens": "g",
+    "vllm:num_preemptions": "pre",
+}
+GAUGES = {
+    "vllm:kv_cache_usage_perc": "kv",
+    "vllm:num_requests_running": "run",
+    "vllm:num_requests_waiting": "wait",
+}
+HISTS = {
+    "vllm:time_to_first_token_seconds": "ttft",
+    "vllm:e2e_request_latency_seconds": "e2e",
+    "vllm:request_queue_time_seconds": "queue",
+}
 
 
 def extract(text: str) -> dict[tuple[str, str], dict]:
@@ -69,13 +80,13 @@ def derive(history: deque, windows: list[float]) -> dict:
                 base_t, base = pt, pv
         span = t - base_t
         d = {k: cur.get(k, 0.0) - base.get(k, 0.0) for k in COUNTERS.values()}
-        res = {"ratio": _ratio(d["h"], d["q"]),
-               "kv_delta": cur.get("kv", 0.0) - base.get("kv", 0.0)}
+        res = {"ratio": _ratio(d["h"], d["q"]), "kv_delta": cur.get("kv", 0.0) - base.get("kv", 0.0)}
         if span > 0:
             for k in ("p", "g", "pre"):
                 res[k + "_rate"] = d[k] / span
-            res["req"] = {r: (v - base.get("succ", {}).get(r, 0.0)) / span
-                          for r, v in cur.get("succ", {}).items()}
+            res["req"] = {
+                r: (v - base.get("succ", {}).get(r, 0.0)) / span for r, v in cur.get("succ", {}).items()
+            }
         for phase in HISTS.values():
             ch, bh = cur.get(phase), base.get(phase)
             if not ch or not bh:
@@ -83,14 +94,17 @@ def derive(history: deque, windows: list[float]) -> dict:
             bounds = sorted(ch["b"])
             counts = [ch["b"][b] - bh["b"].get(b, 0.0) for b in bounds]
             n = ch.get("count", 0.0) - bh.get("count", 0.0)
-            res[phase] = ((ch.get("sum", 0.0) - bh.get("sum", 0.0)) / n if n > 0 else float("nan"),
-                          [histogram_quantile(q, bounds, counts) for q in (0.5, 0.9, 0.99)])
+            res[phase] = (
+                (ch.get("sum", 0.0) - bh.get("sum", 0.0)) / n if n > 0 else float("nan"),
+                [histogram_quantile(q, bounds, counts) for q in (0.5, 0.9, 0.99)],
+            )
         out[w] = res
     return out
 
 
-async def loop(session: aiohttp.ClientSession, url: str, interval: float,
-               windows: list[float], results: dict) -> None:
+async def loop(
+    session: aiohttp.ClientSession, url: str, interval: float, windows: list[float], results: dict
+) -> None:
     ev = asyncio.get_running_loop()
     histories: dict[tuple[str, str], deque] = {}
     next_at = ev.time() + random.uniform(0, min(interval, 1.0))
@@ -109,7 +123,7 @@ async def loop(session: aiohttp.ClientSession, url: str, interval: float,
                 while len(h) >= 2 and h[1][0] <= now - max(windows):
                     h.popleft()
                 results[(url, key)] = derive(h, windows)
-        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError):
+        except (TimeoutError, aiohttp.ClientError, ValueError):
             results[(url, None)] = "down"
         next_at += interval
         if next_at < ev.time():

@@ -57,8 +57,8 @@ def filtered(seq: list[bytes]) -> list[bytes]:
     probe of the first body (``scrapefilter.request_names``), each body restricted to them the
     way vLLM's prometheus_client does (``testkit.replay.restricted_body``)."""
     from sidecar.parser import parse
-    from testkit.replay import TEXT_004, restricted_body
     from sidecar.scrapefilter import request_names
+    from testkit.replay import TEXT_004, restricted_body
 
     names = request_names({s[0] for s in parse(seq[0], TEXT_004).samples})
     return [restricted_body(b, TEXT_004, names)[0] for b in seq]

@@ -22,14 +22,32 @@ from . import procs
 
 def measure(cwd: str, n: int, interval: float, seconds: float, tmp: Path) -> dict:
     replay, rport = procs.start_replay(n, "one", prefix="s")
-    cfg = procs.write_config(tmp / "compare.yaml",
-                             {f"s{i}": f"http://127.0.0.1:{rport}/s{i}/metrics" for i in range(n)})
+    cfg = procs.write_config(
+        tmp / "compare.yaml", {f"s{i}": f"http://127.0.0.1:{rport}/s{i}/metrics" for i in range(n)}
+    )
     port = procs.free_port()
     with open(tmp / "compare.log", "w") as log:
-        side = subprocess.Popen([procs.PY, "-m", "sidecar", "run", "--config", str(cfg),
-                                 "--listen", f"127.0.0.1:{port}", "--interval", f"{interval:g}",
-                                 "--windows", "1m,5m", "--log-level", "warning"],
-                                cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
+        side = subprocess.Popen(
+            [
+                procs.PY,
+                "-m",
+                "sidecar",
+                "run",
+                "--config",
+                str(cfg),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                f"{interval:g}",
+                "--windows",
+                "1m,5m",
+                "--log-level",
+                "warning",
+            ],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         procs.wait_ready(port, side)
         time.sleep(interval + 1)
@@ -37,17 +55,24 @@ def measure(cwd: str, n: int, interval: float, seconds: float, tmp: Path) -> dic
         time.sleep(seconds)
         c1, t1 = procs.cpu_seconds(side.pid), time.time()
         scrapes = sum(len(v) for v in procs.replay_hits(rport, t0, t1).values())
-        return {"cpu_per_scrape_ms": 1e3 * (c1 - c0) / max(1, scrapes), "scrapes": scrapes,
-                "cores": (c1 - c0) / (t1 - t0), "loadavg": procs.loadavg(),
-                "rss_mb": procs.rss_mb(side.pid)}
+        return {
+            "cpu_per_scrape_ms": 1e3 * (c1 - c0) / max(1, scrapes),
+            "scrapes": scrapes,
+            "cores": (c1 - c0) / (t1 - t0),
+            "loadavg": procs.loadavg(),
+            "rss_mb": procs.rss_mb(side.pid),
+        }
     finally:
         procs.stop(side)
         procs.stop(replay)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("trees", nargs="+", metavar="LABEL=DIR")
     p.add_argument("--targets", type=int, default=1000)
     p.add_argument("--interval", type=float, default=5.0)
@@ -59,9 +84,12 @@ def main() -> None:
         for rnd in range(ns.rounds):
             for label, tree in trees:
                 r = measure(str(Path(tree).resolve()), ns.targets, ns.interval, ns.seconds, Path(d))
-                print(f"round {rnd + 1} {label}: {r['cpu_per_scrape_ms']:.3f} ms CPU per scrape "
-                      f"({r['scrapes']} scrapes, {r['cores']:.3f} cores, RSS {r['rss_mb']:.0f} MB, "
-                      f"load {r['loadavg']:.1f})", flush=True)
+                print(
+                    f"round {rnd + 1} {label}: {r['cpu_per_scrape_ms']:.3f} ms CPU per scrape "
+                    f"({r['scrapes']} scrapes, {r['cores']:.3f} cores, RSS {r['rss_mb']:.0f} MB, "
+                    f"load {r['loadavg']:.1f})",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--kind", default="one")
     ns = p.parse_args()
     import os
+
     seq = bodies(ns.kind)
     windows = parse_windows("1m,5m")
     rss0 = rss_mb(os.getpid())
@@ -57,11 +58,20 @@ def main() -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SnapshotCollector(lambda: snaps))
     reference = _median(lambda: generate_latest(registry), 3)
-    print(json.dumps({"targets": ns.targets, "points": ns.points, "rss_mb": rss,
-                      "rss_before_targets_mb": rss0, "render_ms": cached * 1e3,
-                      "render_all_fresh_ms": fresh * 1e3,
-                      "render_prometheus_client_ms": reference * 1e3,
-                      "render_bytes": len(render(frags))}))
+    print(
+        json.dumps(
+            {
+                "targets": ns.targets,
+                "points": ns.points,
+                "rss_mb": rss,
+                "rss_before_targets_mb": rss0,
+                "render_ms": cached * 1e3,
+                "render_all_fresh_ms": fresh * 1e3,
+                "render_prometheus_client_ms": reference * 1e3,
+                "render_bytes": len(render(frags)),
+            }
+        )
+    )
 
 
 def _median(fn, n: int = 5) -> float:

@@ -45,14 +45,17 @@ def get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
 
 
 def start_replay(n: int, kind: str, prefix: str = "t") -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([PY, "-m", "bench.replayproc", "--targets", str(n), "--kind", kind,
-                             "--prefix", prefix], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "bench.replayproc", "--targets", str(n), "--kind", kind, "--prefix", prefix],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     return proc, int(proc.stdout.readline())
 
 
-def replay_hits(port: int, since: float, until: float,
-                filtered: bool = False) -> dict[str, list[float]]:
+def replay_hits(port: int, since: float, until: float, filtered: bool = False) -> dict[str, list[float]]:
     """Per target, when it was scraped in [since, until] (only filtered GETs if ``filtered``)."""
     _, body = get(f"http://127.0.0.1:{port}/_stats?since={since}" + ("&filtered=1" * filtered))
     return {k: [t for t in v if t <= until] for k, v in json.loads(body).items()}
@@ -70,10 +73,27 @@ def start_sidecar(config: Path, interval: float, windows: str) -> tuple[subproce
     """The real service (``python -m sidecar run``); its log goes to ``<config>.log``."""
     port = free_port()
     log = open(config.with_suffix(".log"), "w")  # a file, never a pipe nobody drains
-    proc = subprocess.Popen([PY, "-m", "sidecar", "run", "--config", str(config),
-                             "--listen", f"127.0.0.1:{port}", "--interval", f"{interval:g}",
-                             "--windows", windows, "--log-level", "warning"],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=log)
+    proc = subprocess.Popen(
+        [
+            PY,
+            "-m",
+            "sidecar",
+            "run",
+            "--config",
+            str(config),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--interval",
+            f"{interval:g}",
+            "--windows",
+            windows,
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
     proc.log_path = config.with_suffix(".log")  # type: ignore[attr-defined]
     log.close()
     return proc, port

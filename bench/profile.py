@@ -29,8 +29,15 @@ PARTS = {
     "derive (sidecar/derive.py)": ("sidecar/derive.py",),
     "render fragments (sidecar/exporter.py)": ("sidecar/exporter.py",),
     "filter check (sidecar/scrapefilter.py)": ("sidecar/scrapefilter.py",),
-    "aiohttp client": ("aiohttp/client", "aiohttp/connector", "aiohttp/streams", "yarl/",
-                       "multidict", "aiohttp/helpers", "aiohttp/http_parser"),
+    "aiohttp client": (
+        "aiohttp/client",
+        "aiohttp/connector",
+        "aiohttp/streams",
+        "yarl/",
+        "multidict",
+        "aiohttp/helpers",
+        "aiohttp/http_parser",
+    ),
     "asyncio transport write/read": ("selector_events.py",),
 }
 
@@ -58,8 +65,11 @@ def summarise(raw: str) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--targets", type=int, default=100)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--seconds", type=int, default=20)
@@ -69,19 +79,43 @@ def main(argv: list[str] | None = None) -> int:
     side = None
     try:
         with tempfile.TemporaryDirectory(prefix="bench-profile-") as d:
-            cfg = procs.write_config(Path(d) / "p.yaml", {
-                f"p{i}": f"http://127.0.0.1:{rport}/p{i}/metrics" for i in range(ns.targets)})
+            cfg = procs.write_config(
+                Path(d) / "p.yaml",
+                {f"p{i}": f"http://127.0.0.1:{rport}/p{i}/metrics" for i in range(ns.targets)},
+            )
             side, sport = procs.start_sidecar(cfg, ns.interval, "1m,5m")
             procs.wait_ready(sport, side)
             time.sleep(2 * ns.interval + 3)
             out = Path(d) / "raw.txt"
             c0 = procs.cpu_seconds(side.pid)
-            subprocess.run([ns.py_spy, "record", "-p", str(side.pid), "-d", str(ns.seconds),
-                            "-r", "200", "-f", "raw", "-o", str(out), "--nonblocking"],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [
+                    ns.py_spy,
+                    "record",
+                    "-p",
+                    str(side.pid),
+                    "-d",
+                    str(ns.seconds),
+                    "-r",
+                    "200",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(out),
+                    "--nonblocking",
+                ],
+                check=True,
+                capture_output=True,
+            )
             res = summarise(out.read_text())
-            res.update({"targets": ns.targets, "interval": ns.interval,
-                        "cpu_s": procs.cpu_seconds(side.pid) - c0, "loadavg": procs.loadavg()})
+            res.update(
+                {
+                    "targets": ns.targets,
+                    "interval": ns.interval,
+                    "cpu_s": procs.cpu_seconds(side.pid) - c0,
+                    "loadavg": procs.loadavg(),
+                }
+            )
             print(json.dumps(res, indent=2))
     finally:
         if side is not None:

@@ -24,11 +24,19 @@ from . import procs
 BINARY = "prometheus"
 
 #: latency/length histograms the sidecar derives a mean and p50/p90/p99 from (``normalize.ALIASES``)
-HISTOGRAMS = ("vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
-              "vllm:request_queue_time_seconds", "vllm:request_prompt_tokens")
+HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prompt_tokens",
+)
 #: counters the sidecar turns into per-window rates
-RATES = ("vllm:prompt_tokens_total", "vllm:generation_tokens_total", "vllm:num_preemptions_total",
-         "vllm:request_success_total")
+RATES = (
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:num_preemptions_total",
+    "vllm:request_success_total",
+)
 BY = "instance, model_name, engine"
 
 
@@ -44,29 +52,42 @@ def version() -> str:
 
 def _window_rules(w: str) -> list[dict]:
     """The sidecar's per-window figures for one window ``w`` as recording rules."""
+
     def ratio(hits: str, queries: str) -> str:
-        return (f"sum by ({BY}) (rate({hits}[{w}])) / sum by ({BY}) (rate({queries}[{w}]))")
+        return f"sum by ({BY}) (rate({hits}[{w}])) / sum by ({BY}) (rate({queries}[{w}]))"
+
     rules = [
-        {"record": f"bench:prefix_cache_hit_ratio:{w}",
-         "expr": ratio("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total")},
-        {"record": f"bench:external_prefix_cache_hit_ratio:{w}",
-         "expr": ratio("vllm:external_prefix_cache_hits_total",
-                       "vllm:external_prefix_cache_queries_total")},
-        {"record": f"bench:kv_cache_usage_delta:{w}",
-         "expr": f"delta(vllm:kv_cache_usage_perc[{w}])"},
+        {
+            "record": f"bench:prefix_cache_hit_ratio:{w}",
+            "expr": ratio("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"),
+        },
+        {
+            "record": f"bench:external_prefix_cache_hit_ratio:{w}",
+            "expr": ratio(
+                "vllm:external_prefix_cache_hits_total", "vllm:external_prefix_cache_queries_total"
+            ),
+        },
+        {"record": f"bench:kv_cache_usage_delta:{w}", "expr": f"delta(vllm:kv_cache_usage_perc[{w}])"},
     ]
     for c in RATES:
-        rules.append({"record": f"bench:{c.split(':', 1)[1]}:rate{w}",
-                      "expr": f"sum by ({BY}) (rate({c}[{w}]))"})
+        rules.append(
+            {"record": f"bench:{c.split(':', 1)[1]}:rate{w}", "expr": f"sum by ({BY}) (rate({c}[{w}]))"}
+        )
     for h in HISTOGRAMS:
         base = h.split(":", 1)[1]
-        rules.append({"record": f"bench:{base}:mean{w}",
-                      "expr": f"sum by ({BY}) (rate({h}_sum[{w}])) / "
-                              f"sum by ({BY}) (rate({h}_count[{w}]))"})
+        rules.append(
+            {
+                "record": f"bench:{base}:mean{w}",
+                "expr": f"sum by ({BY}) (rate({h}_sum[{w}])) / sum by ({BY}) (rate({h}_count[{w}]))",
+            }
+        )
         for q in (0.5, 0.9, 0.99):
-            rules.append({"record": f"bench:{base}:p{round(q * 100)}_{w}",
-                          "expr": f"histogram_quantile({q}, sum by ({BY}, le) "
-                                  f"(rate({h}_bucket[{w}])))"})
+            rules.append(
+                {
+                    "record": f"bench:{base}:p{round(q * 100)}_{w}",
+                    "expr": f"histogram_quantile({q}, sum by ({BY}, le) (rate({h}_bucket[{w}])))",
+                }
+            )
     return rules
 
 
@@ -74,26 +95,33 @@ def rules_doc(windows: tuple[str, ...] = ("1m", "5m")) -> dict:
     """Recording rules computing what the sidecar derives, per target, from the raw series:
     prefix-cache and external hit ratios per window and for the lifetime, KV usage delta, token,
     preemption and request rates, latency means and p50/p90/p99 per window."""
-    rules = [{"record": "bench:prefix_cache_hit_ratio:lifetime",
-              "expr": f"sum by ({BY}) (vllm:prefix_cache_hits_total) / "
-                      f"sum by ({BY}) (vllm:prefix_cache_queries_total)"}]
+    rules = [
+        {
+            "record": "bench:prefix_cache_hit_ratio:lifetime",
+            "expr": f"sum by ({BY}) (vllm:prefix_cache_hits_total) / "
+            f"sum by ({BY}) (vllm:prefix_cache_queries_total)",
+        }
+    ]
     for w in windows:
         rules.extend(_window_rules(w))
     return {"groups": [{"name": "bench", "rules": rules}]}
 
 
-def write_config(d: Path, rport: int, names: list[str], interval: float,
-                 rules: bool) -> Path:
+def write_config(d: Path, rport: int, names: list[str], interval: float, rules: bool) -> Path:
     """prometheus.yml + targets.json (+ rules.yml) in ``d``; JSON is valid YAML."""
     d.mkdir(parents=True, exist_ok=True)
-    sd = [{"targets": [f"127.0.0.1:{rport}"],
-           "labels": {"__metrics_path__": f"/{n}/metrics", "instance": n}} for n in names]
+    sd = [
+        {"targets": [f"127.0.0.1:{rport}"], "labels": {"__metrics_path__": f"/{n}/metrics", "instance": n}}
+        for n in names
+    ]
     (d / "targets.json").write_text(json.dumps(sd))
     cfg: dict = {
-        "global": {"scrape_interval": f"{interval:g}s", "evaluation_interval": f"{interval:g}s",
-                   "scrape_timeout": f"{min(interval, 10.0):g}s"},
-        "scrape_configs": [{"job_name": "vllm",
-                            "file_sd_configs": [{"files": [str(d / "targets.json")]}]}],
+        "global": {
+            "scrape_interval": f"{interval:g}s",
+            "evaluation_interval": f"{interval:g}s",
+            "scrape_timeout": f"{min(interval, 10.0):g}s",
+        },
+        "scrape_configs": [{"job_name": "vllm", "file_sd_configs": [{"files": [str(d / "targets.json")]}]}],
     }
     if rules:
         (d / "rules.yml").write_text(json.dumps(rules_doc()))
@@ -108,12 +136,19 @@ def start(d: Path, config: Path) -> tuple[subprocess.Popen, int]:
     ``d/prometheus.log``."""
     port = procs.free_port()
     log = open(d / "prometheus.log", "w")
-    proc = subprocess.Popen([BINARY, f"--config.file={config}",
-                             f"--storage.tsdb.path={d / 'data'}",
-                             "--storage.tsdb.retention.time=15m",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log,
-                            cwd=d)
+    proc = subprocess.Popen(
+        [
+            BINARY,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={d / 'data'}",
+            "--storage.tsdb.retention.time=15m",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        cwd=d,
+    )
     log.close()
     proc.log_path = d / "prometheus.log"  # type: ignore[attr-defined]
     return proc, port
@@ -149,10 +184,12 @@ def confirm(port: int) -> dict:
     """Prometheus' own view, to confirm what the replay server saw: targets up, samples per
     scrape, rule result series and head series. Asked after the measured window: queries cost
     Prometheus CPU."""
-    return {"targets_up": query(port, 'count(up{job="vllm"} == 1)'),
-            "samples_per_scrape": query(port, 'avg(scrape_samples_scraped{job="vllm"})'),
-            "rule_series": query(port, 'count({__name__=~"bench:.*"})'),
-            "head_series": _head_series(port)}
+    return {
+        "targets_up": query(port, 'count(up{job="vllm"} == 1)'),
+        "samples_per_scrape": query(port, 'avg(scrape_samples_scraped{job="vllm"})'),
+        "rule_series": query(port, 'count({__name__=~"bench:.*"})'),
+        "head_series": _head_series(port),
+    }
 
 
 def _head_series(port: int) -> float:

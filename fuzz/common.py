@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Callable, ContextManager, Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 
 
-def instrumented(active: bool, include: Iterable[str] = ("sidecar",)) -> ContextManager[object]:
+def instrumented(active: bool, include: Iterable[str] = ("sidecar",)) -> AbstractContextManager[object]:
     """Instrument the modules imported inside the block, only when fuzzing (``active``)."""
     if not active:
         return contextlib.nullcontext()

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from fuzz.common import instrumented, main
 
 with instrumented(__name__ == "__main__"):
-    from sidecar.model import Window
     from sidecar.derive import TargetTracker
     from sidecar.exporter import render_target
-    from sidecar.model import TargetSnapshot
+    from sidecar.model import TargetSnapshot, Window
     from sidecar.parser import ParseError, parse
     from sidecar.scrape import parse_body
 
@@ -65,6 +64,7 @@ def _in_unit(x: float) -> bool:
 
 
 # ---------------------------------------------------------------- invariants
+
 
 def rendered_text_parses(prev: Step | None, cur: Step) -> None:
     """The exporter's output is valid exposition text: every line reads back as its own series
@@ -148,17 +148,34 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
         # valid queries, and not refused with its hits (hits above queries: both refused)
         if name == q and value >= 0 and not math.isinf(value) and not hits.get(labels, 0) > value:
             lab = dict(labels)
-            identities.add((lab.get("model_name", ""), lab.get("engine", "0"),
-                            tuple(lab.get(k) for k in IDENTITY_LABELS)))
+            identities.add(
+                (
+                    lab.get("model_name", ""),
+                    lab.get("engine", "0"),
+                    tuple(lab.get(k) for k in IDENTITY_LABELS),
+                )
+            )
     exported = sum(1 for name, _ in cur.series if name == P + "prefix_cache_queries_total")
-    _check(exported >= len(identities),
-           f"{len(identities)} engine identities exported as {exported} query series")
+    _check(
+        exported >= len(identities),
+        f"{len(identities)} engine identities exported as {exported} query series",
+    )
 
 
-INVARIANTS: dict[str, Callable[[Step | None, Step], None]] = {f.__name__: f for f in (
-    rendered_text_parses, hit_ratios_in_unit_interval, counters_never_decrease,
-    own_counters_never_decrease, no_negative_or_nan_counter, kv_usage_in_unit_interval,
-    hits_not_above_queries, running_waiting_not_negative, identities_not_merged)}
+INVARIANTS: dict[str, Callable[[Step | None, Step], None]] = {
+    f.__name__: f
+    for f in (
+        rendered_text_parses,
+        hit_ratios_in_unit_interval,
+        counters_never_decrease,
+        own_counters_never_decrease,
+        no_negative_or_nan_counter,
+        kv_usage_in_unit_interval,
+        hits_not_above_queries,
+        running_waiting_not_negative,
+        identities_not_merged,
+    )
+}
 
 
 def selected() -> list[Callable[[Step | None, Step], None]]:
@@ -173,6 +190,7 @@ CHECKS = selected()
 
 
 # ---------------------------------------------------------------- the pipeline
+
 
 def read_back(text: str) -> Series:
     """The rendered series as (name, sorted labels) -> value; a ParseError here is a finding."""

@@ -39,16 +39,22 @@ class Result:
     @property
     def line(self) -> str:
         rate = self.executions / self.seconds if self.seconds > 0 else 0.0
-        return (f"{self.target:<10} {self.executions:>10} {self.seconds:>9.0f} {rate:>8.0f} "
-                f"{self.crashes:>7} {self.exit_code:>4}")
+        return (
+            f"{self.target:<10} {self.executions:>10} {self.seconds:>9.0f} {rate:>8.0f} "
+            f"{self.crashes:>7} {self.exit_code:>4}"
+        )
 
 
 def fuzz_args(target: str, runs: int, found: Path) -> list[str]:
     """The libFuzzer arguments shared by ``make fuzz`` and the short CI runs: new inputs go to
     ``found``; the committed seeds are read, never written."""
-    return [f"-atheris_runs={runs}", f"-dict={HERE / DICTS[target]}", f"-max_len={MAX_LEN[target]}",
-            str(found),
-            str(HERE / "corpus" / target)]
+    return [
+        f"-atheris_runs={runs}",
+        f"-dict={HERE / DICTS[target]}",
+        f"-max_len={MAX_LEN[target]}",
+        str(found),
+        str(HERE / "corpus" / target),
+    ]
 
 
 def command(target: str, runs: int, out: Path, extra: list[str]) -> list[str]:
@@ -56,8 +62,15 @@ def command(target: str, runs: int, out: Path, extra: list[str]) -> list[str]:
     crashes.mkdir(parents=True, exist_ok=True)
     found = out / "corpus" / target
     found.mkdir(parents=True, exist_ok=True)
-    return [sys.executable, "-m", f"fuzz.{target}", f"-artifact_prefix={crashes}/",
-            "-print_final_stats=1", *extra, *fuzz_args(target, runs, found)]
+    return [
+        sys.executable,
+        "-m",
+        f"fuzz.{target}",
+        f"-artifact_prefix={crashes}/",
+        "-print_final_stats=1",
+        *extra,
+        *fuzz_args(target, runs, found),
+    ]
 
 
 def executions(log: str) -> int:
@@ -73,8 +86,9 @@ def run_target(target: str, runs: int, out: Path, extra: list[str]) -> Result:
     log_path = out / f"{target}.log"
     t0 = time.monotonic()
     with log_path.open("w") as log:
-        code = subprocess.call(command(target, runs, out, extra), cwd=REPO, stdout=log,
-                               stderr=subprocess.STDOUT)
+        code = subprocess.call(
+            command(target, runs, out, extra), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+        )
     seconds = time.monotonic() - t0
     text = log_path.read_text(errors="replace")
     crashes = sum(1 for p in (out / "crashes" / target).iterdir() if p.is_file())
@@ -103,7 +117,7 @@ def minimize(target: str, data: bytes) -> bytes:
     while True:
         i = 0
         while i < len(data):
-            candidate = data[:i] + data[i + size:]
+            candidate = data[:i] + data[i + size :]
             if (crash_of(target, candidate) or "").split(":")[0] == kind:
                 data = candidate
             else:
@@ -117,11 +131,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=100_000, help="executions per target")
     ap.add_argument("--out", type=Path, default=REPO / ".artifacts" / "fuzz")
-    ap.add_argument("--libfuzzer", default="",
-                    help="extra libFuzzer flags, space-separated: --libfuzzer='-len_control=0 -seed=1'")
+    ap.add_argument(
+        "--libfuzzer",
+        default="",
+        help="extra libFuzzer flags, space-separated: --libfuzzer='-len_control=0 -seed=1'",
+    )
     ap.add_argument("targets", nargs="*", help=f"default: {' '.join(TARGETS)}")
-    ap.add_argument("--minimize", metavar="CRASHFILE", type=Path,
-                    help="shrink a crashing input of the one target named; prints it, writes FILE.min")
+    ap.add_argument(
+        "--minimize",
+        metavar="CRASHFILE",
+        type=Path,
+        help="shrink a crashing input of the one target named; prints it, writes FILE.min",
+    )
     args = ap.parse_args(argv)
     if args.minimize:
         if len(args.targets) != 1:
@@ -138,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"{'target':<10} {'executions':>10} {'seconds':>9} {'exec/s':>8} {'crashes':>7} {'exit':>4}"
     results = []
     for target in args.targets:
-        print(f"fuzzing {target}: {args.runs} executions, log {args.out / (target + '.log')}",
-              flush=True)
+        print(f"fuzzing {target}: {args.runs} executions, log {args.out / (target + '.log')}", flush=True)
         results.append(run_target(target, args.runs, args.out, args.libfuzzer.split()))
         print(results[-1].line, flush=True)
     summary = "\n".join([header, *(r.line for r in results)]) + "\n"

@@ -41,8 +41,7 @@ class _Dumper(yaml.SafeDumper):
     pass
 
 
-_Dumper.add_representer(
-    _Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|"))
+_Dumper.add_representer(_Block, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s, style="|"))
 
 
 def _blocks(value: object) -> object:
@@ -56,17 +55,16 @@ def _blocks(value: object) -> object:
 
 
 def _dump(doc: object) -> str:
-    return yaml.dump(_blocks(doc), Dumper=_Dumper, sort_keys=False, width=10_000,
-                     allow_unicode=True)
+    return yaml.dump(_blocks(doc), Dumper=_Dumper, sort_keys=False, width=10_000, allow_unicode=True)
 
 
 def _kustomization(resources: list[str], comment: str) -> str:
-    doc = {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component",
-           "resources": resources}
+    doc = {"apiVersion": "kustomize.config.k8s.io/v1alpha1", "kind": "Component", "resources": resources}
     return comment + _dump(doc)
 
 
 # ---------------------------------------------------------------- PrometheusRule
+
 
 def prometheus_rule(rules_text: str) -> dict:
     """The PrometheusRule whose spec.groups is exactly rules.yaml's groups."""
@@ -76,14 +74,19 @@ def prometheus_rule(rules_text: str) -> dict:
         "kind": "PrometheusRule",
         "metadata": {
             "name": NAME,
-            "labels": {**COMMON_LABELS, "app.kubernetes.io/component": "alerting",
-                       "prometheus": "k8s", "role": "alert-rules"},
+            "labels": {
+                **COMMON_LABELS,
+                "app.kubernetes.io/component": "alerting",
+                "prometheus": "k8s",
+                "role": "alert-rules",
+            },
         },
         "spec": {"groups": groups},
     }
 
 
 # ---------------------------------------------------------------- dashboards
+
 
 def dashboard_configmap(stem: str, text: str) -> dict:
     """One ConfigMap per dashboard, the way the Grafana (kiwigrid) sidecar discovers them."""
@@ -93,8 +96,11 @@ def dashboard_configmap(stem: str, text: str) -> dict:
         "kind": "ConfigMap",
         "metadata": {
             "name": f"{NAME}-dashboard-{stem}",
-            "labels": {**COMMON_LABELS, "app.kubernetes.io/component": "dashboards",
-                       "grafana_dashboard": "1"},
+            "labels": {
+                **COMMON_LABELS,
+                "app.kubernetes.io/component": "dashboards",
+                "grafana_dashboard": "1",
+            },
             "annotations": {"grafana_folder": GRAFANA_FOLDER},
         },
         "data": {f"{stem}.json": text if text.endswith("\n") else text + "\n"},
@@ -103,26 +109,31 @@ def dashboard_configmap(stem: str, text: str) -> dict:
 
 # ---------------------------------------------------------------- all outputs
 
+
 def outputs() -> dict[Path, str]:
     """Every generated file and its content."""
     out: dict[Path, str] = {}
     if RULES.exists():
-        out[ALERTS / "prometheusrule.yaml"] = (
-            GENERATED.format(source="deploy/prometheus/rules.yaml")
-            + _dump(prometheus_rule(RULES.read_text())))
+        out[ALERTS / "prometheusrule.yaml"] = GENERATED.format(source="deploy/prometheus/rules.yaml") + _dump(
+            prometheus_rule(RULES.read_text())
+        )
         out[ALERTS / "kustomization.yaml"] = _kustomization(
             ["prometheusrule.yaml"],
             "# The alert and recording rules of deploy/prometheus/rules.yaml as a PrometheusRule.\n"
-            + GENERATED.format(source="deploy/prometheus/rules.yaml"))
+            + GENERATED.format(source="deploy/prometheus/rules.yaml"),
+        )
     names = []
     for path in sorted(DASHBOARDS.glob("*.json")):
         name = f"{path.stem}.yaml"
         names.append(name)
-        out[DASHBOARD_CMS / name] = (GENERATED.format(source=f"dashboards/{path.name}")
-                                     + _dump(dashboard_configmap(path.stem, path.read_text())))
+        out[DASHBOARD_CMS / name] = GENERATED.format(source=f"dashboards/{path.name}") + _dump(
+            dashboard_configmap(path.stem, path.read_text())
+        )
     out[DASHBOARD_CMS / "kustomization.yaml"] = _kustomization(
-        names, "# Grafana dashboards as ConfigMaps labelled grafana_dashboard: \"1\".\n"
-        + GENERATED.format(source="dashboards/*.json"))
+        names,
+        '# Grafana dashboards as ConfigMaps labelled grafana_dashboard: "1".\n'
+        + GENERATED.format(source="dashboards/*.json"),
+    )
     return out
 
 

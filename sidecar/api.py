@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from .explain import exposer_note, tier_split
 from .model import EngineState, TargetSnapshot, WindowStats, finite
@@ -31,8 +32,9 @@ def _window(w: WindowStats) -> dict[str, Any]:
 
 def _tiers(w: WindowStats) -> list[dict[str, Any]]:
     """Which tier served the hits: [{"source", "name", "hit_ratio"}], device first."""
-    return [{"source": src, "name": name, "hit_ratio": finite(r)}
-            for src, name, r in tier_split(w, short=True)]
+    return [
+        {"source": src, "name": name, "hit_ratio": finite(r)} for src, name, r in tier_split(w, short=True)
+    ]
 
 
 def _engine(e: EngineState) -> dict[str, Any]:
@@ -84,24 +86,43 @@ def target_dict(s: TargetSnapshot) -> dict[str, Any]:
         "identity_labels": list(s.identity_labels),
         "legacy_names": list(s.legacy_names),
         "requests_running": sum(running) if running else None,
-        "refused": [{"family": r.family, "series": r.series, "model_name": r.model_name,
-                     "engine": r.engine,
-                     "replica": r.replica, "value": _said(r.value), "why": r.why}
-                    for r in s.refused],
+        "refused": [
+            {
+                "family": r.family,
+                "series": r.series,
+                "model_name": r.model_name,
+                "engine": r.engine,
+                "replica": r.replica,
+                "value": _said(r.value),
+                "why": r.why,
+            }
+            for r in s.refused
+        ],
         "out_of_range_values": dict(s.out_of_range),
         "prefix_caching_enabled": s.prefix_caching_enabled,
         "cache_config": [
-            {"engine": c.engine, "replica": c.replica,
-             "enable_prefix_caching": c.enable_prefix_caching,
-             "prefix_match_unit": c.prefix_match_unit,
-             "block_size": c.block_size, "num_gpu_blocks": c.num_gpu_blocks,
-             "prefix_caching_hash_algo": c.hash_algo,
-             "kv_offloading_backend": c.kv_offloading_backend}
-            for c in s.cache_configs],
+            {
+                "engine": c.engine,
+                "replica": c.replica,
+                "enable_prefix_caching": c.enable_prefix_caching,
+                "prefix_match_unit": c.prefix_match_unit,
+                "block_size": c.block_size,
+                "num_gpu_blocks": c.num_gpu_blocks,
+                "prefix_caching_hash_algo": c.hash_algo,
+                "kv_offloading_backend": c.kv_offloading_backend,
+            }
+            for c in s.cache_configs
+        ],
         "engines": [_engine(e) for e in s.engines],
-        "diagnoses": [{"code": d.code, "severity": d.severity, "summary": d.summary,
-                       "evidence": {k: _jsonable(v) for k, v in d.evidence}}
-                      for d in s.diagnoses],
+        "diagnoses": [
+            {
+                "code": d.code,
+                "severity": d.severity,
+                "summary": d.summary,
+                "evidence": {k: _jsonable(v) for k, v in d.evidence},
+            }
+            for d in s.diagnoses
+        ],
         "windows": list(s.windows),
         "restart_times": list(s.restart_times),
     }

@@ -22,18 +22,37 @@ from __future__ import annotations
 import math
 from array import array
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from itertools import accumulate
 from operator import add, sub
-from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 from .diagnose import diagnose
-from .model import (NAN, EngineMetrics, EngineState, Histogram, LatencyStats, Normalised,
-                    ScrapeOutcome, TargetSnapshot, Window, WindowStats, ratio)
+from .model import (
+    NAN,
+    EngineMetrics,
+    EngineState,
+    Histogram,
+    LatencyStats,
+    Normalised,
+    ScrapeOutcome,
+    TargetSnapshot,
+    Window,
+    WindowStats,
+    ratio,
+)
 
 INF = float("inf")
-COUNTERS = ("prefix_queries", "prefix_hits", "prompt_tokens", "generation_tokens", "preemptions",
-            "external_queries", "external_hits")
+COUNTERS = (
+    "prefix_queries",
+    "prefix_hits",
+    "prompt_tokens",
+    "generation_tokens",
+    "preemptions",
+    "external_queries",
+    "external_hits",
+)
 #: counters kept per label value: EngineMetrics field names, each a tuple of (label, value)
 LABELLED = ("request_success", "hits_by_source", "tier_queries", "tier_hits")
 PHASES = ("ttft", "e2e", "queue")  # histograms kept bucket by bucket
@@ -89,7 +108,7 @@ class _Point:
             return None
         off = self.layout.hist_offset(i)
         n = len(b)
-        return self.layout.gens[i], b, self.v[off:off + n], self.v[off + n], self.v[off + n + 1]
+        return self.layout.gens[i], b, self.v[off : off + n], self.v[off + n], self.v[off + n + 1]
 
     @property
     def kv_usage(self) -> float | None:
@@ -98,7 +117,7 @@ class _Point:
 
     def labelled(self) -> dict[tuple[str, str], float]:
         keys = self.layout.labelled
-        return dict(zip(keys, self.v[_BASE:_BASE + len(keys)]))
+        return dict(zip(keys, self.v[_BASE : _BASE + len(keys)]))
 
     def prompt_len(self) -> tuple[float, float]:
         return self.v[-2], self.v[-1]
@@ -115,8 +134,9 @@ def _delta(cur: float | None, prev: float | None, reset: bool) -> float:
     return cur - prev
 
 
-def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float],
-                       monotonic: bool = False) -> float:
+def histogram_quantile(
+    q: float, bounds: Sequence[float], counts: Sequence[float], monotonic: bool = False
+) -> float:
     """Prometheus' ``histogram_quantile`` on cumulative bucket counts (linear within a bucket)."""
     if not bounds or bounds[-1] != INF:
         return NAN
@@ -193,8 +213,13 @@ class _EngineHistory:
             cur = getattr(m, h)
             b = None if cur is None else cur.bounds
             old = None if prev is None else prev.layout.bounds[i]
-            same = (b is not None and old == b and before is not None
-                    and getattr(before, h) is not None and getattr(before, h).bounds == b)
+            same = (
+                b is not None
+                and old == b
+                and before is not None
+                and getattr(before, h) is not None
+                and getattr(before, h).bounds == b
+            )
             if same:
                 assert prev is not None
                 bounds.append(old)  # the interned tuple
@@ -236,14 +261,14 @@ class _EngineHistory:
             if prev is not None and before is not None and layout.gens[i] == prev.layout.gens[i]:
                 b = getattr(before, h)
                 poff = prev.layout.hist_offset(i)
-                was = prev.v[poff:poff + n + 2]
+                was = prev.v[poff : poff + n + 2]
                 now = cur.counts + (cur.sum, cur.count)
                 if reset or cur.count < b.count:  # restarted: everything counted from zero
-                    v[off:off + n + 2] = array("d", map(add, was, now))
+                    v[off : off + n + 2] = array("d", map(add, was, now))
                 else:
                     base = b.counts + (b.sum, b.count)
                     inc = [x - y if x >= y else x for x, y in zip(now, base)]
-                    v[off:off + n + 2] = array("d", map(add, was, inc))
+                    v[off : off + n + 2] = array("d", map(add, was, inc))
         if m.prompt_len is not None and prev is not None and before is not None:
             pb = before.prompt_len
             if reset or pb is None or m.prompt_len.count < pb.count:  # counted from zero
@@ -294,15 +319,13 @@ class _EngineHistory:
         base = self.baseline(now - w.seconds)
         if base is cur:
             return WindowStats(w.label, w.seconds, 0.0, resets=resets)
-        queries, hits, prompt, gen, pre, ext_q, ext_h = (
-            cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
+        queries, hits, prompt, gen, pre, ext_q, ext_h = (cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
         blab = base.labelled()
         inc: dict[str, dict[str, float]] = {f: {} for f in LABELLED}
         for (f, k), x in cur.labelled().items():
             inc[f][k] = x - blab.get((f, k), 0.0)
         requests = tuple(inc["request_success"].items())
-        tiers = tuple((k, (q, inc["tier_hits"].get(k, 0.0)))
-                      for k, q in sorted(inc["tier_queries"].items()))
+        tiers = tuple((k, (q, inc["tier_hits"].get(k, 0.0))) for k, q in sorted(inc["tier_queries"].items()))
         lat = []
         for i, phase in enumerate(PHASES):
             stats = _latency(self._hist_base(i, base, cur), cur.hist(i))
@@ -314,13 +337,26 @@ class _EngineHistory:
         if cur.kv_usage is not None and base.kv_usage is not None:
             kv_delta = cur.kv_usage - base.kv_usage
         return WindowStats(
-            window=w.label, seconds=w.seconds, span=cur.t - base.t,
-            queries=queries, hits=hits, hit_ratio=_ratio(hits, queries),
-            external_queries=ext_q, external_hits=ext_h,
-            hits_by_source=tuple(sorted(inc["hits_by_source"].items())), tiers=tiers,
-            kv_usage_delta=kv_delta, prompt_tokens=prompt, generation_tokens=gen,
-            preemptions=pre, requests=requests, latency=tuple(lat),
-            mean_prompt_tokens=mean_prompt, prompts_finished=max(n1 - n0, 0.0), resets=resets)
+            window=w.label,
+            seconds=w.seconds,
+            span=cur.t - base.t,
+            queries=queries,
+            hits=hits,
+            hit_ratio=_ratio(hits, queries),
+            external_queries=ext_q,
+            external_hits=ext_h,
+            hits_by_source=tuple(sorted(inc["hits_by_source"].items())),
+            tiers=tiers,
+            kv_usage_delta=kv_delta,
+            prompt_tokens=prompt,
+            generation_tokens=gen,
+            preemptions=pre,
+            requests=requests,
+            latency=tuple(lat),
+            mean_prompt_tokens=mean_prompt,
+            prompts_finished=max(n1 - n0, 0.0),
+            resets=resets,
+        )
 
     def _hist_base(self, i: int, base: _Point, cur: _Point) -> _Hist | None:
         """The window's baseline histogram, moved forward past a bucket-layout change."""
@@ -379,15 +415,15 @@ def _engine_restarted(o: EngineMetrics, e: EngineMetrics) -> bool:
     return False
 
 
-def _restarted(prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics],
-               cur: Normalised) -> frozenset[tuple[str, str, str]]:
+def _restarted(
+    prev_start: float | None, old: dict[tuple[str, str, str], EngineMetrics], cur: Normalised
+) -> frozenset[tuple[str, str, str]]:
     """The engine identities that restarted: each judged on its own counters (one replica's
     restart behind a router or Ray Serve is not another's), all of them when vLLM's process
     start time changed."""
     if prev_start is not None and cur.process_start is not None and prev_start != cur.process_start:
         return frozenset(e.key for e in cur.engines)
-    return frozenset(e.key for e in cur.engines
-                     if e.key in old and _engine_restarted(old[e.key], e))
+    return frozenset(e.key for e in cur.engines if e.key in old and _engine_restarted(old[e.key], e))
 
 
 def _paired(m: EngineMetrics) -> EngineMetrics:
@@ -408,8 +444,9 @@ def _paired(m: EngineMetrics) -> EngineMetrics:
 class TargetTracker:
     """All history of one target; :meth:`observe` returns the new snapshot."""
 
-    def __init__(self, name: str, windows: Sequence[Window], *, url: str = "",
-                 labels: tuple[tuple[str, str], ...] = ()):
+    def __init__(
+        self, name: str, windows: Sequence[Window], *, url: str = "", labels: tuple[tuple[str, str], ...] = ()
+    ):
         if not windows:
             raise ValueError("at least one window is needed")
         self.name = name
@@ -428,8 +465,9 @@ class TargetTracker:
         self._errors: dict[str, int] = {}
         self._version: str | None = None
         self._last_success: float | None = None
-        self.snapshot = TargetSnapshot(name=name, url=url, labels=labels,
-                                       windows=tuple(w.label for w in self.windows))
+        self.snapshot = TargetSnapshot(
+            name=name, url=url, labels=labels, windows=tuple(w.label for w in self.windows)
+        )
 
     @property
     def restarts(self) -> int:
@@ -443,23 +481,39 @@ class TargetTracker:
         t = outcome.started
         if outcome.version is not None:
             self._version = outcome.version
-        base = replace(self.snapshot, scraped=True, last_scrape=t,
-                       scrape_duration=outcome.duration, version=self._version)
+        base = replace(
+            self.snapshot,
+            scraped=True,
+            last_scrape=t,
+            scrape_duration=outcome.duration,
+            version=self._version,
+        )
         if not outcome.ok or outcome.normalised is None:
             reason = outcome.reason or "parse"
             self._errors[reason] = self._errors.get(reason, 0) + 1
-            snap = replace(base, up=False, last_error=outcome.error, last_error_reason=reason,
-                           scrape_errors=tuple(sorted(self._errors.items())), engines=(),
-                           cache_configs=(), restart_times=self._recent_restarts(t))
+            snap = replace(
+                base,
+                up=False,
+                last_error=outcome.error,
+                last_error_reason=reason,
+                scrape_errors=tuple(sorted(self._errors.items())),
+                engines=(),
+                cache_configs=(),
+                restart_times=self._recent_restarts(t),
+            )
             self.snapshot = replace(snap, diagnoses=diagnose(snap))
             return self.snapshot
         norm = outcome.normalised
         self.identity_labels |= norm.identity_labels
         for r in norm.refused:
             self._out_of_range[r.family] = self._out_of_range.get(r.family, 0) + 1
-        reset = _restarted(
-            self._last_start, {k: h.seen for k, h in self._engines.items() if h.seen is not None},
-            norm) if self._last_keys is not None else frozenset()
+        reset = (
+            _restarted(
+                self._last_start, {k: h.seen for k, h in self._engines.items() if h.seen is not None}, norm
+            )
+            if self._last_keys is not None
+            else frozenset()
+        )
         if reset:  # one restart per scrape, however many engines it reset
             self._restarts += 1
             self._restart_times.append(t)
@@ -478,13 +532,24 @@ class TargetTracker:
             hist.prune(t - self.longest)
             engines.append(self._engine_state(hist, m, t))
         self._forget_stale(t)
-        snap = replace(base, up=True, last_success=t, last_error=None, last_error_reason=None,
-                       scrape_errors=tuple(sorted(self._errors.items())), restarts=self._restarts,
-                       schema=norm.schema, legacy_names=norm.legacy_names, exposer=norm.exposer,
-                       identity_labels=tuple(sorted(self.identity_labels)),
-                       refused=norm.refused, out_of_range=tuple(sorted(self._out_of_range.items())),
-                       engines=tuple(engines), cache_configs=norm.cache_configs,
-                       restart_times=self._recent_restarts(t))
+        snap = replace(
+            base,
+            up=True,
+            last_success=t,
+            last_error=None,
+            last_error_reason=None,
+            scrape_errors=tuple(sorted(self._errors.items())),
+            restarts=self._restarts,
+            schema=norm.schema,
+            legacy_names=norm.legacy_names,
+            exposer=norm.exposer,
+            identity_labels=tuple(sorted(self.identity_labels)),
+            refused=norm.refused,
+            out_of_range=tuple(sorted(self._out_of_range.items())),
+            engines=tuple(engines),
+            cache_configs=norm.cache_configs,
+            restart_times=self._recent_restarts(t),
+        )
         self.snapshot = replace(snap, diagnoses=diagnose(snap))
         return self.snapshot
 
@@ -517,7 +582,11 @@ class TargetTracker:
             lifetime = NAN
         resets = [sum(1 for r in self._restart_times if r > now - w.seconds) for w in self.windows]
         return EngineState(
-            model_name=m.model_name, engine=m.engine, current=m, replica=m.replica,
+            model_name=m.model_name,
+            engine=m.engine,
+            current=m,
+            replica=m.replica,
             lifetime_hit_ratio=lifetime,
             windows=tuple(hist.window(w, now, n) for w, n in zip(self.windows, resets)),
-            ratio_series=hist.ratio_series())
+            ratio_series=hist.ratio_series(),
+        )

@@ -8,7 +8,7 @@ causes and fixes for people.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .model import CacheConfig, Diagnosis, EngineState, Refused, TargetSnapshot, WindowStats
 from .normalize import EXPOSER_ROUTER, SCHEMA_V0, SCHEMA_V1_LEGACY
@@ -49,8 +49,9 @@ def window_mean_prompt(ws: list[WindowStats]) -> float | None:
     n = sum(w.prompts_finished for w in ws if not math.isnan(w.mean_prompt_tokens))
     if n <= 0:
         return None
-    return sum(w.mean_prompt_tokens * w.prompts_finished for w in ws
-               if not math.isnan(w.mean_prompt_tokens)) / n
+    return (
+        sum(w.mean_prompt_tokens * w.prompts_finished for w in ws if not math.isnan(w.mean_prompt_tokens)) / n
+    )
 
 
 def _mean_prompt(ws: list[WindowStats], engines: tuple[EngineState, ...]) -> float | None:
@@ -100,22 +101,33 @@ def _flag_text(c: CacheConfig | None) -> str:
 def rule_down(s: TargetSnapshot) -> Diagnosis | None:
     if s.up or not s.scraped or s.last_error_reason in (None, "no_vllm_metrics"):
         return None
-    return _d("target_down", f"last scrape failed ({s.last_error_reason}): {s.last_error}",
-              reason=s.last_error_reason, error=s.last_error)
+    return _d(
+        "target_down",
+        f"last scrape failed ({s.last_error_reason}): {s.last_error}",
+        reason=s.last_error_reason,
+        error=s.last_error,
+    )
 
 
 def rule_no_vllm(s: TargetSnapshot) -> Diagnosis | None:
     if s.last_error_reason != "no_vllm_metrics":
         return None
     detail = f": {s.last_error}" if s.last_error else ""
-    return _d("no_vllm_metrics", f"the target answers but exposes no vllm: series{detail}",
-              error=s.last_error)
+    return _d(
+        "no_vllm_metrics", f"the target answers but exposes no vllm: series{detail}", error=s.last_error
+    )
 
 
 def hits_grew(s: TargetSnapshot, c: CacheConfig) -> bool:
     """Did this engine's prefix-cache hits grow in the shortest window (caching works)?"""
-    return any(e.engine == c.engine and e.replica == c.replica and e.windows
-               and e.windows[0].span > 0 and e.windows[0].hits > 0 for e in s.engines)
+    return any(
+        e.engine == c.engine
+        and e.replica == c.replica
+        and e.windows
+        and e.windows[0].span > 0
+        and e.windows[0].hits > 0
+        for e in s.engines
+    )
 
 
 def rule_caching_disabled(s: TargetSnapshot) -> Diagnosis | None:
@@ -124,9 +136,12 @@ def rule_caching_disabled(s: TargetSnapshot) -> Diagnosis | None:
     if not off:
         return None
     names = ", ".join(engine_name(c) for c in off)
-    return _d("prefix_caching_disabled",
-              f"vllm:cache_config_info says enable_prefix_caching=\"False\" ({names})",
-              engines=tuple(c.engine for c in off), block_size=_block_size(s))
+    return _d(
+        "prefix_caching_disabled",
+        f'vllm:cache_config_info says enable_prefix_caching="False" ({names})',
+        engines=tuple(c.engine for c in off),
+        block_size=_block_size(s),
+    )
 
 
 def rule_cache_unused(s: TargetSnapshot) -> Diagnosis | None:
@@ -134,26 +149,39 @@ def rule_cache_unused(s: TargetSnapshot) -> Diagnosis | None:
     in use, whatever the flag says (it is filled in the API server; the engine decides)."""
     if rule_caching_disabled(s) is not None:
         return None
-    idle = [e for e in s.engines if e.current.prefix_queries is not None and e.windows
-            and e.windows[0].span > 0 and e.windows[0].prompt_tokens > 0
-            and e.windows[0].queries <= 0]
+    idle = [
+        e
+        for e in s.engines
+        if e.current.prefix_queries is not None
+        and e.windows
+        and e.windows[0].span > 0
+        and e.windows[0].prompt_tokens > 0
+        and e.windows[0].queries <= 0
+    ]
     if not idle:
         return None
     window = idle[0].windows[0].window
     prompts = sum(e.windows[0].prompt_tokens for e in idle)
     flags = sorted({_flag_text(_config_of(s, e)) for e in idle})
     names = ", ".join(engine_name(e) for e in idle)
-    return _d("prefix_cache_unused",
-              f"{prompts:.0f} prompt tokens but no prefix-cache queries in the last {window} "
-              f"({names}); vllm:cache_config_info says {' / '.join(flags)}",
-              window=window, prompt_tokens=prompts, engines=tuple(engine_name(e) for e in idle),
-              flag=" / ".join(flags))
+    return _d(
+        "prefix_cache_unused",
+        f"{prompts:.0f} prompt tokens but no prefix-cache queries in the last {window} "
+        f"({names}); vllm:cache_config_info says {' / '.join(flags)}",
+        window=window,
+        prompt_tokens=prompts,
+        engines=tuple(engine_name(e) for e in idle),
+        flag=" / ".join(flags),
+    )
 
 
 def _flag_off(s: TargetSnapshot, replica: str) -> bool:
     """Every engine of this replica (one vLLM) says caching is off."""
-    flags = [c.enable_prefix_caching for c in s.cache_configs
-             if c.replica == replica and c.enable_prefix_caching is not None]
+    flags = [
+        c.enable_prefix_caching
+        for c in s.cache_configs
+        if c.replica == replica and c.enable_prefix_caching is not None
+    ]
     return bool(flags) and not any(flags)
 
 
@@ -174,31 +202,39 @@ def rule_zero_hits(s: TargetSnapshot) -> Diagnosis | None:
         for replica, es in sorted(by_replica.items()):
             w1 = _shortest(es)
             # a hit from any tier (CPU offload, LMCache, a KV connector) is a hit
-            if (_sum(w1, "queries") > 0 and not any(w.any_tier_hit for w in w1)
-                    and not _flag_off(s, replica)):
+            if _sum(w1, "queries") > 0 and not any(w.any_tier_hit for w in w1) and not _flag_off(s, replica):
                 cold.append((replica, w1))
         if not cold:
             return None
         w1 = [w for _, ws1 in cold for w in ws1]
         queries, hits = _sum(w1, "queries"), _sum(w1, "hits")
         where = (" (" + ", ".join(r for r, _ in cold) + ")") if any(r for r, _ in cold) else ""
-        return _d("zero_hit_rate",
-                  f"{queries:.0f} prefix-cache queries and 0 hits from any tier in the last "
-                  f"{window}{where}",
-                  window=window, queries=queries, hits=hits, replicas=tuple(r for r, _ in cold),
-                  block_size=_block_size(s), mean_prompt_tokens=_mean_prompt(w1, s.engines),
-                  window_mean_prompt_tokens=window_mean_prompt(w1))
+        return _d(
+            "zero_hit_rate",
+            f"{queries:.0f} prefix-cache queries and 0 hits from any tier in the last {window}{where}",
+            window=window,
+            queries=queries,
+            hits=hits,
+            replicas=tuple(r for r, _ in cold),
+            block_size=_block_size(s),
+            mean_prompt_tokens=_mean_prompt(w1, s.engines),
+            window_mean_prompt_tokens=window_mean_prompt(w1),
+        )
     if s.prefix_caching_enabled is False:
         return None
     # V0: no counters; its cumulative block hit rate stays exactly 0 while prompts arrive.
     prompts = _sum(ws, "prompt_tokens")
     rates = [e.current.v0_hit_rate for e in s.engines if e.current.v0_hit_rate is not None]
     if prompts > 0 and rates and all(r == 0 for r in rates):
-        return _d("zero_hit_rate", f"{prompts:.0f} prompt tokens in the last {window} and a "
-                                   f"V0 prefix-cache hit rate of 0",
-                  window=window, prompt_tokens=prompts, block_size=_block_size(s),
-                  mean_prompt_tokens=_mean_prompt(ws, s.engines),
-                  window_mean_prompt_tokens=window_mean_prompt(ws))
+        return _d(
+            "zero_hit_rate",
+            f"{prompts:.0f} prompt tokens in the last {window} and a V0 prefix-cache hit rate of 0",
+            window=window,
+            prompt_tokens=prompts,
+            block_size=_block_size(s),
+            mean_prompt_tokens=_mean_prompt(ws, s.engines),
+            window_mean_prompt_tokens=window_mean_prompt(ws),
+        )
     return None
 
 
@@ -217,9 +253,13 @@ def rule_reset(s: TargetSnapshot) -> Diagnosis | None:
     if not s.restart_times:
         return None
     longest = s.windows[-1] if s.windows else "window"
-    return _d("counter_reset", f"vLLM restarted {len(s.restart_times)} time(s) in the last "
-                               f"{longest}; windowed figures span the restart",
-              restarts=len(s.restart_times), last_restart=max(s.restart_times))
+    return _d(
+        "counter_reset",
+        f"vLLM restarted {len(s.restart_times)} time(s) in the last "
+        f"{longest}; windowed figures span the restart",
+        restarts=len(s.restart_times),
+        last_restart=max(s.restart_times),
+    )
 
 
 def rule_kv_pressure(s: TargetSnapshot) -> Diagnosis | None:
@@ -242,9 +282,12 @@ def rule_external(s: TargetSnapshot) -> Diagnosis | None:
     if q <= 0:
         return None
     h = sum(e.current.external_hits or 0.0 for e in s.engines)
-    return _d("external_kv_connector", f"{q:.0f} external (KV-connector) prefix-cache queries, "
-                                       f"{h:.0f} hits since start",
-              external_queries=q, external_hits=h)
+    return _d(
+        "external_kv_connector",
+        f"{q:.0f} external (KV-connector) prefix-cache queries, {h:.0f} hits since start",
+        external_queries=q,
+        external_hits=h,
+    )
 
 
 def rule_below_block(s: TargetSnapshot, zero: Diagnosis | None) -> Diagnosis | None:
@@ -256,11 +299,15 @@ def rule_below_block(s: TargetSnapshot, zero: Diagnosis | None) -> Diagnosis | N
     mean = zero.evidence_dict().get("window_mean_prompt_tokens")  # the window's, never lifetime
     if unit is None or mean is None or mean > unit[0]:
         return None
-    return _d("prefix_below_block",
-              f"mean prompt {mean:.0f} tokens is at most one {unit[1]} of {unit[0]} tokens: "
-              "no prompt can share a whole cached block",
-              mean_prompt_tokens=mean, unit=unit[0], unit_name=unit[1],
-              window=zero.evidence_dict().get("window"))
+    return _d(
+        "prefix_below_block",
+        f"mean prompt {mean:.0f} tokens is at most one {unit[1]} of {unit[0]} tokens: "
+        "no prompt can share a whole cached block",
+        mean_prompt_tokens=mean,
+        unit=unit[0],
+        unit_name=unit[1],
+        window=zero.evidence_dict().get("window"),
+    )
 
 
 def rule_legacy(s: TargetSnapshot) -> Diagnosis | None:
@@ -269,13 +316,25 @@ def rule_legacy(s: TargetSnapshot) -> Diagnosis | None:
     if not s.legacy_names and s.schema not in (SCHEMA_V0, SCHEMA_V1_LEGACY):
         return None
     names = ", ".join(s.legacy_names) or f"the {s.schema} metric schema"
-    return _d("legacy_metric_names", f"deprecated or pre-0.9.2 vLLM metric names: {names}",
-              names=s.legacy_names, schema=s.schema)
+    return _d(
+        "legacy_metric_names",
+        f"deprecated or pre-0.9.2 vLLM metric names: {names}",
+        names=s.legacy_names,
+        schema=s.schema,
+    )
 
 
 RULES: tuple[Callable[[TargetSnapshot], Diagnosis | None], ...] = (
-    rule_down, rule_no_vllm, rule_caching_disabled, rule_cache_unused, rule_zero_hits,
-    rule_no_traffic, rule_reset, rule_kv_pressure, rule_external, rule_legacy,
+    rule_down,
+    rule_no_vllm,
+    rule_caching_disabled,
+    rule_cache_unused,
+    rule_zero_hits,
+    rule_no_traffic,
+    rule_reset,
+    rule_kv_pressure,
+    rule_external,
+    rule_legacy,
 )
 
 

@@ -16,19 +16,19 @@ import os
 import shutil
 import sys
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence, TextIO
+from typing import Any, TextIO
 
 import aiohttp
 
 from .api import target_dict
 from .config.files import ConfigError
 from .config.settings import DEFAULT_MAX_BODY_BYTES, TargetConfig, load_config, redact_url
-from .model import Window
 from .derive import TargetTracker
 from .diagnose import engine_name, hits_grew
-from .explain import Explanation, exposer_note, explain_all, fmt_count, fmt_pct, tier_split
-from .model import SEVERITIES, TargetSnapshot
+from .explain import Explanation, explain_all, exposer_note, fmt_count, fmt_pct, tier_split
+from .model import SEVERITIES, TargetSnapshot, Window
 from .scrape import scrape
 from .scrapefilter import FilterState
 
@@ -76,8 +76,15 @@ def window_for(duration: float) -> Window:
 
 
 # ------------------------------------------------------------------------------ observation
-async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: TargetTracker,
-                 n: int, step: float, max_bytes: int, scrape_filter: str = "auto") -> Report:
+async def _watch(
+    session: aiohttp.ClientSession,
+    target: TargetConfig,
+    tracker: TargetTracker,
+    n: int,
+    step: float,
+    max_bytes: int,
+    scrape_filter: str = "auto",
+) -> Report:
     loop = asyncio.get_running_loop()
     start = loop.time()
     timeout = target.timeout or DEFAULT_TIMEOUT
@@ -88,10 +95,16 @@ async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: 
         delay = start + i * step - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        outcome = await scrape(session, target, timeout=timeout, max_bytes=max_bytes,
-                               identity=tracker.identity_labels,
-                               want_version=tracker.snapshot.version is None, state=state,
-                               restarts=tracker.restarts)
+        outcome = await scrape(
+            session,
+            target,
+            timeout=timeout,
+            max_bytes=max_bytes,
+            identity=tracker.identity_labels,
+            want_version=tracker.snapshot.version is None,
+            state=state,
+            restarts=tracker.restarts,
+        )
         snap = tracker.observe(outcome)
         tracker.snapshot = replace(snap, scrape_mode=state.mode)
         done += 1
@@ -99,23 +112,39 @@ async def _watch(session: aiohttp.ClientSession, target: TargetConfig, tracker: 
     return Report(tracker.snapshot, done, ok)
 
 
-async def observe(targets: Sequence[TargetConfig], duration: float,
-                  max_bytes: int = DEFAULT_MAX_BODY_BYTES,
-                  scrape_filter: str = "auto") -> list[Report]:
+async def observe(
+    targets: Sequence[TargetConfig],
+    duration: float,
+    max_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    scrape_filter: str = "auto",
+) -> list[Report]:
     """Scrape every target concurrently (each on its own schedule) and return the reports."""
     n, step = plan(duration)
     window = window_for(duration)
-    trackers = [TargetTracker(t.name, (window,), url=redact_url(t.url), labels=t.labels)
-                for t in targets]
+    trackers = [TargetTracker(t.name, (window,), url=redact_url(t.url), labels=t.labels) for t in targets]
     async with aiohttp.ClientSession(auto_decompress=True) as session:
-        return list(await asyncio.gather(*(
-            _watch(session, t, tr, n, step, max_bytes, scrape_filter)
-            for t, tr in zip(targets, trackers))))
+        return list(
+            await asyncio.gather(
+                *(
+                    _watch(session, t, tr, n, step, max_bytes, scrape_filter)
+                    for t, tr in zip(targets, trackers)
+                )
+            )
+        )
 
 
 # ------------------------------------------------------------------------------ output
-_COLOURS = {"critical": "31;1", "warning": "33;1", "info": "36", "healthy": "32;1",
-            "up": "32;1", "down": "31;1", "bold": "1", "dim": "2", "head": "1;4"}
+_COLOURS = {
+    "critical": "31;1",
+    "warning": "33;1",
+    "info": "36",
+    "healthy": "32;1",
+    "up": "32;1",
+    "down": "31;1",
+    "bold": "1",
+    "dim": "2",
+    "head": "1;4",
+}
 
 
 class Style:
@@ -136,7 +165,7 @@ def clean(text: Any) -> str:
     out = []
     for ch in str(text):
         o = ord(ch)
-        out.append(ch if (o >= 0x20 and not 0x7f <= o <= 0x9f) else f"\\x{o:02x}")
+        out.append(ch if (o >= 0x20 and not 0x7F <= o <= 0x9F) else f"\\x{o:02x}")
     return "".join(out)
 
 
@@ -176,18 +205,38 @@ def _flags_line(s: TargetSnapshot) -> str:
 
 def _engine_rows(s: TargetSnapshot) -> tuple[list[list[str]], list[list[str]]]:
     label = s.windows[0] if s.windows else "window"
-    rows = [["MODEL", "ENGINE", f"HIT RATIO {label}", "LIFETIME", f"QUERIES {label}",
-             f"HITS {label}", "KV USAGE", "RUNNING", "WAITING"]]
+    rows = [
+        [
+            "MODEL",
+            "ENGINE",
+            f"HIT RATIO {label}",
+            "LIFETIME",
+            f"QUERIES {label}",
+            f"HITS {label}",
+            "KV USAGE",
+            "RUNNING",
+            "WAITING",
+        ]
+    ]
     kinds = []
     for e in s.engines:
         w = e.windows[0] if e.windows else None
         windowed = "n/a (V0)" if e.v0 else fmt_pct(w.hit_ratio if w else None)
         life = fmt_pct(e.lifetime_hit_ratio) + (" (blocks)" if e.v0 else "")
         kv = e.current.kv_usage
-        rows.append([clean(e.model_name) or "-", clean(engine_name(e)[len("engine "):]), windowed, life,
-                     "n/a" if e.v0 or not w else fmt_count(w.queries),
-                     "n/a" if e.v0 or not w else fmt_count(w.hits),
-                     fmt_pct(kv), fmt_count(e.current.running), fmt_count(e.current.waiting)])
+        rows.append(
+            [
+                clean(e.model_name) or "-",
+                clean(engine_name(e)[len("engine ") :]),
+                windowed,
+                life,
+                "n/a" if e.v0 or not w else fmt_count(w.queries),
+                "n/a" if e.v0 or not w else fmt_count(w.hits),
+                fmt_pct(kv),
+                fmt_count(e.current.running),
+                fmt_count(e.current.waiting),
+            ]
+        )
         ratio_kind = ""
         if w and not e.v0 and not math.isnan(w.hit_ratio):
             ratio_kind = "warning" if w.hit_ratio == 0 else "healthy"
@@ -197,25 +246,29 @@ def _engine_rows(s: TargetSnapshot) -> tuple[list[list[str]], list[list[str]]]:
 
 
 def _tier_lines(s: TargetSnapshot) -> list[str]:
-    """"hits by tier" per engine where vLLM tells the tier: device first, then host, ..."""
+    """ "hits by tier" per engine where vLLM tells the tier: device first, then host, ..."""
     out = []
     for e in s.engines:
         w = e.windows[0] if e.windows else None
-        if w is None or e.v0 or not (e.current.hits_by_source or e.current.external_queries
-                                      or e.current.tier_queries):
+        if (
+            w is None
+            or e.v0
+            or not (e.current.hits_by_source or e.current.external_queries or e.current.tier_queries)
+        ):
             continue
         split = ", ".join(f"{name} {fmt_pct(r, 0)}" for _, name, r in tier_split(w, short=True))
-        tiers = "".join(f"; offload tier {clean(t)} {fmt_pct(r, 0)} of chunks"
-                        for t, r in w.tier_ratios())
+        tiers = "".join(f"; offload tier {clean(t)} {fmt_pct(r, 0)} of chunks" for t, r in w.tier_ratios())
         out.append(f"hits by tier   {clean(engine_name(e))}, {w.window}: {clean(split)}{tiers}")
     return out
 
 
 def _refused_lines(s: TargetSnapshot) -> list[str]:
     """Impossible values vLLM sent (never exported): what it said, and why refused."""
-    return [f"refused        {clean(r.series)} on {clean(engine_name(r))}: vLLM said "
-            f"{r.value!r} ({clean(r.why)}); not exported"
-            for r in s.refused]
+    return [
+        f"refused        {clean(r.series)} on {clean(engine_name(r))}: vLLM said "
+        f"{r.value!r} ({clean(r.why)}); not exported"
+        for r in s.refused
+    ]
 
 
 def verdict(s: TargetSnapshot, xs: Sequence[Explanation]) -> str:
@@ -224,14 +277,19 @@ def verdict(s: TargetSnapshot, xs: Sequence[Explanation]) -> str:
         if s.last_error_reason == "no_vllm_metrics":
             return "answers, but exposes no vLLM metrics (stats disabled or still starting)"
         return f"unreachable ({s.last_error_reason or 'error'})"
-    parts = [{True: "prefix caching ON", False: "prefix caching OFF",
-              None: "prefix caching unknown"}[s.prefix_caching_enabled]]
+    parts = [
+        {True: "prefix caching ON", False: "prefix caching OFF", None: "prefix caching unknown"}[
+            s.prefix_caching_enabled
+        ]
+    ]
     ws = [e.windows[0] for e in s.engines if e.windows and not e.v0 and e.windows[0].span > 0]
     queries, hits = sum(w.queries for w in ws), sum(w.hits for w in ws)
     label = s.windows[0] if s.windows else "window"
     if queries > 0:
-        parts.append(f"hit ratio {fmt_pct(hits / queries)} over {label} "
-                     f"({fmt_count(hits)} of {fmt_count(queries)} tokens)")
+        parts.append(
+            f"hit ratio {fmt_pct(hits / queries)} over {label} "
+            f"({fmt_count(hits)} of {fmt_count(queries)} tokens)"
+        )
     elif ws:
         parts.append(f"no prefix-cache queries in {label}")
     else:
@@ -247,9 +305,14 @@ def verdict(s: TargetSnapshot, xs: Sequence[Explanation]) -> str:
 
 
 def _wrap(text: str, indent: str, width: int, first: str = "") -> list[str]:
-    return textwrap.wrap(text, width=width, initial_indent=indent + first,
-                         subsequent_indent=indent + " " * len(first),
-                         break_on_hyphens=False, break_long_words=False) or [indent + first]
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent + first,
+        subsequent_indent=indent + " " * len(first),
+        break_on_hyphens=False,
+        break_long_words=False,
+    ) or [indent + first]
 
 
 def _explanation(x: Explanation, style: Style, width: int) -> list[str]:
@@ -264,8 +327,10 @@ def _explanation(x: Explanation, style: Style, width: int) -> list[str]:
         for i, c in enumerate(x.causes[:MAX_CAUSES], 1):
             out += _wrap(clean(c.text), "        ", width, f"{i}. ")
             if c.because:
-                out += [style(line, "info") for line in
-                        _wrap("fits the evidence: " + clean(c.because), "           ", width)]
+                out += [
+                    style(line, "info")
+                    for line in _wrap("fits the evidence: " + clean(c.because), "           ", width)
+                ]
         if len(x.causes) > MAX_CAUSES:
             out.append(f"        (+{len(x.causes) - MAX_CAUSES} less likely; see --json)")
     if x.fix:
@@ -278,8 +343,10 @@ def _explanation(x: Explanation, style: Style, width: int) -> list[str]:
 
 
 def render_text(reports: Sequence[Report], duration: float, style: Style, width: int = 100) -> str:
-    lines = [style(f"vllm-cache-sidecar doctor: {len(reports)} target(s) observed for "
-                   f"{duration:g}s", "bold"), ""]
+    lines = [
+        style(f"vllm-cache-sidecar doctor: {len(reports)} target(s) observed for {duration:g}s", "bold"),
+        "",
+    ]
     for r in reports:
         s = r.snapshot
         state = style("UP", "up") if s.up else style("DOWN", "down")
@@ -298,8 +365,10 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
         lines.append("  target         " + "; ".join(about))
         xs = explain_all(s)
         kind = "healthy" if not xs and s.up else (xs[0].severity if xs else "critical")
-        lines += [style(ln, kind) if i == 0 else ln for i, ln in enumerate(
-            _wrap(clean(verdict(s, xs)), "  ", width, "verdict        "))]
+        lines += [
+            style(ln, kind) if i == 0 else ln
+            for i, ln in enumerate(_wrap(clean(verdict(s, xs)), "  ", width, "verdict        "))
+        ]
         if s.up:
             note = exposer_note(s)
             if note:
@@ -312,8 +381,9 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
                 lines += _table(rows, style, kinds)
                 running = [e.current.running for e in s.engines if e.current.running is not None]
                 if len(s.engines) > 1 and running:
-                    lines.append(f"  {len(s.engines)} engines, {fmt_count(sum(running))} requests "
-                                 "running in all")
+                    lines.append(
+                        f"  {len(s.engines)} engines, {fmt_count(sum(running))} requests running in all"
+                    )
         lines.append("")
         if not xs:
             lines.append("  " + style("[OK] healthy: no findings", "healthy"))
@@ -322,11 +392,17 @@ def render_text(reports: Sequence[Report], duration: float, style: Style, width:
             lines.append("")
         lines.append("")
     code = exit_code(reports)
-    counts = {sev: sum(1 for r in reports for d in r.snapshot.diagnoses if d.severity == sev)
-              for sev in reversed(SEVERITIES)}
+    counts = {
+        sev: sum(1 for r in reports for d in r.snapshot.diagnoses if d.severity == sev)
+        for sev in reversed(SEVERITIES)
+    }
     result = {0: "healthy", 1: "warning", 2: "critical"}[code]
-    lines.append(style(f"Result: {result}", result) + " ("
-                 + ", ".join(f"{n} {sev}" for sev, n in counts.items()) + f"); exit {code}")
+    lines.append(
+        style(f"Result: {result}", result)
+        + " ("
+        + ", ".join(f"{n} {sev}" for sev, n in counts.items())
+        + f"); exit {code}"
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -343,8 +419,12 @@ def render_json(reports: Sequence[Report], duration: float) -> str:
         d["successful_scrapes"] = r.ok_scrapes
         targets.append(d)
     code = exit_code(reports)
-    doc = {"duration_seconds": duration, "exit_code": code,
-           "status": {0: "healthy", 1: "warning", 2: "critical"}[code], "targets": targets}
+    doc = {
+        "duration_seconds": duration,
+        "exit_code": code,
+        "status": {0: "healthy", 1: "warning", 2: "critical"}[code],
+        "targets": targets,
+    }
     return json.dumps(doc, indent=2, allow_nan=False) + "\n"
 
 
@@ -363,6 +443,7 @@ def _resolve(ns: argparse.Namespace) -> tuple[tuple[TargetConfig, ...], int, str
     targets = config.targets
     if config.targets_file and "targets" not in flags:
         from .config.targets import load_targets_file
+
         names = {t.name for t in targets}
         targets += tuple(t for t in load_targets_file(config.targets_file) if t.name not in names)
     return targets, config.max_body_bytes, config.scrape_filter

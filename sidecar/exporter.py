@@ -11,8 +11,9 @@ prometheus_client, the reference the tests hold the fast renderer to.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -29,25 +30,39 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "scrape_errors": ("counter", "Failed scrapes by reason."),
     "last_scrape_success_timestamp_seconds": ("gauge", "Unix time of the last good scrape."),
     "target_restarts": ("counter", "vLLM restarts seen (counter resets)."),
-    "scrape_mode": ("gauge", "1 for the target's current scrape mode (filtered: only the samples "
-                             "the sidecar reads; full), 0 for the other."),
-    "prefix_cache_queries": ("counter", "Prefix-cache queries in tokens, as vLLM counts them "
-                                        "(blocks on V1 before 0.9.0)."),
+    "scrape_mode": (
+        "gauge",
+        "1 for the target's current scrape mode (filtered: only the samples "
+        "the sidecar reads; full), 0 for the other.",
+    ),
+    "prefix_cache_queries": (
+        "counter",
+        "Prefix-cache queries in tokens, as vLLM counts them (blocks on V1 before 0.9.0).",
+    ),
     "prefix_cache_hits": ("counter", "Prefix-cache hits in tokens, as vLLM counts them."),
-    "prefix_cache_hit_ratio": ("gauge", "Prefix-cache hits/queries over the window "
-                                        "(lifetime: since vLLM started); NaN without queries."),
+    "prefix_cache_hit_ratio": (
+        "gauge",
+        "Prefix-cache hits/queries over the window (lifetime: since vLLM started); NaN without queries.",
+    ),
     "external_prefix_cache_queries": ("counter", "External (KV-connector) prefix-cache queries."),
     "external_prefix_cache_hits": ("counter", "External (KV-connector) prefix-cache hits."),
-    "external_prefix_cache_hit_ratio": ("gauge", "External (KV-connector) hits/queries over the "
-                                                 "window (lifetime: since vLLM started)."),
-    "prefix_cache_hits_by_source": ("counter", "Prefix-cache hits in tokens by the tier that served "
-                                               "them (vllm:prompt_tokens_cached_by_source)."),
-    "prefix_cache_hit_ratio_by_source": ("gauge", "Share of looked-up prompt tokens served by "
-                                                  "source over the window; device = local ratio."),
-    "offload_tier_hit_ratio": ("gauge", "KV-offload tier chunk hits/lookups over the window "
-                                        "(vllm:kv_offload_tiering_chunk_*)."),
-    "out_of_range_values": ("counter", "Samples refused as impossible (never exported), by "
-                                       "vLLM family."),
+    "external_prefix_cache_hit_ratio": (
+        "gauge",
+        "External (KV-connector) hits/queries over the window (lifetime: since vLLM started).",
+    ),
+    "prefix_cache_hits_by_source": (
+        "counter",
+        "Prefix-cache hits in tokens by the tier that served them (vllm:prompt_tokens_cached_by_source).",
+    ),
+    "prefix_cache_hit_ratio_by_source": (
+        "gauge",
+        "Share of looked-up prompt tokens served by source over the window; device = local ratio.",
+    ),
+    "offload_tier_hit_ratio": (
+        "gauge",
+        "KV-offload tier chunk hits/lookups over the window (vllm:kv_offload_tiering_chunk_*).",
+    ),
+    "out_of_range_values": ("counter", "Samples refused as impossible (never exported), by vLLM family."),
     "kv_cache_usage_ratio": ("gauge", "KV-cache usage, 0..1."),
     "kv_cache_usage_delta": ("gauge", "KV-cache usage now minus usage one window ago."),
     "prefix_caching_enabled": ("gauge", "1 if vllm:cache_config_info says prefix caching is on."),
@@ -62,14 +77,19 @@ FAMILIES: dict[str, tuple[str, str]] = {
     "generation_tokens_per_second": ("gauge", "Generated tokens per second over the window."),
     "preemptions_per_second": ("gauge", "Preemptions per second over the window."),
     "requests_per_second": ("gauge", "Finished requests per second over the window, by reason."),
-    "latency_seconds": ("gauge", "Latency quantile over the window (phase ttft, e2e or queue), "
-                                 "estimated from vLLM's histogram buckets."),
+    "latency_seconds": (
+        "gauge",
+        "Latency quantile over the window (phase ttft, e2e or queue), "
+        "estimated from vLLM's histogram buckets.",
+    ),
     "latency_mean_seconds": ("gauge", "Mean latency over the window, by phase."),
     "requests_running": ("gauge", "Requests in the engine's running batch."),
     "requests_waiting": ("gauge", "Requests waiting to be scheduled."),
     "build_info": ("gauge", "The sidecar's version, value 1."),
-    "config_last_reload_successful": ("gauge", "1 if the last config or targets-file (re)load "
-                                               "succeeded; 0 while the old set is kept."),
+    "config_last_reload_successful": (
+        "gauge",
+        "1 if the last config or targets-file (re)load succeeded; 0 while the old set is kept.",
+    ),
     "config_last_reload_success_timestamp_seconds": ("gauge", "Unix time of the last good load."),
     "config_reload_failures": ("counter", "Failed config or targets-file reloads."),
 }
@@ -134,8 +154,12 @@ def render_target(s: TargetSnapshot, static: tuple[tuple[str, str], ...] = ()) -
     return {k: "".join(v) for k, v in sink.items.items()}
 
 
-def render(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], ...] = (),
-           status: ServiceStatus | None = None, openmetrics: bool = False) -> str:
+def render(
+    fragments: Iterable[dict[str, str]],
+    static: tuple[tuple[str, str], ...] = (),
+    status: ServiceStatus | None = None,
+    openmetrics: bool = False,
+) -> str:
     """The sidecar's families from pre-rendered target fragments, in text 0.0.4 or OpenMetrics
     (sample lines are identical; only HELP/TYPE naming differs). ``# EOF`` is the caller's."""
     head = _Lines()
@@ -167,9 +191,13 @@ class _Collected:
         return iter(self._families)
 
 
-def exposition(fragments: Iterable[dict[str, str]], static: tuple[tuple[str, str], ...] = (),
-               status: ServiceStatus | None = None, openmetrics: bool = False,
-               process: Iterable[Metric] = ()) -> bytes:
+def exposition(
+    fragments: Iterable[dict[str, str]],
+    static: tuple[tuple[str, str], ...] = (),
+    status: ServiceStatus | None = None,
+    openmetrics: bool = False,
+    process: Iterable[Metric] = (),
+) -> bytes:
     """The ``/metrics`` body: the sidecar's families (:func:`render`), then the ``process``
     families (collected by the caller, rendered by prometheus_client's own encoder), then, in
     OpenMetrics, the one ``# EOF``."""
@@ -187,16 +215,18 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica
     if replica:
         lab["replica"] = e.replica
     c = e.current
-    for short, val in (("prefix_cache_queries", c.prefix_queries),
-                       ("prefix_cache_hits", c.prefix_hits),
-                       ("external_prefix_cache_queries", c.external_queries),
-                       ("external_prefix_cache_hits", c.external_hits),
-                       ("prompt_tokens", c.prompt_tokens),
-                       ("generation_tokens", c.generation_tokens),
-                       ("preemptions", c.preemptions),
-                       ("kv_cache_usage_ratio", c.kv_usage),
-                       ("requests_running", c.running),
-                       ("requests_waiting", c.waiting)):
+    for short, val in (
+        ("prefix_cache_queries", c.prefix_queries),
+        ("prefix_cache_hits", c.prefix_hits),
+        ("external_prefix_cache_queries", c.external_queries),
+        ("external_prefix_cache_hits", c.external_hits),
+        ("prompt_tokens", c.prompt_tokens),
+        ("generation_tokens", c.generation_tokens),
+        ("preemptions", c.preemptions),
+        ("kv_cache_usage_ratio", c.kv_usage),
+        ("requests_running", c.running),
+        ("requests_waiting", c.waiting),
+    ):
         if val is not None:
             f.add(short, lab, val)
     for reason, val in c.request_success:
@@ -230,16 +260,16 @@ def _engine(f: _Families | _Lines, base: dict[str, str], e: EngineState, replica
                 f.add("latency_seconds", {**pl, "quantile": q}, v)
 
 
-def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState,
-           w: WindowStats | None = None) -> None:
+def _tiers(f: _Families | _Lines, wl: dict[str, str], e: EngineState, w: WindowStats | None = None) -> None:
     """Which tier served the hits: by source, KV connector, offload tiers (window ``w``, or
     lifetime from vLLM's counters). Absent families stay absent, never zeros."""
     c = e.current
     if w is None:
         queries = c.prefix_queries if c.prefix_queries is not None else 0.0
         sources = tuple((src, ratio(h, queries)) for src, h in c.hits_by_source)
-        external = (ratio(c.external_hits or 0.0, c.external_queries)
-                    if c.external_queries is not None else None)
+        external = (
+            ratio(c.external_hits or 0.0, c.external_queries) if c.external_queries is not None else None
+        )
         th = dict(c.tier_hits)
         tiers = tuple((t, ratio(th.get(t, 0.0), q)) for t, q in c.tier_queries)
     else:
@@ -271,8 +301,11 @@ def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, s
         for mode in ("filtered", "full"):
             f.add("scrape_mode", {**base, "mode": mode}, 1.0 if s.scrape_mode == mode else 0.0)
     if s.scraped and s.last_success is not None:
-        f.add("vllm_info", {**base, "version": s.version or "unknown", "schema": s.schema,
-                            "exposer": s.exposer}, 1)
+        f.add(
+            "vllm_info",
+            {**base, "version": s.version or "unknown", "schema": s.schema, "exposer": s.exposer},
+            1,
+        )
     for family, n in s.out_of_range:
         f.add("out_of_range_values", {**base, "family": family}, n)
     for d in s.diagnoses:
@@ -284,13 +317,17 @@ def _target(f: _Families | _Lines, s: TargetSnapshot, static: tuple[tuple[str, s
         el = {**base, "engine": cfg.engine, **({"replica": cfg.replica} if replica else {})}
         if cfg.enable_prefix_caching is not None:
             f.add("prefix_caching_enabled", el, 1.0 if cfg.enable_prefix_caching else 0.0)
-        f.add("cache_config_info", {
-            **el,
-            "block_size": "" if cfg.block_size is None else str(cfg.block_size),
-            "num_gpu_blocks": "" if cfg.num_gpu_blocks is None else str(cfg.num_gpu_blocks),
-            "prefix_caching_hash_algo": cfg.hash_algo or "",
-            "kv_offloading_backend": cfg.kv_offloading_backend or "",
-        }, 1)
+        f.add(
+            "cache_config_info",
+            {
+                **el,
+                "block_size": "" if cfg.block_size is None else str(cfg.block_size),
+                "num_gpu_blocks": "" if cfg.num_gpu_blocks is None else str(cfg.num_gpu_blocks),
+                "prefix_caching_hash_algo": cfg.hash_algo or "",
+                "kv_offloading_backend": cfg.kv_offloading_backend or "",
+            },
+            1,
+        )
     for e in s.engines:
         _engine(f, base, e, replica)
 
@@ -302,9 +339,11 @@ def _status(f: _Families | _Lines, st: dict[str, str], status: ServiceStatus) ->
     f.add("config_reload_failures", st, status.reload_failures)
 
 
-def families(snapshots: Iterable[TargetSnapshot],
-             static: tuple[tuple[str, str], ...] = (),
-             status: ServiceStatus | None = None) -> list[Metric]:
+def families(
+    snapshots: Iterable[TargetSnapshot],
+    static: tuple[tuple[str, str], ...] = (),
+    status: ServiceStatus | None = None,
+) -> list[Metric]:
     f = _Families()
     f.add("build_info", {"version": _version()}, 1)
     if status is not None:
@@ -317,9 +356,12 @@ def families(snapshots: Iterable[TargetSnapshot],
 class SnapshotCollector(Collector):
     """``collect()`` renders whatever snapshots ``source()`` returns at that moment."""
 
-    def __init__(self, source: Callable[[], Iterable[TargetSnapshot]],
-                 static_labels: tuple[tuple[str, str], ...] = (),
-                 status: Callable[[], ServiceStatus] | None = None):
+    def __init__(
+        self,
+        source: Callable[[], Iterable[TargetSnapshot]],
+        static_labels: tuple[tuple[str, str], ...] = (),
+        status: Callable[[], ServiceStatus] | None = None,
+    ):
         self._source = source
         self._static = static_labels
         self._status = status

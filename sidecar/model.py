@@ -7,8 +7,9 @@ readers never see half-updated state and never need a lock.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 NAN = float("nan")
 
@@ -202,9 +203,12 @@ class WindowStats:
     def any_tier_hit(self) -> bool:
         """Did any tier serve a hit in the window: local, KV connector, by source or an offload
         tier (whichever this vLLM exposes)?"""
-        return (self.hits > 0 or self.external_hits > 0
-                or any(h > 0 for _, h in self.hits_by_source)
-                or any(h > 0 for _, (_, h) in self.tiers))
+        return (
+            self.hits > 0
+            or self.external_hits > 0
+            or any(h > 0 for _, h in self.hits_by_source)
+            or any(h > 0 for _, (_, h) in self.tiers)
+        )
 
     @property
     def prompt_tokens_per_second(self) -> float:
@@ -298,8 +302,7 @@ class TargetSnapshot:
 
     @property
     def prefix_caching_enabled(self) -> bool | None:
-        flags = [c.enable_prefix_caching for c in self.cache_configs
-                 if c.enable_prefix_caching is not None]
+        flags = [c.enable_prefix_caching for c in self.cache_configs if c.enable_prefix_caching is not None]
         if not flags:
             return None
         return all(flags)

@@ -9,8 +9,9 @@ preference; when several are present the first wins, so nothing is ever counted 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from .model import CacheConfig, EngineMetrics, Histogram, Normalised, Refused
 from .parser import ParseError, Sample
@@ -27,15 +28,21 @@ class Source:
 
 #: canonical field -> sources, preferred first
 ALIASES: dict[str, tuple[Source, ...]] = {
-    "prefix_queries": (Source("vllm:prefix_cache_queries", COUNTER),
-                       Source("vllm:gpu_prefix_cache_queries", COUNTER, legacy=True)),
-    "prefix_hits": (Source("vllm:prefix_cache_hits", COUNTER),
-                    Source("vllm:gpu_prefix_cache_hits", COUNTER, legacy=True)),
+    "prefix_queries": (
+        Source("vllm:prefix_cache_queries", COUNTER),
+        Source("vllm:gpu_prefix_cache_queries", COUNTER, legacy=True),
+    ),
+    "prefix_hits": (
+        Source("vllm:prefix_cache_hits", COUNTER),
+        Source("vllm:gpu_prefix_cache_hits", COUNTER, legacy=True),
+    ),
     "external_queries": (Source("vllm:external_prefix_cache_queries", COUNTER),),
     "external_hits": (Source("vllm:external_prefix_cache_hits", COUNTER),),
     "v0_hit_rate": (Source("vllm:gpu_prefix_cache_hit_rate", GAUGE, legacy=True),),
-    "kv_usage": (Source("vllm:kv_cache_usage_perc", GAUGE),
-                 Source("vllm:gpu_cache_usage_perc", GAUGE, legacy=True)),
+    "kv_usage": (
+        Source("vllm:kv_cache_usage_perc", GAUGE),
+        Source("vllm:gpu_cache_usage_perc", GAUGE, legacy=True),
+    ),
     "prompt_tokens": (Source("vllm:prompt_tokens", COUNTER),),
     "generation_tokens": (Source("vllm:generation_tokens", COUNTER),),
     "preemptions": (Source("vllm:num_preemptions", COUNTER),),
@@ -44,8 +51,10 @@ ALIASES: dict[str, tuple[Source, ...]] = {
     "request_success": (Source("vllm:request_success", COUNTER),),
     "ttft": (Source("vllm:time_to_first_token_seconds", HISTOGRAM),),
     "e2e": (Source("vllm:e2e_request_latency_seconds", HISTOGRAM),),
-    "queue": (Source("vllm:request_queue_time_seconds", HISTOGRAM),
-              Source("vllm:time_in_queue_requests", HISTOGRAM, legacy=True)),
+    "queue": (
+        Source("vllm:request_queue_time_seconds", HISTOGRAM),
+        Source("vllm:time_in_queue_requests", HISTOGRAM, legacy=True),
+    ),
     "prompt_len": (Source("vllm:request_prompt_tokens", HISTOGRAM),),
     "hits_by_source": (Source("vllm:prompt_tokens_cached_by_source", COUNTER),),
     "tier_queries": (Source("vllm:kv_offload_tiering_chunk_queries", COUNTER),),
@@ -54,11 +63,22 @@ ALIASES: dict[str, tuple[Source, ...]] = {
 }
 
 #: counters kept per value of one dimension label (field -> label)
-LABELLED = {"request_success": "finished_reason", "hits_by_source": "source",
-            "tier_queries": "tier", "tier_hits": "tier"}
+LABELLED = {
+    "request_success": "finished_reason",
+    "hits_by_source": "source",
+    "tier_queries": "tier",
+    "tier_hits": "tier",
+}
 #: plain counters: below 0 or NaN is impossible (contract "Impossible values")
-PLAIN_COUNTERS = ("prefix_queries", "prefix_hits", "external_queries", "external_hits",
-                  "prompt_tokens", "generation_tokens", "preemptions")
+PLAIN_COUNTERS = (
+    "prefix_queries",
+    "prefix_hits",
+    "external_queries",
+    "external_hits",
+    "prompt_tokens",
+    "generation_tokens",
+    "preemptions",
+)
 
 #: deprecated names the sidecar does not read but reports under ``legacy_metric_names``
 LEGACY_ONLY = (
@@ -78,8 +98,23 @@ EXPOSER_VLLM, EXPOSER_RAY, EXPOSER_ROUTER = "vllm", "ray-serve", "production-sta
 IDENTITY_ALWAYS = frozenset({"server", "ReplicaId", "WorkerId"})
 #: labels that never are: the engine key itself, multiprocess ``pid`` (folded) and the
 #: families' own dimensions
-NOT_IDENTITY = frozenset({"model_name", "engine", "pid", "le", "quantile", "finished_reason",
-                          "source", "reason", "tier", "stage", "status", "sleep_state", "mode"})
+NOT_IDENTITY = frozenset(
+    {
+        "model_name",
+        "engine",
+        "pid",
+        "le",
+        "quantile",
+        "finished_reason",
+        "source",
+        "reason",
+        "tier",
+        "stage",
+        "status",
+        "sleep_state",
+        "mode",
+    }
+)
 #: the counter whose ``_created`` marks a (re)start of the engine
 CREATED_FROM = ("vllm:prefix_cache_queries", "vllm:gpu_prefix_cache_queries", "vllm:prompt_tokens")
 
@@ -113,12 +148,12 @@ def _build_routes() -> dict[str, tuple[str, int, Source, str]]:
         for name, part in _sample_names(src):
             routes[name] = ("", 0, src, part)
     # Ray Serve's names route exactly like vLLM's own
-    routes.update({RAY_PREFIX + n[len("vllm:"):]: r for n, r in list(routes.items())})
+    routes.update({RAY_PREFIX + n[len("vllm:") :]: r for n, r in list(routes.items())})
     return routes
 
 
 ROUTES = _build_routes()
-CACHE_CONFIGS = frozenset({CACHE_CONFIG, RAY_PREFIX + CACHE_CONFIG[len("vllm:"):]})
+CACHE_CONFIGS = frozenset({CACHE_CONFIG, RAY_PREFIX + CACHE_CONFIG[len("vllm:") :]})
 #: every sample name the sidecar materialises: pass to :func:`sidecar.parser.parse`
 WANTED = frozenset(ROUTES) | CACHE_CONFIGS | {PROCESS_START}
 
@@ -242,8 +277,9 @@ def _exposer(samples: list[Sample]) -> str:
     return EXPOSER_ROUTER if server and not keyed else EXPOSER_VLLM
 
 
-def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
-              identity: frozenset[str] = frozenset()) -> Normalised:
+def normalise(
+    samples: Iterable[Sample], *, check_duplicates: bool = True, identity: frozenset[str] = frozenset()
+) -> Normalised:
     """Fold parsed samples (``parser.Sample``) into era-independent per-engine metrics.
 
     ``identity``: the target's identity labels seen so far (they stay for its life); the result's
@@ -289,14 +325,23 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
             if part == "value":
                 why = _impossible(value, 0.0, None)
                 if why:
-                    refused.append(Refused(name[:-len("_total")] if name.endswith("_total")
-                                           else name, lab.get("model_name", ""), "0", "", value,
-                                           why, f'reason="{lab.get("reason", "")}"'))
+                    refused.append(
+                        Refused(
+                            name[: -len("_total")] if name.endswith("_total") else name,
+                            lab.get("model_name", ""),
+                            "0",
+                            "",
+                            value,
+                            why,
+                            f'reason="{lab.get("reason", "")}"',
+                        )
+                    )
                 else:
                     rejections = (rejections or 0.0) + value
             continue
         acc = engines.setdefault(
-            (lab.get("model_name", ""), lab.get("engine") or "0", replica_of(lab, ident)), _Acc())
+            (lab.get("model_name", ""), lab.get("engine") or "0", replica_of(lab, ident)), _Acc()
+        )
         seen_fields.setdefault(fld, set()).add(prio)
         if part == "created":
             if src.family in CREATED_FROM:
@@ -319,8 +364,9 @@ def normalise(samples: Iterable[Sample], *, check_duplicates: bool = True,
     )
 
 
-def _add(acc: _Acc, fld: str, prio: int, src: Source, part: str, name: str,
-         lab: dict[str, str], value: float) -> None:
+def _add(
+    acc: _Acc, fld: str, prio: int, src: Source, part: str, name: str, lab: dict[str, str], value: float
+) -> None:
     """One sample into its engine's accumulator (``pid`` copies: counters summed, gauges max)."""
     if src.kind == HISTOGRAM:
         h = acc.hist.setdefault((fld, prio), [{}, None, None])
@@ -328,14 +374,14 @@ def _add(acc: _Acc, fld: str, prio: int, src: Source, part: str, name: str,
             try:
                 le = float(lab.get("le", ""))
             except ValueError:
-                raise ParseError(0, f"invalid le=\"{lab.get('le', '')}\" on {name}") from None
+                raise ParseError(0, f'invalid le="{lab.get("le", "")}" on {name}') from None
             h[0][le] = h[0].get(le, 0.0) + value
         elif part == "sum":
             h[1] = (h[1] or 0.0) + value
         else:
             h[2] = (h[2] or 0.0) + value
         return
-    family = name[:-len("_total")] if name.endswith("_total") else name
+    family = name[: -len("_total")] if name.endswith("_total") else name
     if fld in LABELLED:
         by = acc.labelled.setdefault((fld, prio), {})
         r = lab.get(LABELLED[fld], "")
@@ -416,8 +462,9 @@ class _Checker:
             return None
         return value
 
-    def gauge(self, fld: str, value: float | None, low: float, high: float | None,
-              sentinel: float | None = None) -> float | None:
+    def gauge(
+        self, fld: str, value: float | None, low: float, high: float | None, sentinel: float | None = None
+    ) -> float | None:
         if value is None or value == sentinel:
             return value
         why = _impossible(value, low, high)
@@ -449,24 +496,31 @@ def _engine(key: tuple[str, str, str], acc: _Acc, refused: list[Refused]) -> Eng
         del th[tier], tq[tier]
     created = next((acc.created[f] for f in CREATED_FROM if f in acc.created), None)
     return EngineMetrics(
-        model_name=key[0], engine=key[1], replica=key[2], **v,
+        model_name=key[0],
+        engine=key[1],
+        replica=key[2],
+        **v,
         v0_hit_rate=chk.gauge("v0_hit_rate", _pick(acc, "v0_hit_rate"), 0.0, 1.0, sentinel=-1.0),
         kv_usage=chk.gauge("kv_usage", _pick(acc, "kv_usage"), 0.0, 1.0),
         running=chk.gauge("running", _pick(acc, "running"), 0.0, None),
         waiting=chk.gauge("waiting", _pick(acc, "waiting"), 0.0, None),
-        request_success=tuple(sorted(chk.labelled(
-            "request_success", _pick_labelled(acc, "request_success")).items())),
-        hits_by_source=tuple(sorted(chk.labelled(
-            "hits_by_source", _pick_labelled(acc, "hits_by_source")).items())),
-        tier_queries=tuple(sorted(tq.items())), tier_hits=tuple(sorted(th.items())),
-        ttft=_pick_hist(acc, "ttft"), e2e=_pick_hist(acc, "e2e"), queue=_pick_hist(acc, "queue"),
+        request_success=tuple(
+            sorted(chk.labelled("request_success", _pick_labelled(acc, "request_success")).items())
+        ),
+        hits_by_source=tuple(
+            sorted(chk.labelled("hits_by_source", _pick_labelled(acc, "hits_by_source")).items())
+        ),
+        tier_queries=tuple(sorted(tq.items())),
+        tier_hits=tuple(sorted(th.items())),
+        ttft=_pick_hist(acc, "ttft"),
+        e2e=_pick_hist(acc, "e2e"),
+        queue=_pick_hist(acc, "queue"),
         prompt_len=_pick_hist(acc, "prompt_len"),
         created=created,
     )
 
 
-def _schema(seen: dict[str, set[int]], vllm_count: int,
-            configs: dict[tuple[str, str], CacheConfig]) -> str:
+def _schema(seen: dict[str, set[int]], vllm_count: int, configs: dict[tuple[str, str], CacheConfig]) -> str:
     if vllm_count == 0:
         return SCHEMA_NONE
     q = seen.get("prefix_queries", set()) | seen.get("prefix_hits", set())

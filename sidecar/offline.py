@@ -27,10 +27,9 @@ import time
 from collections.abc import Iterable
 from typing import Any, TextIO
 
-from .model import Window
 from .derive import TargetTracker
 from .diagnose import CODES
-from .model import Diagnosis, ScrapeOutcome, TargetSnapshot
+from .model import Diagnosis, ScrapeOutcome, TargetSnapshot, Window
 from .normalize import normalise
 from .parser import Sample
 
@@ -81,6 +80,7 @@ def _le(le: Any) -> str:
 def _vllm_version() -> str | None:
     try:
         import vllm
+
         return str(vllm.__version__)
     except Exception:  # vLLM missing or broken: the collector still works on given metrics
         return None
@@ -114,19 +114,23 @@ class OfflineCollector:
         try:
             metrics = self.llm.get_metrics()
             norm = normalise(samples_from_metrics(metrics), check_duplicates=False)
-            outcome = ScrapeOutcome(started=t0, duration=time.time() - t0, normalised=norm,
-                                    version=self._version)
+            outcome = ScrapeOutcome(
+                started=t0, duration=time.time() - t0, normalised=norm, version=self._version
+            )
             if not norm.has_vllm:
                 outcome.normalised, outcome.reason = None, "no_vllm_metrics"
                 outcome.error = "get_metrics() returned no vllm: metrics (disable_log_stats?)"
         except AssertionError as exc:  # vLLM: ``assert self.log_stats, "Stat logging disabled"``
-            outcome = ScrapeOutcome(started=t0, duration=time.time() - t0,
-                                    reason="no_vllm_metrics",
-                                    error=f"vLLM records no metrics ({exc}): pass "
-                                          "disable_log_stats=False to LLM(...)")
+            outcome = ScrapeOutcome(
+                started=t0,
+                duration=time.time() - t0,
+                reason="no_vllm_metrics",
+                error=f"vLLM records no metrics ({exc}): pass disable_log_stats=False to LLM(...)",
+            )
         except Exception as exc:  # the engine may be shutting down: record, keep going
-            outcome = ScrapeOutcome(started=t0, duration=time.time() - t0, reason="parse",
-                                    error=f"{type(exc).__name__}: {exc}")
+            outcome = ScrapeOutcome(
+                started=t0, duration=time.time() - t0, reason="parse", error=f"{type(exc).__name__}: {exc}"
+            )
         with self._lock:
             snap = self.tracker.observe(outcome)
             self.samples += 1
@@ -145,7 +149,7 @@ class OfflineCollector:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def start(self) -> "OfflineCollector":
+    def start(self) -> OfflineCollector:
         self.started = time.time()
         self.sample()  # the baseline: counts are increases from here
         self._thread = threading.Thread(target=self._run, name="sidecar-offline", daemon=True)
@@ -160,7 +164,7 @@ class OfflineCollector:
         self.sample()
         self.finished = time.time()
 
-    def __enter__(self) -> "OfflineCollector":
+    def __enter__(self) -> OfflineCollector:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -191,15 +195,14 @@ class OfflineCollector:
             "kv_cache_usage_max": float(self.kv_usage_max),
             "diagnoses": [d.code for d in diagnoses],
             # extras
-            "diagnosis_details": [{"code": d.code, "severity": d.severity, "summary": d.summary}
-                                  for d in diagnoses],
+            "diagnosis_details": [
+                {"code": d.code, "severity": d.severity, "summary": d.summary} for d in diagnoses
+            ],
             "prompt_tokens": int(round(sum(w.prompt_tokens for w in runs))),
             "generation_tokens": int(round(sum(w.generation_tokens for w in runs))),
             "preemptions": int(round(sum(w.preemptions for w in runs))),
-            "lifetime_prefix_cache_queries": int(sum(e.current.prefix_queries or 0
-                                                     for e in snap.engines)),
-            "lifetime_prefix_cache_hits": int(sum(e.current.prefix_hits or 0
-                                                  for e in snap.engines)),
+            "lifetime_prefix_cache_queries": int(sum(e.current.prefix_queries or 0 for e in snap.engines)),
+            "lifetime_prefix_cache_hits": int(sum(e.current.prefix_hits or 0 for e in snap.engines)),
             "block_size": next((c.block_size for c in snap.cache_configs if c.block_size), None),
             "engines": [e.engine for e in snap.engines],
             "model_names": sorted({e.model_name for e in snap.engines}),
@@ -228,20 +231,24 @@ def format_report(report: dict[str, Any]) -> str:
     rows = [
         ("prefix caching", "unknown" if flag is None else ("on" if flag else "OFF")),
         ("hit ratio", _fmt_ratio(report.get("prefix_cache_hit_ratio", math.nan))),
-        ("cache hits / queries", f"{report.get('prefix_cache_hits', 0)} / "
-                                 f"{report.get('prefix_cache_queries', 0)} tokens"),
-        ("prompt / generated", f"{report.get('prompt_tokens', 0)} / "
-                               f"{report.get('generation_tokens', 0)} tokens"),
+        (
+            "cache hits / queries",
+            f"{report.get('prefix_cache_hits', 0)} / {report.get('prefix_cache_queries', 0)} tokens",
+        ),
+        (
+            "prompt / generated",
+            f"{report.get('prompt_tokens', 0)} / {report.get('generation_tokens', 0)} tokens",
+        ),
         ("KV usage (max)", f"{report.get('kv_cache_usage_max', 0.0):.1%}"),
         ("preemptions", str(report.get("preemptions", 0))),
         ("block size", str(report.get("block_size") or "?")),
-        ("duration", f"{report.get('duration_seconds', 0.0):.1f} s, "
-                     f"{report.get('samples', 0)} samples"),
+        ("duration", f"{report.get('duration_seconds', 0.0):.1f} s, {report.get('samples', 0)} samples"),
     ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{k.ljust(width)}  {v}" for k, v in rows]
     details = report.get("diagnosis_details") or [
-        {"code": c, "severity": CODES.get(c, "?"), "summary": ""} for c in report.get("diagnoses", [])]
+        {"code": c, "severity": CODES.get(c, "?"), "summary": ""} for c in report.get("diagnoses", [])
+    ]
     if details:
         lines.append("diagnoses:")
         lines += [f"  [{d['severity']}] {d['code']}: {d['summary']}" for d in details]

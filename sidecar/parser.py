@@ -10,8 +10,8 @@ reference: ``tests/unit/test_parser.py`` proves both agree on every fixture and 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Container
 from dataclasses import dataclass
-from typing import Callable, Container
 
 #: a sample: (name, labels as ((key, value), ...) in body order, value)
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
@@ -111,8 +111,11 @@ def _is_vllm(name: str) -> bool:
     return name.startswith("vllm:") or name.startswith("ray_vllm_")
 
 
-def parse(body: bytes | str, content_type: str | None = None,
-          wanted: Container[str] | Callable[[str], bool] | None = None) -> Parsed:
+def parse(
+    body: bytes | str,
+    content_type: str | None = None,
+    wanted: Container[str] | Callable[[str], bool] | None = None,
+) -> Parsed:
     """Parse ``body``; keep samples whose name is in ``wanted`` (all vLLM samples if None).
 
     ``vllm_lines`` counts vLLM's samples whether wanted or not, also as Ray Serve names them.

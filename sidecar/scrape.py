@@ -19,7 +19,7 @@ from . import targetauth
 from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, normalise
-from .parser import ParseError, Parsed, parse
+from .parser import Parsed, ParseError, parse
 from .scrapefilter import FilterState, Request, Verdict, check
 
 ACCEPT = "text/plain;version=0.0.4"
@@ -63,8 +63,7 @@ def _merge_headers(opts: dict[str, Any], extra: dict[str, str]) -> dict[str, Any
     return out
 
 
-async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
-                        timeout: float) -> str | None:
+async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig, timeout: float) -> str | None:
     """vLLM's ``/version`` (``{"version": "0.32.0"}``); None when it cannot be had."""
     try:
         opts = _merge_headers(request_options(target), {"Accept": "application/json"})
@@ -78,13 +77,11 @@ async def fetch_version(session: aiohttp.ClientSession, target: TargetConfig,
                 body = await _read_capped(resp, VERSION_MAX_BYTES)
         version = json.loads(body.decode("utf-8", "replace")).get("version")
         return str(version)[:64] if version else None
-    except (asyncio.TimeoutError, aiohttp.ClientError, OSError, ValueError, AttributeError,
-            _TooLarge):
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError, AttributeError, _TooLarge):
         return None
 
 
-async def health_answers(session: aiohttp.ClientSession, target: TargetConfig,
-                         timeout: float) -> bool:
+async def health_answers(session: aiohttp.ClientSession, target: TargetConfig, timeout: float) -> bool:
     """Does vLLM's ``/health`` beside the metrics path answer 200? Used to tell a data-parallel
     supervisor port (``--data-parallel-multi-port-external-lb``: ``/health`` but no
     ``/metrics``) from a wrong URL."""
@@ -97,30 +94,45 @@ async def health_answers(session: aiohttp.ClientSession, target: TargetConfig,
         return False
 
 
-DP_SUPERVISOR_HINT = ("/health answers 200 but /metrics is 404: a data-parallel supervisor port "
-                      "(--data-parallel-multi-port-external-lb) has no /metrics; scrape each rank "
-                      "on port + i instead")
+DP_SUPERVISOR_HINT = (
+    "/health answers 200 but /metrics is 404: a data-parallel supervisor port "
+    "(--data-parallel-multi-port-external-lb) has no /metrics; scrape each rank "
+    "on port + i instead"
+)
 
 
-def _parse(body: bytes, content_type: str | None, started: float, duration: float,
-           identity: frozenset[str] = frozenset()) -> tuple[ScrapeOutcome, Parsed | None]:
+def _parse(
+    body: bytes,
+    content_type: str | None,
+    started: float,
+    duration: float,
+    identity: frozenset[str] = frozenset(),
+) -> tuple[ScrapeOutcome, Parsed | None]:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
     and the parsed samples when the body parsed (the filter checks which names it held)."""
     try:
         parsed = parse(body, content_type, WANTED)
         norm = normalise(parsed.samples, identity=identity)
     except ParseError as exc:
-        return ScrapeOutcome(started, duration, reason="parse",
-                             error=f"invalid metrics body: {exc}"), None
+        return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}"), None
     if parsed.vllm_lines == 0:
-        return ScrapeOutcome(started, duration, reason="no_vllm_metrics",
-                             error="no vllm: series in the body (stats disabled with "
-                                   "--disable-log-stats, or the engine is still starting)"), parsed
+        return ScrapeOutcome(
+            started,
+            duration,
+            reason="no_vllm_metrics",
+            error="no vllm: series in the body (stats disabled with "
+            "--disable-log-stats, or the engine is still starting)",
+        ), parsed
     return ScrapeOutcome(started, duration, normalised=norm), parsed
 
 
-def parse_body(body: bytes, content_type: str | None, started: float,
-               duration: float, identity: frozenset[str] = frozenset()) -> ScrapeOutcome:
+def parse_body(
+    body: bytes,
+    content_type: str | None,
+    started: float,
+    duration: float,
+    identity: frozenset[str] = frozenset(),
+) -> ScrapeOutcome:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
 
     ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``)."""
@@ -138,18 +150,27 @@ class _Answer:
     error: str | None = None
 
 
-async def _get(session: aiohttp.ClientSession, url: str, opts: dict[str, Any], max_bytes: int,
-               deadline: float, timeout: float) -> _Answer:
+async def _get(
+    session: aiohttp.ClientSession,
+    url: str,
+    opts: dict[str, Any],
+    max_bytes: int,
+    deadline: float,
+    timeout: float,
+) -> _Answer:
     """GET ``url`` before ``deadline`` (loop time); classify every failure, never raise."""
     try:
         async with asyncio.timeout_at(deadline):
             async with session.get(url, allow_redirects=False, **opts) as resp:
                 if resp.status != 200:
-                    return _Answer(resp.status, reason="http_status",
-                                   error=f"HTTP {resp.status} {resp.reason or ''}".strip())
+                    return _Answer(
+                        resp.status,
+                        reason="http_status",
+                        error=f"HTTP {resp.status} {resp.reason or ''}".strip(),
+                    )
                 body = await _read_capped(resp, max_bytes)
                 return _Answer(200, body, resp.headers.get("Content-Type"))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _Answer(reason="timeout", error=f"no complete answer within {timeout:g}s")
     except _TooLarge as exc:
         return _Answer(reason="too_large", error=str(exc))
@@ -158,8 +179,9 @@ async def _get(session: aiohttp.ClientSession, url: str, opts: dict[str, Any], m
     except aiohttp.ClientPayloadError as exc:
         return _Answer(reason="connect", error=f"connection broke while reading the body: {exc}")
     except (aiohttp.ClientError, OSError) as exc:
-        return _Answer(reason="connect",
-                       error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        return _Answer(
+            reason="connect", error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        )
 
 
 @dataclass(frozen=True)
@@ -177,12 +199,12 @@ class _Cycle:
     identity: frozenset[str]
 
     def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
-        return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason,
-                             error=error)
+        return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason, error=error)
 
     def parse(self, answer: _Answer) -> tuple[ScrapeOutcome, Parsed | None]:
-        return _parse(answer.body, answer.content_type, self.started,
-                      time.perf_counter() - self.t0, self.identity)
+        return _parse(
+            answer.body, answer.content_type, self.started, time.perf_counter() - self.t0, self.identity
+        )
 
 
 async def _full(c: _Cycle) -> tuple[ScrapeOutcome, Parsed | None]:
@@ -190,8 +212,7 @@ async def _full(c: _Cycle) -> tuple[ScrapeOutcome, Parsed | None]:
     answer = await _get(c.session, c.target.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason is not None:
         error = answer.error
-        if answer.status == 404 and await health_answers(c.session, c.target,
-                                                         min(c.timeout, 2.0)):
+        if answer.status == 404 and await health_answers(c.session, c.target, min(c.timeout, 2.0)):
             error = f"{error}; {DP_SUPERVISOR_HINT}"
         return c.failed(answer.reason, error), None
     return c.parse(answer)
@@ -201,10 +222,17 @@ def _names(parsed: Parsed | None) -> set[str]:
     return {s[0] for s in parsed.samples} if parsed is not None else set()
 
 
-async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeout: float,
-                 max_bytes: int, want_version: bool = False,
-                 identity: frozenset[str] = frozenset(),
-                 state: FilterState | None = None, restarts: int = 0) -> ScrapeOutcome:
+async def scrape(
+    session: aiohttp.ClientSession,
+    target: TargetConfig,
+    *,
+    timeout: float,
+    max_bytes: int,
+    want_version: bool = False,
+    identity: frozenset[str] = frozenset(),
+    state: FilterState | None = None,
+    restarts: int = 0,
+) -> ScrapeOutcome:
     """Scrape ``target`` once (one cycle); never raises for anything the target does.
 
     ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``).
@@ -219,10 +247,10 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
     try:
         opts = _merge_headers(request_options(target), {"Accept": ACCEPT})
     except Exception as exc:  # noqa: BLE001 - TargetAuthError and friends carry safe messages
-        return ScrapeOutcome(started, time.perf_counter() - t0, reason="connect",
-                             error=f"cannot prepare request: {exc}")
-    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout,
-               identity)
+        return ScrapeOutcome(
+            started, time.perf_counter() - t0, reason="connect", error=f"cannot prepare request: {exc}"
+        )
+    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity)
     request = state.next_request(loop.time(), restarts) if state is not None else None
     note = None
     if state is not None and request is not None and request.filtered:
@@ -239,8 +267,9 @@ async def scrape(session: aiohttp.ClientSession, target: TargetConfig, *, timeou
     return outcome
 
 
-async def _filtered(c: _Cycle, state: FilterState, request: Request,
-                    restarts: int) -> tuple[ScrapeOutcome, str | None]:
+async def _filtered(
+    c: _Cycle, state: FilterState, request: Request, restarts: int
+) -> tuple[ScrapeOutcome, str | None]:
     """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
     answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
     if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
@@ -252,9 +281,13 @@ async def _filtered(c: _Cycle, state: FilterState, request: Request,
         verdict = Verdict(False, answer.error or "no answer")
     else:
         error = outcome.error if outcome is not None and parsed is None else None
-        verdict = check(answer.status, [s[0] for s in parsed.samples] if parsed else [],
-                        state.names, parsed.vllm_lines if parsed is not None else 0,
-                        parse_error=error)
+        verdict = check(
+            answer.status,
+            [s[0] for s in parsed.samples] if parsed else [],
+            state.names,
+            parsed.vllm_lines if parsed is not None else 0,
+            parse_error=error,
+        )
     if verdict.honoured and outcome is not None and outcome.ok:
         return outcome, state.fall_back(verdict.why) if verdict.ignored else None
     if verdict.honoured:  # every family there, yet no vllm: line: cannot be, but never trust it

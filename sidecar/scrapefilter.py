@@ -35,9 +35,9 @@ target; :mod:`sidecar.scrape` does the I/O. Rules (also in docs/metrics.md, "Ask
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Collection, Iterable
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from .normalize import CACHE_CONFIGS, PROCESS_START, ROUTES, WANTED, is_vllm_name
@@ -124,8 +124,13 @@ class Verdict:
     ignored: bool = False  # honoured, but it held samples nobody asked for
 
 
-def check(status: int, present: Iterable[str], requested: Collection[str], vllm_lines: int,
-          parse_error: str | None = None) -> Verdict:
+def check(
+    status: int,
+    present: Iterable[str],
+    requested: Collection[str],
+    vllm_lines: int,
+    parse_error: str | None = None,
+) -> Verdict:
     """Judge a filtered answer: HTTP ``status``, the name of every wanted sample line it held
     (``present``, one per line), the names asked for, and how many ``vllm:`` sample lines the
     body had in all (vLLM's and Ray Serve's names; more than the asked-for lines: the query was
@@ -143,8 +148,7 @@ def check(status: int, present: Iterable[str], requested: Collection[str], vllm_
     asked = set(requested)
     kept = sum(1 for n in present if n in asked and is_vllm_name(n))
     if vllm_lines > kept:
-        return Verdict(True, "the server ignored the name[] filter (it answered in full)",
-                       ignored=True)
+        return Verdict(True, "the server ignored the name[] filter (it answered in full)", ignored=True)
     return Verdict(True)
 
 
@@ -174,8 +178,12 @@ class FilterState:
     def next_request(self, now: float, restarts: int) -> Request:
         if not self.enabled:
             return Request(self.url, False, False)
-        due = (self.probed_at is None or not self.names or restarts != self.probed_restarts
-               or now - self.probed_at >= PROBE_INTERVAL)
+        due = (
+            self.probed_at is None
+            or not self.names
+            or restarts != self.probed_restarts
+            or now - self.probed_at >= PROBE_INTERVAL
+        )
         if due:
             return Request(self.url, False, True)
         if self.fallback is not None:
@@ -210,8 +218,9 @@ class FilterState:
         self.logged = why
         return f"name[] filter: {why}; scraping in full until the next probe"
 
-    def after_full_retry(self, verdict: Verdict, full_present: Iterable[str], now: float,
-                    restarts: int) -> str | None:
+    def after_full_retry(
+        self, verdict: Verdict, full_present: Iterable[str], now: float, restarts: int
+    ) -> str | None:
         """After a not-honoured 200 that lacked families, the full retry succeeded: if the full
         body lacks them too, vLLM dropped them (a new probe); else the filter failed."""
         full_present = list(full_present)

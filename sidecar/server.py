@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Protocol, Sequence
-
-from aiohttp.typedefs import Middleware
+from collections.abc import Sequence
+from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
 from . import statuspage
@@ -45,19 +45,21 @@ def build_app(state: State, middlewares: Sequence[Middleware] = ()) -> web.Appli
         if state.ready():
             return web.Response(text="ready\n")
         waiting = [s.name for s in state.snapshots() if not s.scraped]
-        return web.Response(status=503, text="waiting for first scrape of: "
-                                             + ", ".join(waiting) + "\n")
+        return web.Response(status=503, text="waiting for first scrape of: " + ", ".join(waiting) + "\n")
 
     async def targets(request: web.Request) -> web.Response:
         doc = targets_document(state.snapshots())
-        return web.Response(text=json.dumps(doc, allow_nan=False),
-                            content_type="application/json")
+        return web.Response(text=json.dumps(doc, allow_nan=False), content_type="application/json")
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=_status_page(state.snapshots()), content_type="text/html",
-                            headers={"Content-Security-Policy":
-                                     "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
-                                     "X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=_status_page(state.snapshots()),
+            content_type="text/html",
+            headers={
+                "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/metrics", metrics)

@@ -13,13 +13,12 @@ import random
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
-
-from aiohttp.typedefs import Middleware
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -98,8 +97,7 @@ class Sidecar:
     def metrics(self, openmetrics: bool = False) -> bytes:
         """/metrics: the targets' pre-rendered fragments and the process metrics, as one body."""
         frags = [self._fragment(r) for r in self._running.values()]
-        return exposition(frags, self.config.static_labels, self.status, openmetrics,
-                          self._process.collect())
+        return exposition(frags, self.config.static_labels, self.status, openmetrics, self._process.collect())
 
     def _fragment(self, r: _Running) -> dict[str, str]:
         cached = self._fragments.get(r.target.name)
@@ -122,10 +120,10 @@ class Sidecar:
                 log.info("target %s removed", name, extra={"target": name})
         for name, t in wanted.items():
             if name not in self._running:
-                tracker = TargetTracker(name, self.config.windows, url=redact_url(t.url),
-                                        labels=t.labels)
+                tracker = TargetTracker(name, self.config.windows, url=redact_url(t.url), labels=t.labels)
                 r = self._running[name] = _Running(
-                    t, tracker, FilterState(t.url, self.config.scrape_filter_for(t)))
+                    t, tracker, FilterState(t.url, self.config.scrape_filter_for(t))
+                )
                 if self._session is not None:
                     r.task = asyncio.create_task(self._loop(r), name=f"scrape:{name}")
                 log.info("target %s added (%s)", name, redact_url(t.url), extra={"target": name})
@@ -143,14 +141,20 @@ class Sidecar:
             delay = next_at - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
-            want_version = (r.version_restarts != r.tracker.restarts
-                            or (r.tracker.snapshot.version is None
-                                and loop.time() - r.version_tried > VERSION_RETRY_SECONDS))
+            want_version = r.version_restarts != r.tracker.restarts or (
+                r.tracker.snapshot.version is None and loop.time() - r.version_tried > VERSION_RETRY_SECONDS
+            )
             assert self._session is not None
-            outcome = await scrape(self._session, r.target, timeout=timeout,
-                                   max_bytes=self.config.max_body_bytes, want_version=want_version,
-                                   identity=r.tracker.identity_labels,
-                                   state=r.filter, restarts=r.tracker.restarts)
+            outcome = await scrape(
+                self._session,
+                r.target,
+                timeout=timeout,
+                max_bytes=self.config.max_body_bytes,
+                want_version=want_version,
+                identity=r.tracker.identity_labels,
+                state=r.filter,
+                restarts=r.tracker.restarts,
+            )
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts
                 r.version_tried = loop.time()
@@ -158,8 +162,13 @@ class Sidecar:
             snap = self._observe(r, outcome)
             self._fragment(r)  # render now, off the /metrics path
             if not snap.up and was_up:
-                log.warning("target %s: scrape failed (%s): %s", r.target.name, outcome.reason,
-                            outcome.error, extra={"target": r.target.name, "reason": outcome.reason})
+                log.warning(
+                    "target %s: scrape failed (%s): %s",
+                    r.target.name,
+                    outcome.reason,
+                    outcome.error,
+                    extra={"target": r.target.name, "reason": outcome.reason},
+                )
             elif snap.up and not was_up:
                 log.info("target %s is up again", r.target.name, extra={"target": r.target.name})
             next_at += interval
@@ -185,13 +194,17 @@ class Sidecar:
 
     def targets_file_failed(self, error: ConfigError) -> None:
         log.error("targets file: %s (keeping %d targets)", error, len(self.extra_targets))
-        self.status = ServiceStatus(False, self.status.last_reload_success,
-                                    self.status.reload_failures + 1, str(error))
+        self.status = ServiceStatus(
+            False, self.status.last_reload_success, self.status.reload_failures + 1, str(error)
+        )
 
     def apply_config(self, config: Config) -> None:
         """A reloaded config (SIGHUP). Scrape settings that shape history restart the trackers."""
-        reshaped = (config.windows, config.interval, config.max_body_bytes) != \
-            (self.config.windows, self.config.interval, self.config.max_body_bytes)
+        reshaped = (config.windows, config.interval, config.max_body_bytes) != (
+            self.config.windows,
+            self.config.interval,
+            self.config.max_body_bytes,
+        )
         if config.listen != self.config.listen or config.web_config != self.config.web_config:
             log.warning("listen and web_config changes need a restart; keeping the old ones")
         self.config = replace(config, listen=self.config.listen, web_config=self.config.web_config)
@@ -204,18 +217,20 @@ class Sidecar:
 
     def config_failed(self, error: ConfigError) -> None:
         log.error("config reload failed, keeping the running config: %s", error)
-        self.status = ServiceStatus(False, self.status.last_reload_success,
-                                    self.status.reload_failures + 1, str(error))
+        self.status = ServiceStatus(
+            False, self.status.last_reload_success, self.status.reload_failures + 1, str(error)
+        )
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, *, ssl_context: ssl.SSLContext | None = None,
-                    middlewares: tuple[Middleware, ...] = ()) -> None:
+    async def start(
+        self, *, ssl_context: ssl.SSLContext | None = None, middlewares: tuple[Middleware, ...] = ()
+    ) -> None:
         # At most MAX_CONNECTIONS scrapes in flight: bounds the memory of bodies being read and of
         # the keep-alive pool (a scrape waiting for a connection still counts against its timeout).
-        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=60,
-                                         enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True,
-                                              timeout=aiohttp.ClientTimeout(total=None))
+        connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=60, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None)
+        )
         self.set_targets(self.all_targets())
         for r in self._running.values():
             if r.task is None:
@@ -228,9 +243,14 @@ class Sidecar:
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []  # noqa: SLF001
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info("listening on %s:%s with %d target(s), interval %gs, windows %s", host, self.port,
-                 len(self._running), self.config.interval,
-                 ",".join(w.label for w in self.config.windows))
+        log.info(
+            "listening on %s:%s with %d target(s), interval %gs, windows %s",
+            host,
+            self.port,
+            len(self._running),
+            self.config.interval,
+            ",".join(w.label for w in self.config.windows),
+        )
 
     async def stop(self) -> None:
         tasks = [r.task for r in self._running.values() if r.task]
@@ -254,6 +274,7 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     if config.web_config:
         from . import webauth
         from .config.web import load_web_config
+
         web = load_web_config(config.web_config)  # ConfigError: refuse to start insecurely
         for w in web.warnings:
             log.warning("web config: %s", w)
@@ -263,9 +284,13 @@ async def run(config: Config, reload_config: Callable[[], Config] | None = None)
     watcher = None
     if config.targets_file:
         from .config.reload import TargetsFileWatcher
-        watcher = TargetsFileWatcher(config.targets_file, interval=max(1.0, config.interval),
-                                     on_change=sidecar.targets_file_changed,
-                                     on_error=sidecar.targets_file_failed)
+
+        watcher = TargetsFileWatcher(
+            config.targets_file,
+            interval=max(1.0, config.interval),
+            on_change=sidecar.targets_file_changed,
+            on_error=sidecar.targets_file_failed,
+        )
         sidecar.extra_targets = watcher.load_initial()  # ConfigError: refuse a broken file
         sidecar.status = ServiceStatus(True, time.time())
     stop = asyncio.Event()

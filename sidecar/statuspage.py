@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import math
 import time
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from .diagnose import engine_name
 from .explain import Explanation, explain_all, exposer_note, fmt_count, fmt_pct, tier_split
@@ -41,8 +41,7 @@ def age(seconds: float | None) -> str:
 
 
 # ------------------------------------------------------------------------------ pieces
-def sparkline(points: Sequence[tuple[float, float]], start: float, end: float,
-              label: str) -> str:
+def sparkline(points: Sequence[tuple[float, float]], start: float, end: float, label: str) -> str:
     """An inline SVG of hit ratio (0..1) over time; gaps where the ratio is undefined."""
     if end <= start:
         end = start + 1.0
@@ -67,17 +66,21 @@ def sparkline(points: Sequence[tuple[float, float]], start: float, end: float,
         elif seg:
             pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in seg)
             area = f"{seg[0][0]:.1f},{SPARK_H - 2} {pts} {seg[-1][0]:.1f},{SPARK_H - 2}"
-            shapes.append(f'<polygon points="{area}" class="sp-area"/>'
-                          f'<polyline points="{pts}" class="sp-line"/>')
+            shapes.append(
+                f'<polygon points="{area}" class="sp-area"/><polyline points="{pts}" class="sp-line"/>'
+            )
     if not any(segments):  # plain HTML: SVG text would stretch with the chart
         return f'<div class="spark sp-empty" role="img" aria-label="{esc(label)}">no queries yet</div>'
     mid = SPARK_H / 2
-    return (f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" preserveAspectRatio="none" '
-            f'role="img" aria-label="{esc(label)}">'
-            f'<line x1="0" y1="2" x2="{SPARK_W}" y2="2" class="sp-grid"/>'
-            f'<line x1="0" y1="{mid}" x2="{SPARK_W}" y2="{mid}" class="sp-grid"/>'
-            f'<line x1="0" y1="{SPARK_H - 2}" x2="{SPARK_W}" y2="{SPARK_H - 2}" class="sp-base"/>'
-            + "".join(shapes) + "</svg>")
+    return (
+        f'<svg class="spark" viewBox="0 0 {SPARK_W} {SPARK_H}" preserveAspectRatio="none" '
+        f'role="img" aria-label="{esc(label)}">'
+        f'<line x1="0" y1="2" x2="{SPARK_W}" y2="2" class="sp-grid"/>'
+        f'<line x1="0" y1="{mid}" x2="{SPARK_W}" y2="{mid}" class="sp-grid"/>'
+        f'<line x1="0" y1="{SPARK_H - 2}" x2="{SPARK_W}" y2="{SPARK_H - 2}" class="sp-base"/>'
+        + "".join(shapes)
+        + "</svg>"
+    )
 
 
 def kv_bar(usage: float | None) -> str:
@@ -86,50 +89,60 @@ def kv_bar(usage: float | None) -> str:
         return '<div class="bar"><div class="fill none" style="width:0%"></div></div>'
     pct = min(max(u, 0.0), 1.0) * 100
     level = "high" if u >= 0.9 else "mid" if u >= 0.7 else "low"
-    return (f'<div class="bar" role="meter" aria-valuemin="0" aria-valuemax="100" '
-            f'aria-valuenow="{pct:.1f}"><div class="fill {level}" style="width:{pct:.1f}%">'
-            f'</div></div>')
+    return (
+        f'<div class="bar" role="meter" aria-valuemin="0" aria-valuemax="100" '
+        f'aria-valuenow="{pct:.1f}"><div class="fill {level}" style="width:{pct:.1f}%">'
+        f"</div></div>"
+    )
 
 
-def _ratio_cell(target: str, e: EngineState, window: str, ratio: float | None,
-                detail: str) -> str:
+def _ratio_cell(target: str, e: EngineState, window: str, ratio: float | None, detail: str) -> str:
     r = finite(ratio)
     cls = "na" if r is None else ("zero" if r == 0 else "ok")
-    return (f'<div class="ratio {cls}"><span class="rl">{esc(window)}</span>'
-            f'<span class="rv" data-target="{esc(target)}" data-model="{esc(e.model_name)}" '
-            f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}" '
-            f'data-window="{esc(window)}">{fmt_pct(r)}</span>'
-            f'<span class="rd">{esc(detail)}</span></div>')
+    return (
+        f'<div class="ratio {cls}"><span class="rl">{esc(window)}</span>'
+        f'<span class="rv" data-target="{esc(target)}" data-model="{esc(e.model_name)}" '
+        f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}" '
+        f'data-window="{esc(window)}">{fmt_pct(r)}</span>'
+        f'<span class="rd">{esc(detail)}</span></div>'
+    )
 
 
 def engine_block(s: TargetSnapshot, e: EngineState, now: float) -> str:
     cells = []
     if not e.v0:
         for w in e.windows:
-            detail = (f"{fmt_count(w.hits)} of {fmt_count(w.queries)} tokens hit"
-                      if w.span > 0 else "waiting for 2nd scrape")
+            detail = (
+                f"{fmt_count(w.hits)} of {fmt_count(w.queries)} tokens hit"
+                if w.span > 0
+                else "waiting for 2nd scrape"
+            )
             cells.append(_ratio_cell(s.name, e, w.window, w.hit_ratio, detail))
-    life_detail = ("V0 block ratio" if e.v0 else
-                   f"{fmt_count(e.current.prefix_hits)} of {fmt_count(e.current.prefix_queries)} since start")
+    life_detail = (
+        "V0 block ratio"
+        if e.v0
+        else f"{fmt_count(e.current.prefix_hits)} of {fmt_count(e.current.prefix_queries)} since start"
+    )
     cells.append(_ratio_cell(s.name, e, "lifetime", e.lifetime_hit_ratio, life_detail))
     longest = e.windows[-1] if e.windows else None
     span_label = longest.window if longest else "window"
     seconds = longest.seconds if longest else 60.0
-    spark = sparkline(e.ratio_points, now - seconds, now,
-                      f"hit ratio per scrape over the last {span_label}")
+    spark = sparkline(e.ratio_points, now - seconds, now, f"hit ratio per scrape over the last {span_label}")
     kv = e.current.kv_usage
     kv_text = fmt_pct(kv)
-    return (f'<div class="engine"><h3><span class="model">{esc(e.model_name or "-")}</span>'
-            f'<span class="eng">{esc(engine_name(e))}</span></h3>'
-            f'<div class="ratios">{"".join(cells)}</div>'
-            f'<div class="charts"><figure class="sp">{spark}<figcaption>hit ratio per scrape, '
-            f'last {esc(span_label)} (0&ndash;100%)</figcaption></figure>'
-            f'<div class="kv"><div class="kvh"><span>KV cache usage</span>'
-            f'<strong class="kvv" data-target="{esc(s.name)}" data-model="{esc(e.model_name)}" '
-            f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}">{kv_text}</strong>'
-            f'</div>{kv_bar(kv)}'
-            f'<div class="kvd">running {fmt_count(e.current.running)} &middot; waiting '
-            f'{fmt_count(e.current.waiting)}</div></div></div>{tiers_block(e)}</div>')
+    return (
+        f'<div class="engine"><h3><span class="model">{esc(e.model_name or "-")}</span>'
+        f'<span class="eng">{esc(engine_name(e))}</span></h3>'
+        f'<div class="ratios">{"".join(cells)}</div>'
+        f'<div class="charts"><figure class="sp">{spark}<figcaption>hit ratio per scrape, '
+        f"last {esc(span_label)} (0&ndash;100%)</figcaption></figure>"
+        f'<div class="kv"><div class="kvh"><span>KV cache usage</span>'
+        f'<strong class="kvv" data-target="{esc(s.name)}" data-model="{esc(e.model_name)}" '
+        f'data-engine="{esc(e.engine)}" data-replica="{esc(e.replica)}">{kv_text}</strong>'
+        f"</div>{kv_bar(kv)}"
+        f'<div class="kvd">running {fmt_count(e.current.running)} &middot; waiting '
+        f"{fmt_count(e.current.waiting)}</div></div></div>{tiers_block(e)}</div>"
+    )
 
 
 def tiers_block(e: EngineState) -> str:
@@ -139,23 +152,29 @@ def tiers_block(e: EngineState) -> str:
     c = e.current
     if w is None or e.v0 or not (c.hits_by_source or c.external_queries or c.tier_queries):
         return ""
-    chips = [f'<span class="chip tier" data-source="{esc(src)}">{esc(name)} '
-             f'<strong>{fmt_pct(finite(r))}</strong></span>'
-             for src, name, r in tier_split(w, short=True)]
-    chips += [f'<span class="chip tier" data-tier="{esc(t)}">offload tier {esc(t)} '
-              f'<strong>{fmt_pct(finite(r))}</strong> of chunks</span>' for t, r in w.tier_ratios()]
-    return (f'<div class="tiers"><span class="tl">hits by tier, {esc(w.window)}</span>'
-            f'{"".join(chips)}</div>')
+    chips = [
+        f'<span class="chip tier" data-source="{esc(src)}">{esc(name)} '
+        f"<strong>{fmt_pct(finite(r))}</strong></span>"
+        for src, name, r in tier_split(w, short=True)
+    ]
+    chips += [
+        f'<span class="chip tier" data-tier="{esc(t)}">offload tier {esc(t)} '
+        f"<strong>{fmt_pct(finite(r))}</strong> of chunks</span>"
+        for t, r in w.tier_ratios()
+    ]
+    return f'<div class="tiers"><span class="tl">hits by tier, {esc(w.window)}</span>{"".join(chips)}</div>'
 
 
 def refused_block(s: TargetSnapshot) -> str:
     """Impossible values vLLM sent in the last scrape: what it said; never exported."""
     if not s.refused:
         return ""
-    items = [f"<code>{esc(r.series)}</code> on {esc(engine_name(r))}: vLLM said "
-             f"<code>{esc(repr(r.value))}</code> ({esc(r.why)})" for r in s.refused]
-    return ('<div class="refused"><h4>Refused as impossible (not exported)</h4>'
-            + _list(items) + "</div>")
+    items = [
+        f"<code>{esc(r.series)}</code> on {esc(engine_name(r))}: vLLM said "
+        f"<code>{esc(repr(r.value))}</code> ({esc(r.why)})"
+        for r in s.refused
+    ]
+    return '<div class="refused"><h4>Refused as impossible (not exported)</h4>' + _list(items) + "</div>"
 
 
 def flags_block(s: TargetSnapshot) -> str:
@@ -163,11 +182,15 @@ def flags_block(s: TargetSnapshot) -> str:
         return '<div class="flags"><span class="chip">cache config unknown</span></div>'
     chips = []
     for c in s.cache_configs:
-        state = {True: ("on", "prefix caching ON"), False: ("off", "prefix caching OFF"),
-                 None: ("", "prefix caching unknown")}[c.enable_prefix_caching]
+        state = {
+            True: ("on", "prefix caching ON"),
+            False: ("off", "prefix caching OFF"),
+            None: ("", "prefix caching unknown"),
+        }[c.enable_prefix_caching]
         eng = f" ({esc(engine_name(c))})" if len(s.cache_configs) > 1 else ""
-        chips.append(f'<span class="chip {state[0]}" data-flag="enable_prefix_caching">'
-                     f'{state[1]}{eng}</span>')
+        chips.append(
+            f'<span class="chip {state[0]}" data-flag="enable_prefix_caching">{state[1]}{eng}</span>'
+        )
         if c.block_size:
             chips.append(f'<span class="chip">block_size {c.block_size}</span>')
         if c.num_gpu_blocks:
@@ -184,10 +207,15 @@ def _list(items: Iterable[str], tag: str = "ul") -> str:
 
 
 def diagnosis_block(x: Explanation) -> str:
-    causes = [esc(c.text) + (f' <span class="fits">fits: {esc(c.because)}</span>'
-                             if c.because else "") for c in x.causes]
-    body = [f'<p class="sum">{esc(x.summary)}</p>',
-            '<h4>What the numbers show</h4>', _list(esc(n) for n in x.numbers)]
+    causes = [
+        esc(c.text) + (f' <span class="fits">fits: {esc(c.because)}</span>' if c.because else "")
+        for c in x.causes
+    ]
+    body = [
+        f'<p class="sum">{esc(x.summary)}</p>',
+        "<h4>What the numbers show</h4>",
+        _list(esc(n) for n in x.numbers),
+    ]
     if causes:
         body += ["<h4>Likely causes, most likely first</h4>", _list(causes, "ol")]
     if x.fix:
@@ -195,9 +223,11 @@ def diagnosis_block(x: Explanation) -> str:
     if x.confirm:
         body.append(f'<p class="confirm">Confirm: <code>{esc(x.confirm)}</code></p>')
     opened = " open" if x.severity in ("critical", "warning") else ""
-    return (f'<details class="diag {esc(x.severity)}" data-code="{esc(x.code)}"{opened}>'
-            f'<summary><span class="sev">{esc(x.severity)}</span> <strong>{esc(x.title)}</strong>'
-            f' <code>{esc(x.code)}</code></summary><div class="why">{"".join(body)}</div></details>')
+    return (
+        f'<details class="diag {esc(x.severity)}" data-code="{esc(x.code)}"{opened}>'
+        f'<summary><span class="sev">{esc(x.severity)}</span> <strong>{esc(x.title)}</strong>'
+        f' <code>{esc(x.code)}</code></summary><div class="why">{"".join(body)}</div></details>'
+    )
 
 
 def target_block(s: TargetSnapshot, now: float) -> str:
@@ -224,14 +254,15 @@ def target_block(s: TargetSnapshot, now: float) -> str:
     if s.restarts:
         meta.append(f"{s.restarts} restart(s) seen")
     labels = "".join(f'<span class="label">{esc(k)}={esc(v)}</span>' for k, v in s.labels)
-    parts = [f'<section class="target {state} sev-{esc(worst)}" data-target="{esc(s.name)}">'
-             f'<div class="thead"><h2><span class="dot {state}"></span>{esc(s.name)}</h2>'
-             f'<span class="pill {state}">{state_text}</span></div>'
-             f'<div class="meta">{" &middot; ".join(meta)}</div>'
-             + (f'<div class="labels">{labels}</div>' if labels else "")]
+    parts = [
+        f'<section class="target {state} sev-{esc(worst)}" data-target="{esc(s.name)}">'
+        f'<div class="thead"><h2><span class="dot {state}"></span>{esc(s.name)}</h2>'
+        f'<span class="pill {state}">{state_text}</span></div>'
+        f'<div class="meta">{" &middot; ".join(meta)}</div>'
+        + (f'<div class="labels">{labels}</div>' if labels else "")
+    ]
     if not s.up and s.last_error:
-        parts.append(f'<p class="error">{esc(s.last_error_reason or "error")}: '
-                     f'{esc(s.last_error)}</p>')
+        parts.append(f'<p class="error">{esc(s.last_error_reason or "error")}: {esc(s.last_error)}</p>')
     if s.up:
         note = exposer_note(s)
         if note:
@@ -241,8 +272,10 @@ def target_block(s: TargetSnapshot, now: float) -> str:
         parts += [engine_block(s, e, now) for e in s.engines]
         running = [e.current.running for e in s.engines if e.current.running is not None]
         if len(s.engines) > 1 and running:
-            parts.append(f'<p class="total">{len(s.engines)} engines, '
-                         f'{fmt_count(sum(running))} requests running in all</p>')
+            parts.append(
+                f'<p class="total">{len(s.engines)} engines, '
+                f"{fmt_count(sum(running))} requests running in all</p>"
+            )
     xs = explain_all(s)
     if xs:
         parts.append('<div class="diags">' + "".join(diagnosis_block(x) for x in xs) + "</div>")
@@ -340,20 +373,20 @@ footer{color:var(--muted);font-size:12px;text-align:center;padding:0 0 24px}
 """
 
 
-def render(snapshots: Sequence[TargetSnapshot], now: float,
-           refresh: int = REFRESH_SECONDS) -> str:
+def render(snapshots: Sequence[TargetSnapshot], now: float, refresh: int = REFRESH_SECONDS) -> str:
     """The whole page for the current snapshots, as of unix time ``now``."""
     snaps = list(snapshots)
     up = sum(1 for s in snaps if s.up)
-    counts = {sev: sum(1 for s in snaps for d in s.diagnoses if d.severity == sev)
-              for sev in ("critical", "warning", "info")}
+    counts = {
+        sev: sum(1 for s in snaps for d in s.diagnoses if d.severity == sev)
+        for sev in ("critical", "warning", "info")
+    }
     totals = [f"<span>{up}/{len(snaps)} up</span>"]
     totals += [f'<span class="t-{sev}">{n} {sev}</span>' for sev, n in counts.items() if n]
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
-    body = "".join(target_block(s, now) for s in snaps) or \
-        '<p class="sub">No targets configured.</p>'
+    body = "".join(target_block(s, now) for s in snaps) or '<p class="sub">No targets configured.</p>'
     return (
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta http-equiv="refresh" content="{int(refresh)}">'
         f"<title>vllm-cache-sidecar: {up}/{len(snaps)} up</title><style>{CSS}</style></head>"
@@ -362,4 +395,5 @@ def render(snapshots: Sequence[TargetSnapshot], now: float,
         f'{int(refresh)}s &middot; <a href="api/v1/targets">JSON</a> &middot; '
         f'<a href="metrics">metrics</a></p>'
         f'<div class="totals">{"".join(totals)}</div></header>'
-        f"<main>{body}</main><footer>vllm-cache-sidecar</footer></body></html>\n")
+        f"<main>{body}</main><footer>vllm-cache-sidecar</footer></body></html>\n"
+    )

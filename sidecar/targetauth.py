@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import base64
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from sidecar.config.files import file_stamp
 from sidecar.config.settings import TargetConfig, TLSConfig
@@ -98,7 +99,7 @@ def _basic_auth(target: TargetConfig) -> str:
         raise TargetAuthError(f"target {target.name}: basic_auth username must not contain ':'")
     if any(ord(c) < 0x20 for c in ba.username + password):
         raise TargetAuthError(f"target {target.name}: basic_auth contains control characters")
-    token = base64.b64encode(f"{ba.username}:{password}".encode("utf-8")).decode("ascii")
+    token = base64.b64encode(f"{ba.username}:{password}".encode()).decode("ascii")
     return f"Basic {token}"
 
 
@@ -132,19 +133,20 @@ def build_tls_context(tls: TLSConfig) -> ssl.SSLContext:
         except FileNotFoundError:
             raise TargetAuthError(f"tls.ca_file {tls.ca_file} does not exist") from None
         except (ssl.SSLError, OSError) as exc:
-            raise TargetAuthError(f"cannot load tls.ca_file {tls.ca_file}: "
-                                  f"{_reason(exc)}") from None
+            raise TargetAuthError(f"cannot load tls.ca_file {tls.ca_file}: {_reason(exc)}") from None
     if tls.cert_file or tls.key_file:
         if not (tls.cert_file and tls.key_file):
             raise TargetAuthError("tls: a client certificate needs both cert_file and key_file")
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         except FileNotFoundError as exc:
-            raise TargetAuthError(f"tls client certificate file {exc.filename or ''} does not "
-                                  f"exist".replace("  ", " ")) from None
+            raise TargetAuthError(
+                f"tls client certificate file {exc.filename or ''} does not exist".replace("  ", " ")
+            ) from None
         except (ssl.SSLError, OSError) as exc:
-            raise TargetAuthError(f"cannot load tls client certificate {tls.cert_file} / "
-                                  f"{tls.key_file}: {_reason(exc)}") from None
+            raise TargetAuthError(
+                f"cannot load tls client certificate {tls.cert_file} / {tls.key_file}: {_reason(exc)}"
+            ) from None
     if tls.insecure_skip_verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE

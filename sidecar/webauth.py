@@ -54,6 +54,7 @@ def middleware(config: WebConfig, exempt_paths: Iterable[str] = ()) -> Callable[
 
 # ---------------------------------------------------------------- TLS
 
+
 def _stamp(tls: TLSServerConfig) -> tuple[Any, ...]:
     return tuple(file_stamp(name) for name in (tls.cert_file, tls.key_file, tls.client_ca_file))
 
@@ -84,6 +85,7 @@ class _ReloadingContext:
 
 # ---------------------------------------------------------------- basic auth
 
+
 class _AuthCache:
     """Remembers recent successful checks, keyed by a hash of user and password, so a scraper
     that authenticates every few seconds does not pay a bcrypt round (~0.1-0.3 s of CPU) each
@@ -95,8 +97,7 @@ class _AuthCache:
         self.salt = os.urandom(16)
 
     def key(self, user: str, password: bytes, hashed: str) -> bytes:
-        return hashlib.sha256(self.salt + user.encode() + b"\0" + hashed.encode() + b"\0"
-                              + password).digest()
+        return hashlib.sha256(self.salt + user.encode() + b"\0" + hashed.encode() + b"\0" + password).digest()
 
     def hit(self, key: bytes) -> bool:
         for k in self.entries:
@@ -193,8 +194,11 @@ class _LiveSettings:
         except ConfigError as exc:
             reason = str(exc)
             if reason != self.error:
-                log.error("web config %s is invalid, refusing protected requests until it is "
-                          "fixed: %s", self.path, reason)
+                log.error(
+                    "web config %s is invalid, refusing protected requests until it is fixed: %s",
+                    self.path,
+                    reason,
+                )
             self.error = reason
             return
         self.apply(config)
@@ -230,8 +234,9 @@ def _make_middleware(config: WebConfig, exempt: frozenset[str]) -> Callable[...,
         return response
 
     @web.middleware
-    async def web_config_middleware(request: web.Request,
-                                    handler: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
+    async def web_config_middleware(
+        request: web.Request, handler: Callable[..., Awaitable[Any]]
+    ) -> web.StreamResponse:
         live.refresh()
         protected = request.path not in exempt
         if live.error is not None and protected:
@@ -239,8 +244,11 @@ def _make_middleware(config: WebConfig, exempt: frozenset[str]) -> Callable[...,
         if live.sans and not _peer_san_allowed(request, live.sans):
             return finish(web.Response(status=403, text="client certificate not allowed\n"))
         if live.users and protected and not await authorised(request):
-            return finish(web.Response(status=401, text="Unauthorized\n",
-                                       headers={"WWW-Authenticate": f'Basic realm="{REALM}"'}))
+            return finish(
+                web.Response(
+                    status=401, text="Unauthorized\n", headers={"WWW-Authenticate": f'Basic realm="{REALM}"'}
+                )
+            )
         try:
             response = await handler(request)
         except web.HTTPException as exc:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import re
 
-_SAMPLE_RE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})?(?P<sep>\s+)"
-                        r"(?P<value>\S+)(?P<rest>.*)$")
+_SAMPLE_RE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?P<labels>\{.*\})?(?P<sep>\s+)"
+    r"(?P<value>\S+)(?P<rest>.*)$"
+)
 
 
 def _lines(body: bytes | str) -> list[str]:
@@ -25,8 +27,9 @@ def set_value(body: bytes | str, name: str, value: float, where: dict[str, str] 
     for line in _lines(body):
         m = _SAMPLE_RE.match(line)
         if m and m.group("name") == name and _matches(m.group("labels") or "", where or {}):
-            line = (f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}"
-                    f"{float(value)!r}{m.group('rest')}")
+            line = (
+                f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}{float(value)!r}{m.group('rest')}"
+            )
             found = True
         out.append(line)
     if not found:
@@ -52,8 +55,10 @@ def scale_counters(body: bytes | str, names: tuple[str, ...], factor: float) -> 
     for line in _lines(body):
         m = _SAMPLE_RE.match(line)
         if m and m.group("name") in names:
-            line = (f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}"
-                    f"{float(m.group('value')) * factor!r}{m.group('rest')}")
+            line = (
+                f"{m.group('name')}{m.group('labels') or ''}{m.group('sep')}"
+                f"{float(m.group('value')) * factor!r}{m.group('rest')}"
+            )
         out.append(line)
     return "\n".join(out).encode("utf-8")
 
@@ -139,12 +144,14 @@ def ray_body(replicas: dict[str, tuple[int, int]]) -> str:
     all saying engine="0" for one model."""
     out = ["# TYPE ray_vllm_prefix_cache_queries_total counter"]
     for r, (q, _) in replicas.items():
-        out.append(f'ray_vllm_prefix_cache_queries_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
-                   f'{RAY_LABELS}}} {q}')
+        out.append(
+            f'ray_vllm_prefix_cache_queries_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",{RAY_LABELS}}} {q}'
+        )
     out.append("# TYPE ray_vllm_prefix_cache_hits_total counter")
     for r, (_, h) in replicas.items():
-        out.append(f'ray_vllm_prefix_cache_hits_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",'
-                   f'{RAY_LABELS}}} {h}')
+        out.append(
+            f'ray_vllm_prefix_cache_hits_total{{ReplicaId="{r}",WorkerId="w{r[1:]}",{RAY_LABELS}}} {h}'
+        )
     return "\n".join(out) + "\n"
 
 
@@ -157,8 +164,12 @@ def growing(bodies: list[bytes], extra: int) -> list[bytes]:
     series scaled up step by step (x1.05, x1.10, ...), so windowed rates and latency stay defined
     for as long as a test runs. Gauges and label sets stay exactly as vLLM wrote them."""
     last = bodies[-1]
-    names = tuple({line.split("{")[0].split()[0] for line in last.decode().split("\n")
-                   if line.strip() and not line.startswith("#")})
+    names = tuple(
+        {
+            line.split("{")[0].split()[0]
+            for line in last.decode().split("\n")
+            if line.strip() and not line.startswith("#")
+        }
+    )
     counters = tuple(n for n in names if n.endswith(COUNTER_SUFFIXES))
-    return list(bodies) + [scale_counters(last, counters, 1 + 0.05 * k)
-                           for k in range(1, extra + 1)]
+    return list(bodies) + [scale_counters(last, counters, 1 + 0.05 * k) for k in range(1, extra + 1)]

@@ -63,8 +63,7 @@ def capture_dir(folder: str | Path) -> Path:
 
 def capture_folders() -> list[str]:
     """Every folder holding a ``meta.json``, relative to its root (:data:`ROOTS`), sorted."""
-    return sorted({str(p.parent.relative_to(root)) for root in ROOTS
-                   for p in root.glob("*/*/meta.json")})
+    return sorted({str(p.parent.relative_to(root)) for root in ROOTS for p in root.glob("*/*/meta.json")})
 
 
 def _meta(folder: str | Path) -> tuple[Path, dict[str, Any]]:
@@ -72,15 +71,23 @@ def _meta(folder: str | Path) -> tuple[Path, dict[str, Any]]:
     return base, json.loads((base / "meta.json").read_text())
 
 
-def _capture(folder: str | Path, base: Path, entry: dict[str, Any], scrape: dict[str, Any],
-             meta: dict[str, Any]) -> Capture:
-    return Capture(str(folder), entry["file"], (base / entry["file"]).read_bytes(),
-                   entry.get("content_type") or TEXT_004, scrape.get("note", ""),
-                   entry.get("ts", 0.0), meta.get("vllm_version", ""))
+def _capture(
+    folder: str | Path, base: Path, entry: dict[str, Any], scrape: dict[str, Any], meta: dict[str, Any]
+) -> Capture:
+    return Capture(
+        str(folder),
+        entry["file"],
+        (base / entry["file"]).read_bytes(),
+        entry.get("content_type") or TEXT_004,
+        scrape.get("note", ""),
+        entry.get("ts", 0.0),
+        meta.get("vllm_version", ""),
+    )
 
 
-def load_capture(folder: str | Path, *, openmetrics: bool = False,
-                 prefer_openmetrics: bool = False) -> list[Capture]:
+def load_capture(
+    folder: str | Path, *, openmetrics: bool = False, prefer_openmetrics: bool = False
+) -> list[Capture]:
     """The bodies of ``folder`` (a name in :data:`ROOTS` or a directory) in ``meta.json`` order.
 
     By default one plain body per scrape. ``openmetrics=True`` adds the body fetched with the
@@ -104,8 +111,7 @@ def capture_bodies(folder: str | Path) -> list[bytes]:
     return [c.body for c in load_capture(folder)]
 
 
-def load_fixture(folder: str | Path,
-                 openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
+def load_fixture(folder: str | Path, openmetrics: bool = False) -> tuple[list[bytes], list[str], str | None]:
     """Bodies, content types and vLLM version of a capture folder, one body per scrape (the
     OpenMetrics one where recorded, with ``openmetrics``): what a replayed target serves."""
     caps = load_capture(folder, prefer_openmetrics=openmetrics)

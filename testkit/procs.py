@@ -62,8 +62,13 @@ def tail(path: Path, lines: int = 40) -> str:
         return "(no log)"
 
 
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 60.0, pause: float = 0.2,
-               tolerate: tuple[type[Exception], ...] = ()) -> Any:
+def wait_until(
+    check: Callable[[], Any],
+    what: str,
+    timeout: float = 60.0,
+    pause: float = 0.2,
+    tolerate: tuple[type[Exception], ...] = (),
+) -> Any:
     """Poll ``check`` until it returns something truthy and return that.
 
     ``timeout`` only stops a broken build from hanging the suite; it is never a timing assertion.
@@ -108,8 +113,13 @@ def terminate(proc: subprocess.Popen | None, timeout: float = 30.0) -> int | Non
 
 def sidecar_cli(*args: str, cwd: Path | str = REPO) -> subprocess.CompletedProcess:
     """``python -m sidecar ARGS`` run to completion (for commands that exit by themselves)."""
-    return subprocess.run([sys.executable, "-m", "sidecar", *args], capture_output=True,
-                          text=True, cwd=cwd, env=clean_env(PYTHONPATH=str(REPO)))
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=clean_env(PYTHONPATH=str(REPO)),
+    )
 
 
 class SidecarProcess:
@@ -129,13 +139,30 @@ class SidecarProcess:
     caller, which stops it in order.
     """
 
-    def __init__(self, args: Sequence[str] = (), cwd: Path | str = REPO, *,
-                 command: Sequence[str] = (), env: dict[str, str] | None = None,
-                 scheme: str = "http", listen: str = "127.0.0.1:0",
-                 log_path: Path | str | None = None, ready: bool = False,
-                 new_session: bool = False, timeout: float = GUARD_SECONDS, start: bool = True):
-        self.argv = [*(list(command) or [sys.executable, "-m", "sidecar"]), "run",
-                     "--listen", listen, "--log-format", "json", *args]
+    def __init__(
+        self,
+        args: Sequence[str] = (),
+        cwd: Path | str = REPO,
+        *,
+        command: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        scheme: str = "http",
+        listen: str = "127.0.0.1:0",
+        log_path: Path | str | None = None,
+        ready: bool = False,
+        new_session: bool = False,
+        timeout: float = GUARD_SECONDS,
+        start: bool = True,
+    ):
+        self.argv = [
+            *(list(command) or [sys.executable, "-m", "sidecar"]),
+            "run",
+            "--listen",
+            listen,
+            "--log-format",
+            "json",
+            *args,
+        ]
         self.cwd = cwd
         self.env = clean_env(PYTHONPATH=str(REPO)) if env is None else env
         self.host = listen.rpartition(":")[0]
@@ -172,11 +199,20 @@ class SidecarProcess:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=self.new_session)
-        self._readers = [threading.Thread(target=self._read, args=(stream, watch), daemon=True)
-                         for stream, watch in ((self.proc.stderr, True), (self.proc.stdout, False))]
+        self.proc = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=self.new_session,
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, watch), daemon=True)
+            for stream, watch in ((self.proc.stderr, True), (self.proc.stdout, False))
+        ]
         for reader in self._readers:
             reader.start()
         if not self._listening.wait(self.timeout) or self.port is None:
@@ -194,8 +230,7 @@ class SidecarProcess:
             if not self.running():
                 raise StartError("sidecar exited before it was ready:\n" + self.log_tail())
             if time.monotonic() > deadline:
-                raise StartError(f"sidecar not ready after {self.timeout:.0f} s:\n"
-                                 + self.log_tail())
+                raise StartError(f"sidecar not ready after {self.timeout:.0f} s:\n" + self.log_tail())
             time.sleep(0.2)
 
     def _read(self, stream: IO[str], watch: bool) -> None:
@@ -236,8 +271,11 @@ class SidecarProcess:
         from prometheus_client.parser import text_string_to_metric_families
 
         text = httpx.get(self.base + "/metrics", **httpx_kw).text
-        return {(s.name, tuple(sorted(s.labels.items()))): s.value
-                for fam in text_string_to_metric_families(text) for s in fam.samples}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (kill after ``timeout``), wait for the log readers; the exit code (None if it

@@ -64,8 +64,9 @@ class _Families:
 
 
 @lru_cache(maxsize=256)
-def restricted_body(body: bytes, content_type: str, names: tuple[str, ...],
-                    accept: str = "") -> tuple[bytes, str]:
+def restricted_body(
+    body: bytes, content_type: str, names: tuple[str, ...], accept: str = ""
+) -> tuple[bytes, str]:
     """``body`` restricted to the sample ``names`` exactly as prometheus_client's ``name[]`` does
     (``CollectorRegistry.restricted_registry``: a sample is kept only when its own name was asked
     for), rendered by the encoder prometheus_client picks for ``accept``. Cached: the same bodies
@@ -134,8 +135,14 @@ class ReplayServer(InThread):
         self.fakes: dict[str, Fake] = {}
         self._runner: web.AppRunner | None = None
 
-    def add(self, name: str, bodies: list[bytes], content_type: str = TEXT_004,
-            version: str | None = "0.32.0", **kw) -> Fake:
+    def add(
+        self,
+        name: str,
+        bodies: list[bytes],
+        content_type: str = TEXT_004,
+        version: str | None = "0.32.0",
+        **kw,
+    ) -> Fake:
         fake = Fake(list(bodies), content_type, version, **kw)
         self.fakes[name] = fake
         return fake
@@ -203,6 +210,7 @@ class ReplayServer(InThread):
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m testkit.replay", description=__doc__)

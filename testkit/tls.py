@@ -22,11 +22,16 @@ def _signed(subject: str, issuer, public_key, signing_key, extensions):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes
 
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_x509_name(subject)).issuer_name(issuer)
-               .public_key(public_key).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(hours=1))
-               .not_valid_after(now + datetime.timedelta(days=1)))
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_x509_name(subject))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
     for ext, critical in extensions:
         builder = builder.add_extension(ext, critical=critical)
     return builder.sign(signing_key, hashes.SHA256())
@@ -38,8 +43,9 @@ def make_ca(cn: str = "test-ca"):
     from cryptography.hazmat.primitives.asymmetric import ec
 
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _signed(cn, _x509_name(cn), key.public_key(), key,
-                   [(x509.BasicConstraints(ca=True, path_length=None), True)])
+    cert = _signed(
+        cn, _x509_name(cn), key.public_key(), key, [(x509.BasicConstraints(ca=True, path_length=None), True)]
+    )
     return key, cert
 
 
@@ -54,12 +60,15 @@ def issue(ca, cn: str, sans: Sequence[str] = ("127.0.0.1", "localhost"), client:
 
     ca_key, ca_cert = ca
     key = ec.generate_private_key(ec.SECP256R1())
-    alt = [x509.IPAddress(ipaddress.ip_address(s)) if s[0].isdigit() else x509.DNSName(s)
-           for s in sans]
+    alt = [x509.IPAddress(ipaddress.ip_address(s)) if s[0].isdigit() else x509.DNSName(s) for s in sans]
     usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-    cert = _signed(cn, ca_cert.subject, key.public_key(), ca_key,
-                   [(x509.SubjectAlternativeName(alt), False),
-                    (x509.ExtendedKeyUsage([usage]), False)])
+    cert = _signed(
+        cn,
+        ca_cert.subject,
+        key.public_key(),
+        ca_key,
+        [(x509.SubjectAlternativeName(alt), False), (x509.ExtendedKeyUsage([usage]), False)],
+    )
     return key, cert
 
 
@@ -72,5 +81,6 @@ def pem(cert) -> bytes:
 def key_pem(key) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )

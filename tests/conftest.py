@@ -14,8 +14,8 @@ import pytest
 
 from testkit.captures import FIXTURES
 
-
 # ---------------------------------------------------------------- real vLLM captures (fixtures)
+
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
@@ -26,13 +26,17 @@ def fixtures_dir() -> Path:
 
 # ---------------------------------------------------------------- CI: nothing may skip (lead)
 
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Under CI (``CI=true``) a skipped test is a failure: CI installs every tool the suite
     needs, so a skip there means a missing install step, not an optional extra."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and report.skipped \
-            and not hasattr(report, "wasxfail"):
+    if (
+        os.environ.get("CI", "").lower() in ("1", "true", "yes")
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
         report.outcome = "failed"
         report.longrepr = f"skipped under CI, which must run everything: {report.longrepr}"

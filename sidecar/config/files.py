@@ -20,9 +20,27 @@ from typing import Any
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 #: label names the sidecar sets itself: a static label of that name is a config error
-RESERVED_LABELS = {"target", "model_name", "engine", "window", "code", "severity", "reason",
-                   "version", "schema", "le", "quantile", "replica", "source", "tier", "mode",
-                   "family", "exposer", "phase", "finished_reason"}
+RESERVED_LABELS = {
+    "target",
+    "model_name",
+    "engine",
+    "window",
+    "code",
+    "severity",
+    "reason",
+    "version",
+    "schema",
+    "le",
+    "quantile",
+    "replica",
+    "source",
+    "tier",
+    "mode",
+    "family",
+    "exposer",
+    "phase",
+    "finished_reason",
+}
 
 
 class ConfigError(ValueError):
@@ -43,6 +61,7 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------- YAML with line numbers
+
 
 class _Map(dict[Any, Any]):
     """A dict that remembers the line of each key (1-based) and of itself."""
@@ -90,10 +109,14 @@ def _loader() -> type:
             node = super().compose_node(parent, index)
             assert node is not None  # a node event was peeked above
             self._depth -= 1
-            children = [c for pair in node.value for c in pair] \
-                if isinstance(node, yaml.MappingNode) else node.value
-            weight = 1 if isinstance(node, yaml.ScalarNode) else \
-                1 + sum(self._weights.get(id(c), 1) for c in children)
+            children = (
+                [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+            )
+            weight = (
+                1
+                if isinstance(node, yaml.ScalarNode)
+                else 1 + sum(self._weights.get(id(c), 1) for c in children)
+            )
             if weight > MAX_YAML_NODES:
                 raise ConfigError(f"YAML aliases expand to more than {MAX_YAML_NODES} nodes", line=line)
             self._weights[id(node)] = weight
@@ -109,8 +132,7 @@ def _loader() -> type:
             except _CONSTRUCT_ERRORS as exc:
                 tag = node.tag.rpartition(":")[2]
                 value = f" {node.value!r}" if isinstance(node, yaml.ScalarNode) else ""
-                raise ConfigError(f"invalid {tag}{value}: {exc}", line=node.start_mark.line + 1) \
-                    from None
+                raise ConfigError(f"invalid {tag}{value}: {exc}", line=node.start_mark.line + 1) from None
 
     def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
         loader.flatten_mapping(node)
@@ -122,8 +144,10 @@ def _loader() -> type:
             try:
                 hash(key)
             except TypeError:  # ``{[1]: 2}``, ``? {a: 1}``: valid YAML, no use as a setting's name
-                raise ConfigError("a mapping key must be a plain value, not a list or mapping",
-                                  line=key_node.start_mark.line + 1) from None
+                raise ConfigError(
+                    "a mapping key must be a plain value, not a list or mapping",
+                    line=key_node.start_mark.line + 1,
+                ) from None
             if key in m:
                 raise ConfigError(f"duplicate key {key!r}", line=key_node.start_mark.line + 1)
             m[key] = loader.construct_object(value_node, deep=True)
@@ -178,7 +202,6 @@ def load_yaml_text(text: str, file: str) -> Any:
         raise ConfigError(f"invalid YAML value: {exc}", file) from None
 
 
-
 def read_text_file(path: str, what: str) -> str:
     """A settings file's text, or a :class:`ConfigError` that says why it cannot be read.
 
@@ -223,6 +246,7 @@ def load_json_text(text: str, file: str) -> Any:
 
 # ---------------------------------------------------------------- locating and checking keys
 
+
 def line_of(node: Any, key: str | None = None) -> int | None:
     """The 1-based line of ``key`` in a mapping read by :func:`load_yaml_text` (of the mapping
     itself without ``key`` or when the key is absent); ``None`` for data without lines (JSON,
@@ -234,19 +258,22 @@ def line_of(node: Any, key: str | None = None) -> int | None:
     return line
 
 
-def reject_unknown_keys(node: Any, known: Iterable[str], file: str | None, what: str = "key",
-                        where: str = "") -> None:
+def reject_unknown_keys(
+    node: Any, known: Iterable[str], file: str | None, what: str = "key", where: str = ""
+) -> None:
     """A :class:`ConfigError` at the first (sorted) key of ``node`` that is not ``known``:
     ``unknown WHAT 'k'WHERE (known: ...)``, so a misspelt setting is never silently ignored."""
     known = set(known)
     unknown = sorted(set(map(str, node)) - known)
     if unknown:
-        raise ConfigError(f"unknown {what} {unknown[0]!r}{where} (known: {', '.join(sorted(known))})",
-                          file, line_of(node, unknown[0]))
+        raise ConfigError(
+            f"unknown {what} {unknown[0]!r}{where} (known: {', '.join(sorted(known))})",
+            file,
+            line_of(node, unknown[0]),
+        )
 
 
-def check_label_name(name: str, file: str | None, line: int | None, *,
-                     meta_ok: bool = False) -> None:
+def check_label_name(name: str, file: str | None, line: int | None, *, meta_ok: bool = False) -> None:
     """The one rule for the name of a static label, wherever it is set (config file,
     ``VLLM_SIDECAR_LABELS``, targets file): Prometheus' label-name syntax, no ``__`` prefix
     (Prometheus reserves it; ``meta_ok`` lets the targets file's ``__scheme__``,

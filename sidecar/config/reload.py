@@ -18,7 +18,8 @@ import hashlib
 import inspect
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sidecar.config.files import ConfigError
 from sidecar.config.settings import TargetConfig
@@ -39,8 +40,15 @@ class TargetsFileWatcher:
     load), :attr:`reloads` / :attr:`failures` (counts).
     """
 
-    def __init__(self, path: str, interval: float = 5.0, on_change: OnChange | None = None,
-                 on_error: OnError | None = None, *, defaults: TargetConfig | None = None):
+    def __init__(
+        self,
+        path: str,
+        interval: float = 5.0,
+        on_change: OnChange | None = None,
+        on_error: OnError | None = None,
+        *,
+        defaults: TargetConfig | None = None,
+    ):
         self.path = path
         self.interval = interval
         self.on_change = on_change
@@ -127,8 +135,9 @@ class TargetsFileWatcher:
         if same:
             return False
         self.failures += 1
-        log.warning("targets file %s: %s (keeping the %d previous targets)", self.path, exc,
-                    len(self.targets))
+        log.warning(
+            "targets file %s: %s (keeping the %d previous targets)", self.path, exc, len(self.targets)
+        )
         await _call(self.on_error, exc)
         return True
 

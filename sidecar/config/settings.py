@@ -74,8 +74,7 @@ class TargetConfig:
 
     def sibling_url(self, name: str) -> str:
         parts = urlsplit(self.url)
-        path = parts.path[: -len("metrics")] + name if parts.path.endswith("/metrics") \
-            else "/" + name
+        path = parts.path[: -len("metrics")] + name if parts.path.endswith("/metrics") else "/" + name
         return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def redacted(self) -> dict[str, Any]:
@@ -289,10 +288,20 @@ def parse_target_spec(spec: str) -> TargetConfig:
     return TargetConfig(name=name or default_target_name(url), url=url)
 
 
-_GLOBAL_KEYS = {"listen", "interval", "windows", "web_config", "targets_file", "targets",
-                "max_body_bytes", "log_level", "log_format", "labels", "scrape_filter"}
-_TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls",
-                "scrape_filter"}
+_GLOBAL_KEYS = {
+    "listen",
+    "interval",
+    "windows",
+    "web_config",
+    "targets_file",
+    "targets",
+    "max_body_bytes",
+    "log_level",
+    "log_format",
+    "labels",
+    "scrape_filter",
+}
+_TARGET_KEYS = {"name", "url", "labels", "timeout", "bearer_token_file", "basic_auth", "tls", "scrape_filter"}
 
 
 def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], ...]:
@@ -328,8 +337,9 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
     except ValueError as exc:
         raise ConfigError(str(exc), file, line_of(item, "url")) from None
     if isinstance(item.get("name"), bool):
-        raise ConfigError("name: YAML read this as a boolean; quote it (name: \"on\")", file,
-                          line_of(item, "name"))
+        raise ConfigError(
+            'name: YAML read this as a boolean; quote it (name: "on")', file, line_of(item, "name")
+        )
     name = str(item.get("name") or default_target_name(url))
     timeout = None
     if item.get("timeout") is not None:
@@ -346,25 +356,36 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
         reject_unknown_keys(ba, ("username", "password", "password_file"), file, "basic_auth key")
         if ba.get("password") is not None and ba.get("password_file"):
             raise ConfigError("basic_auth: give password or password_file, not both", file, bl)
-        basic = BasicAuth(str(ba["username"]),
-                          None if ba.get("password") is None else str(ba["password"]),
-                          ba.get("password_file"))
+        basic = BasicAuth(
+            str(ba["username"]),
+            None if ba.get("password") is None else str(ba["password"]),
+            ba.get("password_file"),
+        )
     tls = None
     if item.get("tls") is not None:
         t = item["tls"]
         tl = line_of(item, "tls")
         if not isinstance(t, dict):
             raise ConfigError("tls must be a mapping", file, tl)
-        reject_unknown_keys(t, ("ca_file", "cert_file", "key_file", "insecure_skip_verify"), file,
-                            "tls key")
+        reject_unknown_keys(t, ("ca_file", "cert_file", "key_file", "insecure_skip_verify"), file, "tls key")
         skip = t.get("insecure_skip_verify", False)
         if not isinstance(skip, bool):
-            raise ConfigError("tls.insecure_skip_verify must be true or false (unquoted)", file,
-                              line_of(t, "insecure_skip_verify") or tl)
+            raise ConfigError(
+                "tls.insecure_skip_verify must be true or false (unquoted)",
+                file,
+                line_of(t, "insecure_skip_verify") or tl,
+            )
         tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
-    return TargetConfig(name=name, url=url, labels=_labels(item.get("labels"), file, line_of(item, "labels")),
-                        timeout=timeout, bearer_token_file=item.get("bearer_token_file"),
-                        basic_auth=basic, tls=tls, scrape_filter=_target_scrape_filter(item, file))
+    return TargetConfig(
+        name=name,
+        url=url,
+        labels=_labels(item.get("labels"), file, line_of(item, "labels")),
+        timeout=timeout,
+        bearer_token_file=item.get("bearer_token_file"),
+        basic_auth=basic,
+        tls=tls,
+        scrape_filter=_target_scrape_filter(item, file),
+    )
 
 
 def _target_scrape_filter(item: dict[str, Any], file: str) -> str | None:
@@ -410,8 +431,17 @@ def _settings_from_mapping(data: Any, file: str) -> tuple[dict[str, Any], dict[s
 def env_settings(environ: Mapping[str, str]) -> dict[str, Any]:
     """``VLLM_SIDECAR_<SETTING>`` variables; ``VLLM_SIDECAR_TARGETS`` is comma-separated."""
     out: dict[str, Any] = {}
-    for key in ("listen", "interval", "windows", "web_config", "targets_file", "max_body_bytes",
-                "log_level", "log_format", "scrape_filter"):
+    for key in (
+        "listen",
+        "interval",
+        "windows",
+        "web_config",
+        "targets_file",
+        "max_body_bytes",
+        "log_level",
+        "log_format",
+        "scrape_filter",
+    ):
         v = environ.get(ENV_PREFIX + key.upper())
         if v not in (None, ""):
             out[key] = v
@@ -450,8 +480,9 @@ class _Layers:
     """Settings merged from defaults < file < environment < flags, remembering where each value
     came from, so an error names the flag, the variable or the ``FILE:LINE`` the user wrote."""
 
-    def __init__(self, layers: tuple[tuple[str, dict[str, Any]], ...], file: str | None,
-                 lines: dict[str, int | None]):
+    def __init__(
+        self, layers: tuple[tuple[str, dict[str, Any]], ...], file: str | None, lines: dict[str, int | None]
+    ):
         self.file, self.lines = file, lines
         self.merged: dict[str, Any] = {}
         self.origin: dict[str, str] = {}
@@ -522,8 +553,7 @@ def _scalars(s: _Layers) -> dict[str, Any]:
     }
     for w in kwargs["windows"]:
         if w.seconds < 2 * kwargs["interval"]:
-            msg = (f"window {w.label} must span at least two scrape intervals "
-                   f"({2 * kwargs['interval']:g}s)")
+            msg = f"window {w.label} must span at least two scrape intervals ({2 * kwargs['interval']:g}s)"
             # blame what the user set: the windows if they gave them, else the interval
             raise s.fail("windows" if "windows" in s.origin else "interval", msg)
     for k in ("web_config", "targets_file"):
@@ -541,26 +571,35 @@ def _checked_targets(s: _Layers, interval: float, has_file: bool) -> tuple[Targe
     seen: set[str] = set()
     for i, t in enumerate(targets):
         if t.name in seen:
-            name_key = next((k for k in (f"targets.{i}.name", f"targets.{i}.url", f"targets.{i}")
-                             if k in s.lines), None)
+            name_key = next(
+                (k for k in (f"targets.{i}.name", f"targets.{i}.url", f"targets.{i}") if k in s.lines), None
+            )
             raise s.fail("targets", f"target name {t.name!r} used twice", name_key)
         seen.add(t.name)
         if t.timeout is not None and t.timeout >= interval:
-            raise s.fail("targets", f"target {t.name!r}: timeout {t.timeout:g}s must be below the "
-                                    f"interval {interval:g}s", f"targets.{i}.timeout")
+            raise s.fail(
+                "targets",
+                f"target {t.name!r}: timeout {t.timeout:g}s must be below the interval {interval:g}s",
+                f"targets.{i}.timeout",
+            )
     return tuple(targets)
 
 
-def build_config(file_settings: dict[str, Any], env: dict[str, Any], flags: dict[str, Any],
-                 *, file: str | None = None, lines: dict[str, int | None] | None = None,
-                 environ: Mapping[str, str] | None = None) -> Config:
+def build_config(
+    file_settings: dict[str, Any],
+    env: dict[str, Any],
+    flags: dict[str, Any],
+    *,
+    file: str | None = None,
+    lines: dict[str, int | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
     """Merge defaults < file < environment < flags and validate the result.
 
     Raises :class:`ConfigError` naming the flag, the environment variable or ``FILE:LINE``."""
     layers = _Layers((("file", file_settings), ("env", env), ("flag", flags)), file, lines or {})
     kwargs = _scalars(layers)
-    kwargs["targets"] = _checked_targets(layers, kwargs["interval"],
-                                         bool(kwargs.get("targets_file")))
+    kwargs["targets"] = _checked_targets(layers, kwargs["interval"], bool(kwargs.get("targets_file")))
     static = dict(file_settings.get("labels") or ())
     static.update(env.get("labels") or ())
     static.update(downward_api_labels(environ if environ is not None else os.environ))
@@ -578,11 +617,13 @@ def load_file(path: str) -> tuple[dict[str, Any], dict[str, int | None]]:
     return parse_config_text(read_text_file(path, "config"), path)
 
 
-def load_config(path: str | None = None, flags: dict[str, Any] | None = None,
-                environ: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | None = None, flags: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
     """The effective config: ``path`` (or ``$VLLM_SIDECAR_CONFIG``), environment, flags."""
     environ = os.environ if environ is None else environ
     path = path or environ.get(ENV_PREFIX + "CONFIG") or None
     file_settings, lines = load_file(path) if path else ({}, {})
-    return build_config(file_settings, env_settings(environ), flags or {}, file=path, lines=lines,
-                        environ=environ)
+    return build_config(
+        file_settings, env_settings(environ), flags or {}, file=path, lines=lines, environ=environ
+    )

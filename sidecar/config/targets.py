@@ -51,8 +51,9 @@ def read_targets_file(path: str) -> str:
     return read_text_file(path, "targets file")
 
 
-def parse_targets_file(text: str, path: str,
-                       defaults: TargetConfig | None = None) -> tuple[TargetConfig, ...]:
+def parse_targets_file(
+    text: str, path: str, defaults: TargetConfig | None = None
+) -> tuple[TargetConfig, ...]:
     """Targets described by a file_sd document.
 
     ``defaults`` (optional) supplies what file_sd cannot express and every target shares in
@@ -71,19 +72,24 @@ def parse_targets_file(text: str, path: str,
     return _targets(data, path, defaults, _address_lines(text))
 
 
-def _targets(data: Any, path: str, defaults: TargetConfig | None,
-             item_lines: dict[tuple[int, int], int]) -> tuple[TargetConfig, ...]:
+def _targets(
+    data: Any, path: str, defaults: TargetConfig | None, item_lines: dict[tuple[int, int], int]
+) -> tuple[TargetConfig, ...]:
     if not isinstance(data, list):
-        raise ConfigError("a targets file must be a list of {targets: [...], labels: {...}} groups",
-                          path, line_of(data) or 1)
+        raise ConfigError(
+            "a targets file must be a list of {targets: [...], labels: {...}} groups",
+            path,
+            line_of(data) or 1,
+        )
     out: list[TargetConfig] = []
     seen: dict[str, int | None] = {}
     for gi, group in enumerate(data):
         lines = {i: item_lines.get((gi, i)) for i in range(_count(group))}
         for target, line in _group_targets(group, path, defaults, lines):
             if target.name in seen:
-                raise ConfigError(f"target name {target.name!r} used twice (first on line "
-                                  f"{seen[target.name]})", path, line)
+                raise ConfigError(
+                    f"target name {target.name!r} used twice (first on line {seen[target.name]})", path, line
+                )
             seen[target.name] = line
             out.append(target)
     return tuple(out)
@@ -102,6 +108,7 @@ def _plain_json(text: str, path: str) -> Any:
 
 
 # ---------------------------------------------------------------- internals
+
 
 def _load_document(text: str, path: str) -> Any:
     """By extension as in Prometheus (``.json`` is JSON, ``.yml``/``.yaml`` YAML); other names
@@ -151,8 +158,9 @@ def _address_lines(text: str) -> dict[tuple[int, int], int]:
     return out
 
 
-def _group_targets(group: Any, path: str, defaults: TargetConfig | None,
-                   item_lines: dict[int, int | None]) -> list[tuple[TargetConfig, int | None]]:
+def _group_targets(
+    group: Any, path: str, defaults: TargetConfig | None, item_lines: dict[int, int | None]
+) -> list[tuple[TargetConfig, int | None]]:
     gline = line_of(group)
     if not isinstance(group, dict):
         raise ConfigError("each entry must be a mapping {targets: [...], labels: {...}}", path, gline)
@@ -170,12 +178,19 @@ def _group_targets(group: Any, path: str, defaults: TargetConfig | None,
     if scheme not in _SCHEMES:
         raise ConfigError(f"__scheme__ must be http or https, not {scheme!r}", path, lline)
     if not metrics_path.startswith("/"):
-        raise ConfigError(f"__metrics_path__ must start with '/', not {metrics_path!r}", path,
-                          line_of(group.get("labels"), "__metrics_path__") or lline)
+        raise ConfigError(
+            f"__metrics_path__ must start with '/', not {metrics_path!r}",
+            path,
+            line_of(group.get("labels"), "__metrics_path__") or lline,
+        )
     name = labels.pop(NAME_LABEL, None)
     if name is not None and len(addresses) > 1:
-        raise ConfigError(f"label name={name!r} names one target, but the group lists "
-                          f"{len(addresses)}: give each its own group", path, tline)
+        raise ConfigError(
+            f"label name={name!r} names one target, but the group lists "
+            f"{len(addresses)}: give each its own group",
+            path,
+            tline,
+        )
     static = tuple(sorted((k, v) for k, v in labels.items() if not k.startswith("__")))
     out = []
     for i, address in enumerate(addresses):
@@ -211,8 +226,11 @@ def _address_url(address: Any, scheme: str, metrics_path: str, path: str, line: 
     addr = address.strip()
     if "/" in addr or "@" in addr or "?" in addr or "#" in addr:
         # A scheme, path or userinfo here would be silently mangled; Prometheus refuses too.
-        raise ConfigError(f"target {addr!r} must be host:port only (use the __scheme__ and "
-                          f"__metrics_path__ labels)", path, line)
+        raise ConfigError(
+            f"target {addr!r} must be host:port only (use the __scheme__ and __metrics_path__ labels)",
+            path,
+            line,
+        )
     try:
         return normalise_url(f"{scheme}://{addr}{metrics_path}")
     except ValueError as exc:
@@ -224,6 +242,11 @@ def _with_defaults(target: TargetConfig, defaults: TargetConfig | None) -> Targe
         return target
     labels = dict(defaults.labels)
     labels.update(target.labels)
-    return replace(target, labels=tuple(sorted(labels.items())), timeout=defaults.timeout,
-                   bearer_token_file=defaults.bearer_token_file,
-                   basic_auth=defaults.basic_auth, tls=defaults.tls)
+    return replace(
+        target,
+        labels=tuple(sorted(labels.items())),
+        timeout=defaults.timeout,
+        bearer_token_file=defaults.bearer_token_file,
+        basic_auth=defaults.basic_auth,
+        tls=defaults.tls,
+    )

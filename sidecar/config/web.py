@@ -69,13 +69,30 @@ _CIPHERS = {
 }
 _CURVES = {"CurveP256", "CurveP384", "CurveP521", "X25519"}
 _TOP_KEYS = {"tls_server_config", "http_server_config", "basic_auth_users"}
-_TLS_KEYS = {"cert_file", "key_file", "cert", "key", "client_auth_type", "client_ca_file",
-             "client_ca", "min_version", "max_version", "cipher_suites",
-             "prefer_server_cipher_suites", "curve_preferences", "client_allowed_sans"}
+_TLS_KEYS = {
+    "cert_file",
+    "key_file",
+    "cert",
+    "key",
+    "client_auth_type",
+    "client_ca_file",
+    "client_ca",
+    "min_version",
+    "max_version",
+    "cipher_suites",
+    "prefer_server_cipher_suites",
+    "curve_preferences",
+    "client_allowed_sans",
+}
 _HTTP_KEYS = {"http2", "headers"}
 # Headers the exporter-toolkit lets a web-config set; anything else is refused there too.
-_ALLOWED_HEADERS = {"strict-transport-security", "x-content-type-options", "x-frame-options",
-                    "x-xss-protection", "content-security-policy"}
+_ALLOWED_HEADERS = {
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "x-xss-protection",
+    "content-security-policy",
+}
 _BCRYPT_RE = re.compile(r"^\$2[abxy]?\$\d\d\$[./A-Za-z0-9]{53}$")
 _USERNAME_RE = re.compile(r"^[^:\x00-\x1f\x7f]+$")
 
@@ -134,6 +151,7 @@ class WebConfig:
 
 # ---------------------------------------------------------------- loading
 
+
 def load_web_config(path: str) -> WebConfig:
     """Read, parse and validate ``path``; relative file names are relative to its folder."""
     text = read_text_file(path, "web config")
@@ -155,17 +173,14 @@ def parse_web_config(text: str, path: str) -> WebConfig:
     warnings: list[str] = []
     tls = None
     if _has_tls(data.get("tls_server_config")):
-        tls = _parse_tls(data["tls_server_config"], path, base, line_of(data, "tls_server_config"),
-                         warnings)
+        tls = _parse_tls(data["tls_server_config"], path, base, line_of(data, "tls_server_config"), warnings)
     headers: tuple[tuple[str, str], ...] = ()
     if data.get("http_server_config") is not None:
-        headers = _parse_http(data["http_server_config"], path, line_of(data, "http_server_config"),
-                              warnings)
+        headers = _parse_http(data["http_server_config"], path, line_of(data, "http_server_config"), warnings)
     users: tuple[tuple[str, str], ...] = ()
     if data.get("basic_auth_users") is not None:
         users = _parse_users(data["basic_auth_users"], path, line_of(data, "basic_auth_users"))
-    return WebConfig(path=path, tls=tls, basic_auth_users=users, headers=headers,
-                     warnings=tuple(warnings))
+    return WebConfig(path=path, tls=tls, basic_auth_users=users, headers=headers, warnings=tuple(warnings))
 
 
 def _no_unknown(node: dict[str, Any], known: set[str], section: str, path: str) -> None:
@@ -203,13 +218,13 @@ def _has_tls(node: Any) -> bool:
         return False
     if not isinstance(node, dict):
         return True  # let _parse_tls report the type error with its line
-    return any(node.get(k) not in (None, "") for k in
-               ("cert_file", "key_file", "cert", "key", "client_ca_file", "client_ca",
-                "client_auth_type"))
+    return any(
+        node.get(k) not in (None, "")
+        for k in ("cert_file", "key_file", "cert", "key", "client_ca_file", "client_ca", "client_auth_type")
+    )
 
 
-def _parse_tls(node: Any, path: str, base: str, line: int | None,
-               warnings: list[str]) -> TLSServerConfig:
+def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list[str]) -> TLSServerConfig:
     if not isinstance(node, dict):
         raise ConfigError("tls_server_config must be a mapping", path, line)
     _no_unknown(node, _TLS_KEYS, "tls_server_config", path)
@@ -234,30 +249,39 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
     if auth == "RequestClientCert":
         # Go asks for a certificate and ignores it: no authorisation ever rests on it, so not
         # asking at all is the same protection.
-        warnings.append("tls_server_config.client_auth_type RequestClientCert: client "
-                        "certificates are not requested (they would not be verified anyway)")
+        warnings.append(
+            "tls_server_config.client_auth_type RequestClientCert: client "
+            "certificates are not requested (they would not be verified anyway)"
+        )
         auth = "NoClientCert"
         ca_file = ca_pem = None
     if auth in _UNSUPPORTED_CLIENT_AUTH:
-        raise ConfigError(f"client_auth_type {auth} (accept a certificate without verifying it) is "
-                          f"not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert "
-                          f"with client_ca_file", path, aline)
+        raise ConfigError(
+            f"client_auth_type {auth} (accept a certificate without verifying it) is "
+            f"not supported; use VerifyClientCertIfGiven or RequireAndVerifyClientCert "
+            f"with client_ca_file",
+            path,
+            aline,
+        )
     if auth not in _CLIENT_AUTH:
-        raise ConfigError(f"invalid client_auth_type {auth!r} (known: "
-                          f"{', '.join(list(_CLIENT_AUTH) + ['RequestClientCert'])})",
-                          path, aline)
+        raise ConfigError(
+            f"invalid client_auth_type {auth!r} (known: "
+            f"{', '.join(list(_CLIENT_AUTH) + ['RequestClientCert'])})",
+            path,
+            aline,
+        )
     if auth != "NoClientCert" and not (ca_file or ca_pem):
         raise ConfigError(f"client_auth_type {auth} needs client_ca_file", path, aline)
     if auth == "NoClientCert" and (ca_file or ca_pem):
-        warnings.append("tls_server_config.client_ca_file is ignored: client_auth_type is "
-                        "NoClientCert")
+        warnings.append("tls_server_config.client_ca_file is ignored: client_auth_type is NoClientCert")
         ca_file = ca_pem = None
     versions: dict[str, str | None] = {}
     for key, default in (("min_version", "TLS12"), ("max_version", None)):
         value = _str(node, key, path) or default
         if value is not None and value not in _TLS_VERSIONS:
-            raise ConfigError(f"invalid {key} {value!r} (known: {', '.join(_TLS_VERSIONS)})",
-                              path, line_of(node, key))
+            raise ConfigError(
+                f"invalid {key} {value!r} (known: {', '.join(_TLS_VERSIONS)})", path, line_of(node, key)
+            )
         versions[key] = value
     low, high = versions["min_version"] or "TLS12", versions["max_version"]
     if high and _TLS_VERSIONS[high] < _TLS_VERSIONS[low]:
@@ -265,30 +289,44 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None,
     ciphers = _str_list(node, "cipher_suites", path)
     for c in ciphers:
         if c not in _CIPHERS:
-            raise ConfigError(f"unknown or unsupported cipher suite {c!r}", path,
-                              line_of(node, "cipher_suites"))
+            raise ConfigError(
+                f"unknown or unsupported cipher suite {c!r}", path, line_of(node, "cipher_suites")
+            )
     for c in _str_list(node, "curve_preferences", path):
         if c not in _CURVES:
-            raise ConfigError(f"unknown curve {c!r} (known: {', '.join(sorted(_CURVES))})", path,
-                              line_of(node, "curve_preferences"))
+            raise ConfigError(
+                f"unknown curve {c!r} (known: {', '.join(sorted(_CURVES))})",
+                path,
+                line_of(node, "curve_preferences"),
+            )
     if node.get("curve_preferences"):
-        warnings.append("tls_server_config.curve_preferences is accepted but the TLS library "
-                        "chooses curves itself")
+        warnings.append(
+            "tls_server_config.curve_preferences is accepted but the TLS library chooses curves itself"
+        )
     prefer = node.get("prefer_server_cipher_suites", True)
     if not isinstance(prefer, bool):
-        raise ConfigError("prefer_server_cipher_suites must be true or false", path,
-                          line_of(node, "prefer_server_cipher_suites"))
+        raise ConfigError(
+            "prefer_server_cipher_suites must be true or false",
+            path,
+            line_of(node, "prefer_server_cipher_suites"),
+        )
     return TLSServerConfig(
-        cert_file=_resolve(base, cert_file), key_file=_resolve(base, key_file),
-        client_auth_type=auth, client_ca_file=_resolve(base, ca_file),
-        min_version=low, max_version=high,
-        cipher_suites=ciphers, prefer_server_cipher_suites=prefer,
+        cert_file=_resolve(base, cert_file),
+        key_file=_resolve(base, key_file),
+        client_auth_type=auth,
+        client_ca_file=_resolve(base, ca_file),
+        min_version=low,
+        max_version=high,
+        cipher_suites=ciphers,
+        prefer_server_cipher_suites=prefer,
         client_allowed_sans=_str_list(node, "client_allowed_sans", path),
-        cert_pem=cert_pem, key_pem=key_pem, client_ca_pem=ca_pem)
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        client_ca_pem=ca_pem,
+    )
 
 
-def _parse_http(node: Any, path: str, line: int | None,
-                warnings: list[str]) -> tuple[tuple[str, str], ...]:
+def _parse_http(node: Any, path: str, line: int | None, warnings: list[str]) -> tuple[tuple[str, str], ...]:
     if not isinstance(node, dict):
         raise ConfigError("http_server_config must be a mapping", path, line)
     _no_unknown(node, _HTTP_KEYS, "http_server_config", path)
@@ -305,8 +343,11 @@ def _parse_http(node: Any, path: str, line: int | None,
     for name, value in headers.items():
         hl = line_of(headers, str(name)) or line_of(node, "headers")
         if str(name).lower() not in _ALLOWED_HEADERS:
-            raise ConfigError(f"header {name!r} cannot be set here (allowed: "
-                              f"{', '.join(sorted(_ALLOWED_HEADERS))})", path, hl)
+            raise ConfigError(
+                f"header {name!r} cannot be set here (allowed: {', '.join(sorted(_ALLOWED_HEADERS))})",
+                path,
+                hl,
+            )
         if not isinstance(value, str) or any(c in value for c in "\r\n\x00"):
             raise ConfigError(f"header {name!r}: value must be a single-line string", path, hl)
         out.append((str(name), value))
@@ -324,9 +365,12 @@ def _parse_users(node: Any, path: str, line: int | None) -> tuple[tuple[str, str
             raise ConfigError(f"invalid user name {name!r}", path, ul)
         if not isinstance(hashed, str) or not _BCRYPT_RE.match(hashed.strip()):
             # Never echo the value: it may be a plain password written by mistake.
-            raise ConfigError(f"user {name!r}: the password must be a bcrypt hash ($2y$..., "
-                              f"60 characters), e.g. from `htpasswd -nBC 12 \"\" | tr -d ':\\n'`",
-                              path, ul)
+            raise ConfigError(
+                f"user {name!r}: the password must be a bcrypt hash ($2y$..., "
+                f"60 characters), e.g. from `htpasswd -nBC 12 \"\" | tr -d ':\\n'`",
+                path,
+                ul,
+            )
         out.append((name, hashed.strip()))
     if out:
         try:
@@ -351,14 +395,19 @@ def _check_tls_files(tls: TLSServerConfig, path: str, text: str) -> None:
     try:
         build_context(tls)
     except ssl.SSLError as exc:
-        raise ConfigError(f"cannot load the TLS certificate/key: {exc.reason or exc}", path,
-                          _key_line(text, "cert_file") or _key_line(text, "cert")) from None
+        raise ConfigError(
+            f"cannot load the TLS certificate/key: {exc.reason or exc}",
+            path,
+            _key_line(text, "cert_file") or _key_line(text, "cert"),
+        ) from None
     except CAError as exc:
-        raise ConfigError(str(exc), path, _key_line(text, "client_ca_file")
-                          or _key_line(text, "client_ca")) from None
+        raise ConfigError(
+            str(exc), path, _key_line(text, "client_ca_file") or _key_line(text, "client_ca")
+        ) from None
 
 
 # ---------------------------------------------------------------- TLS
+
 
 class CAError(ValueError):
     """The client CA of a TLS section cannot be loaded."""
@@ -394,6 +443,7 @@ def _load_chain(ctx: ssl.SSLContext, tls: TLSServerConfig) -> None:
         return
     # ssl only loads chains from files: inline PEM goes through a private temporary file.
     import tempfile
+
     with tempfile.TemporaryDirectory() as tmp:
         cert = tls.cert_file
         key = tls.key_file

@@ -44,8 +44,9 @@ def _is_e2e(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Within the e2e tests, the one that restarts the shared vLLM runs last."""
     slots = [i for i, item in enumerate(items) if _is_e2e(item)]
-    e2e = sorted((items[i] for i in slots),
-                 key=lambda item: item.get_closest_marker("restarts_vllm") is not None)
+    e2e = sorted(
+        (items[i] for i in slots), key=lambda item: item.get_closest_marker("restarts_vllm") is not None
+    )
     for i, item in zip(slots, e2e):
         items[i] = item
 
@@ -95,19 +96,21 @@ def vllm_on(model_dir: Path, logs: Path) -> Iterator[VllmServer]:
 
 
 @pytest.fixture
-def sidecar_for(logs: Path,
-                request: pytest.FixtureRequest) -> Iterator[Callable[..., SidecarProcess]]:
+def sidecar_for(logs: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., SidecarProcess]]:
     """Start a fresh sidecar subprocess on a free port against the given vLLM(s)."""
     started: list[SidecarProcess] = []
 
     def start(*servers: VllmServer | str, names: tuple[str, ...] = ("live",)) -> SidecarProcess:
         """``servers``: vLLM servers or plain ``/metrics`` URLs (e.g. a replay target)."""
-        targets = [f"{n}={s if isinstance(s, str) else s.metrics_url}"
-                   for n, s in zip(names, servers)]
+        targets = [f"{n}={s if isinstance(s, str) else s.metrics_url}" for n, s in zip(names, servers)]
         args = [a for t in targets for a in ("--target", t)]
-        proc = SidecarProcess([*args, "--interval", f"{INTERVAL:g}", "--windows", WINDOWS],
-                              log_path=logs / f"sidecar-{request.node.name}-{len(started)}.log",
-                              ready=True, timeout=120.0, start=False)
+        proc = SidecarProcess(
+            [*args, "--interval", f"{INTERVAL:g}", "--windows", WINDOWS],
+            log_path=logs / f"sidecar-{request.node.name}-{len(started)}.log",
+            ready=True,
+            timeout=120.0,
+            start=False,
+        )
         started.append(proc)
         proc.start()
         return proc

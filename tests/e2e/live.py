@@ -56,26 +56,29 @@ def one(data: Series, name: str, **labels: str) -> float:
 
 
 def diagnoses(data: Series, target: str) -> set[str]:
-    return {dict(lab)["code"] for (n, lab), v in data.items()
-            if n == "vllm_sidecar_diagnosis" and dict(lab).get("target") == target and v == 1}
+    return {
+        dict(lab)["code"]
+        for (n, lab), v in data.items()
+        if n == "vllm_sidecar_diagnosis" and dict(lab).get("target") == target and v == 1
+    }
 
 
-def wait_until(check: Callable[[], Any], what: str, patience: float = PATIENCE,
-               every: float = 0.25) -> Any:
+def wait_until(check: Callable[[], Any], what: str, patience: float = PATIENCE, every: float = 0.25) -> Any:
     """:func:`testkit.procs.wait_until` with the live tests' patience; a sidecar busy or a
     target restarting (``OSError``, ``ValueError``) counts as "not yet"."""
-    return procs.wait_until(check, what, timeout=patience, pause=every,
-                            tolerate=(OSError, ValueError))
+    return procs.wait_until(check, what, timeout=patience, pause=every, tolerate=(OSError, ValueError))
 
 
 def scraped_after(sidecar: SidecarProcess, t: float, target: str = "live") -> Callable[[], Any]:
     """A check: the sidecar finished a successful scrape that started after unix time ``t``."""
+
     def check() -> bool:
         doc = json.loads(fetch(sidecar.base_url + "/api/v1/targets"))
         for tgt in doc["targets"]:
             if tgt["name"] == target:
                 return bool(tgt.get("last_success") and tgt["last_success"] > t)
         return False
+
     return check
 
 
@@ -92,8 +95,11 @@ def is_nan(x: float) -> bool:
 
 def start_vllm(model_dir: Path, logs: Path, name: str, prefix_caching: bool) -> VllmServer:
     """A real vLLM on a free port serving the tiny model as ``tiny``; waits until healthy."""
-    server = VllmServer(VllmServerConfig(model=str(model_dir), prefix_caching=prefix_caching,
-                                         log_path=str(logs / f"vllm-{name}.log")))
+    server = VllmServer(
+        VllmServerConfig(
+            model=str(model_dir), prefix_caching=prefix_caching, log_path=str(logs / f"vllm-{name}.log")
+        )
+    )
     server.start()
     return server
 
@@ -121,7 +127,7 @@ class Watcher:
                 pass
             self._done.wait(0.2)
 
-    def __enter__(self) -> "Watcher":
+    def __enter__(self) -> Watcher:
         self._thread.start()
         return self
 
@@ -134,8 +140,11 @@ class Watcher:
 
     def diagnoses(self, target: str = "live", up: bool | None = None) -> list[set[str]]:
         """Active diagnosis codes per answer; ``up`` keeps only answers with that target_up."""
-        return [diagnoses(data, target) for data in self.seen
-                if up is None or pick(data, "vllm_sidecar_target_up", target=target) == [float(up)]]
+        return [
+            diagnoses(data, target)
+            for data in self.seen
+            if up is None or pick(data, "vllm_sidecar_target_up", target=target) == [float(up)]
+        ]
 
 
 def target_doc(sidecar: SidecarProcess, name: str = "live") -> dict[str, Any]:
@@ -166,7 +175,7 @@ class BackgroundTraffic:
         self._loop.run_until_complete(run_traffic(self.config, self.stats, self._stop))
         self._loop.close()
 
-    def __enter__(self) -> "BackgroundTraffic":
+    def __enter__(self) -> BackgroundTraffic:
         self._thread.start()
         return self
 

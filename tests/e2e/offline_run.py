@@ -37,8 +37,7 @@ def same_as_scrape(llm) -> list[str]:
     from sidecar.offline import samples_from_metrics
     from sidecar.parser import parse
 
-    text = normalise(parse(generate_latest(REGISTRY), "text/plain; version=0.0.4",
-                           wanted=WANTED).samples)
+    text = normalise(parse(generate_latest(REGISTRY), "text/plain; version=0.0.4", wanted=WANTED).samples)
     ours = normalise(samples_from_metrics(llm.get_metrics()))
     diffs = []
     a = {e.key: replace(e, created=None) for e in text.engines}
@@ -62,11 +61,17 @@ def main() -> int:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     from vllm import LLM, SamplingParams
 
-    from sidecar.offline import OfflineCollector
     from demo.traffic import PromptMaker, TrafficConfig
+    from sidecar.offline import OfflineCollector
 
-    llm = LLM(model=model_dir, enable_prefix_caching=(mode == "on"), disable_log_stats=False,
-              max_model_len=1024, dtype="float32", seed=0)
+    llm = LLM(
+        model=model_dir,
+        enable_prefix_caching=(mode == "on"),
+        disable_log_stats=False,
+        max_model_len=1024,
+        dtype="float32",
+        seed=0,
+    )
     maker = PromptMaker(TrafficConfig(base_url="", shared_fraction=1.0, prefixes=2, seed=1))
     prompts = [maker.next()[1] for _ in range(12)]
     params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
@@ -74,7 +79,7 @@ def main() -> int:
     before = counters(llm)
     with OfflineCollector(llm, interval=0.1) as stats:
         for i in range(0, len(prompts), 4):  # several batches: later ones hit the cache
-            llm.generate(prompts[i:i + 4], params, use_tqdm=False)
+            llm.generate(prompts[i : i + 4], params, use_tqdm=False)
         # a batch of long requests, so that a sample sees KV blocks in use
         llm.generate([maker.next()[1] for _ in range(32)], long, use_tqdm=False)
     after = counters(llm)
@@ -82,8 +87,7 @@ def main() -> int:
     report = stats.report()
     print("TABLE\n" + stats.table(), file=sys.stderr)
     safe = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
-    print("REPORT " + json.dumps({"report": safe, "before": before, "after": after,
-                                     "scrape_diffs": diffs}))
+    print("REPORT " + json.dumps({"report": safe, "before": before, "after": after, "scrape_diffs": diffs}))
     return 0
 
 

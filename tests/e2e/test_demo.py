@@ -19,10 +19,30 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_with_existing_vllm_prints_tables_and_stops(vllm_on, tmp_path):
     port = free_port()
     proc = subprocess.run(
-        [sys.executable, "-m", "demo", "--vllm-url", vllm_on.base_url,
-         "--sidecar-port", str(port), "--duration", "12", "--refresh", "3", "--interval", "1",
-         "--burst-every", "5", "--log-dir", str(tmp_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            sys.executable,
+            "-m",
+            "demo",
+            "--vllm-url",
+            vllm_on.base_url,
+            "--sidecar-port",
+            str(port),
+            "--duration",
+            "12",
+            "--refresh",
+            "3",
+            "--interval",
+            "1",
+            "--burst-every",
+            "5",
+            "--log-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out
     assert f"status page http://127.0.0.1:{port}/" in out

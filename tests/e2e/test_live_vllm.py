@@ -6,10 +6,21 @@ import math
 import time
 
 import pytest
-from prometheus_client.openmetrics.parser import \
-    text_string_to_metric_families as text_string_to_openmetrics
-from live import LONG, SHORT, Watcher, diagnoses, fetch, is_nan, one, pick, scraped_after, \
-    series, traffic, wait_until
+from live import (
+    LONG,
+    SHORT,
+    Watcher,
+    diagnoses,
+    fetch,
+    is_nan,
+    one,
+    pick,
+    scraped_after,
+    series,
+    traffic,
+    wait_until,
+)
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as text_string_to_openmetrics
 
 pytestmark = pytest.mark.e2e
 
@@ -31,11 +42,13 @@ def quiet_scrape(sidecar, server) -> tuple[dict, dict]:
         own = series(fetch(server.metrics_url))
         ours = series(fetch(sidecar.base_url + "/metrics"))
         again = series(fetch(server.metrics_url))
-        assert pick(own, "vllm:prefix_cache_queries_total") == \
-            pick(again, "vllm:prefix_cache_queries_total"), "vLLM counted while idle?"
+        assert pick(own, "vllm:prefix_cache_queries_total") == pick(
+            again, "vllm:prefix_cache_queries_total"
+        ), "vLLM counted while idle?"
         if one(ours, "vllm_sidecar_target_up", target="live") != 1:
             return None
         return own, ours
+
     return wait_until(read, "a good sidecar scrape after the traffic ended")
 
 
@@ -65,8 +78,9 @@ def test_shared_prefix_counters_equal_vllm_and_ratios(vllm_on, sidecar_for):
     assert "zero_hit_rate" not in diagnoses(ours, "live")
 
     # the same numbers in OpenMetrics, for scrapers that ask for it
-    om = fetch(sidecar.base_url + "/metrics",
-               accept="application/openmetrics-text;version=1.0.0;charset=utf-8")
+    om = fetch(
+        sidecar.base_url + "/metrics", accept="application/openmetrics-text;version=1.0.0;charset=utf-8"
+    )
     fams = {f.name: f for f in text_string_to_openmetrics(om)}
     queries = fams["vllm_sidecar_prefix_cache_queries"]
     assert queries.type == "counter"
@@ -77,12 +91,14 @@ def test_concurrent_long_requests_show_kv_usage_and_delta(vllm_on, sidecar_for):
     sidecar = sidecar_for(vllm_on)
     wait_until(scraped_after(sidecar, time.time()), "an idle baseline scrape")
     with Watcher(sidecar) as watch:
-        traffic(vllm_on, requests=144, concurrency=48, max_tokens=400, shared_fraction=0.5,
-                seed=23)
+        traffic(vllm_on, requests=144, concurrency=48, max_tokens=400, shared_fraction=0.5, seed=23)
         wait_until(scraped_after(sidecar, time.time()), "a scrape after the long requests")
     usage = watch.values("vllm_sidecar_kv_cache_usage_ratio", target="live")
-    deltas = [d for d in watch.values("vllm_sidecar_kv_cache_usage_delta", target="live",
-                                      window=SHORT) if not math.isnan(d)]
+    deltas = [
+        d
+        for d in watch.values("vllm_sidecar_kv_cache_usage_delta", target="live", window=SHORT)
+        if not math.isnan(d)
+    ]
     assert usage and max(usage) > 0, f"KV usage never above 0: {sorted(set(usage))[-5:]}"
     assert all(0 <= u <= 1 for u in usage)
     assert deltas and max(deltas) > 0
@@ -112,8 +128,9 @@ def test_vllm_restart_under_the_sidecar(vllm_on, sidecar_for):
     labels = dict(target="live", model_name="tiny", engine="0")
     traffic(vllm_on, requests=20, concurrency=4, shared_fraction=0.8, seed=41)
     wait_until(scraped_after(sidecar, time.time()), "a scrape before the restart")
-    restarts0 = one(series(fetch(sidecar.base_url + "/metrics")),
-                    "vllm_sidecar_target_restarts_total", target="live")
+    restarts0 = one(
+        series(fetch(sidecar.base_url + "/metrics")), "vllm_sidecar_target_restarts_total", target="live"
+    )
     with Watcher(sidecar) as watch:
         vllm_on.stop()
         wait_until(lambda: watch.diagnoses(up=False), "target_up 0 while vLLM is down")

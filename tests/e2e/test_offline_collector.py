@@ -21,13 +21,19 @@ def run_offline(model_dir: Path, mode: str, logs: Path) -> dict:
     env = vllm_environment()
     env["PYTHONPATH"] = str(ROOT) + (":" + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     log = logs / f"offline-{mode}.log"
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(model_dir), mode], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(model_dir), mode],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log.write_text(proc.stdout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("REPORT ")]
-    assert proc.returncode == 0 and lines, f"offline run failed ({proc.returncode}):\n" + \
-        "\n".join(proc.stdout.splitlines()[-40:])
-    return json.loads(lines[-1][len("REPORT "):])
+    assert proc.returncode == 0 and lines, f"offline run failed ({proc.returncode}):\n" + "\n".join(
+        proc.stdout.splitlines()[-40:]
+    )
+    return json.loads(lines[-1][len("REPORT ") :])
 
 
 def test_offline_caching_on_matches_vllm_counters(model_dir, logs):

@@ -12,17 +12,21 @@ from pathlib import Path
 import httpx
 from live import INTERVAL, WINDOWS, fetch, series, traffic, wait_until
 
+from demo.vllm_server import VllmServer
 from sidecar.normalize import WANTED, normalise
 from sidecar.parser import parse
 from sidecar.scrape import ACCEPT
 from sidecar.scrapefilter import check, filtered_url, request_names
-from demo.vllm_server import VllmServer
 from testkit.procs import SidecarProcess
 
 P = "vllm_sidecar_"
 #: series whose value depends on when each target was scraped, not on what vLLM said
-TIMING = {P + "scrape_duration_seconds", P + "last_scrape_success_timestamp_seconds",
-          P + "scrape_mode", P + "diagnosis"}
+TIMING = {
+    P + "scrape_duration_seconds",
+    P + "last_scrape_success_timestamp_seconds",
+    P + "scrape_mode",
+    P + "diagnosis",
+}
 
 
 def _get(url: str) -> httpx.Response:
@@ -31,14 +35,15 @@ def _get(url: str) -> httpx.Response:
 
 def _quiet_bodies(server: VllmServer) -> tuple[bytes, httpx.Response, bytes]:
     """Full, filtered, full, back to back, until both full bodies say the same (vLLM idle)."""
+
     def attempt():
         full1 = _get(server.metrics_url).content
         names = request_names({s[0] for s in parse(full1, None, WANTED).samples})
         filt = _get(filtered_url(server.metrics_url, names))
         full2 = _get(server.metrics_url).content
-        same = normalise(parse(full1, None, WANTED).samples) == \
-            normalise(parse(full2, None, WANTED).samples)
+        same = normalise(parse(full1, None, WANTED).samples) == normalise(parse(full2, None, WANTED).samples)
         return (full1, filt, full2) if same else None
+
     return wait_until(attempt, "two identical full bodies around a filtered one (vLLM idle)")
 
 
@@ -57,7 +62,8 @@ def test_vllm_honours_the_filter_with_the_same_numbers(vllm_on: VllmServer) -> N
     assert len(filt.content) < len(full) / 2, (len(filt.content), len(full))
     # every requested sample line, exactly as in the full body
     assert sorted(parsed.samples, key=repr) == sorted(
-        (s for s in parsed_full.samples if s[0] in names), key=repr)
+        (s for s in parsed_full.samples if s[0] in names), key=repr
+    )
     assert normalise(parsed.samples) == normalise(parsed_full.samples)
     # the exact route really ignores the query: the reason the slash matters
     exact = _get(vllm_on.metrics_url + "?" + filtered_url(vllm_on.metrics_url, names).split("?")[1])
@@ -78,15 +84,26 @@ def _figures(text: str, target: str) -> dict:
     return out
 
 
-def test_filtered_and_full_targets_give_identical_figures(vllm_on: VllmServer, logs: Path,
-                                                          tmp_path: Path) -> None:
+def test_filtered_and_full_targets_give_identical_figures(
+    vllm_on: VllmServer, logs: Path, tmp_path: Path
+) -> None:
     cfg = tmp_path / "sidecar.yaml"
-    cfg.write_text(json.dumps({"targets": [
-        {"name": "filtered", "url": vllm_on.metrics_url},
-        {"name": "full", "url": vllm_on.metrics_url, "scrape_filter": "off"}]}))
-    sidecar = SidecarProcess(["--interval", f"{INTERVAL:g}", "--windows", WINDOWS,
-                              "--config", str(cfg)], log_path=logs / "sidecar-scrape-filter.log",
-                             ready=True, timeout=120.0)
+    cfg.write_text(
+        json.dumps(
+            {
+                "targets": [
+                    {"name": "filtered", "url": vllm_on.metrics_url},
+                    {"name": "full", "url": vllm_on.metrics_url, "scrape_filter": "off"},
+                ]
+            }
+        )
+    )
+    sidecar = SidecarProcess(
+        ["--interval", f"{INTERVAL:g}", "--windows", WINDOWS, "--config", str(cfg)],
+        log_path=logs / "sidecar-scrape-filter.log",
+        ready=True,
+        timeout=120.0,
+    )
     try:
         traffic(vllm_on, requests=8, concurrency=2, shared_fraction=0.8, prefixes=2, seed=29)
         done = time.time()
@@ -105,8 +122,7 @@ def test_filtered_and_full_targets_give_identical_figures(vllm_on: VllmServer, l
         text, filtered, full = wait_until(settled, "both targets scraped, idle, and equal")
         assert filtered == full
         data = series(text)
-        assert data[(P + "scrape_mode", frozenset({("target", "filtered"),
-                                                   ("mode", "filtered")}))] == 1
+        assert data[(P + "scrape_mode", frozenset({("target", "filtered"), ("mode", "filtered")}))] == 1
         assert data[(P + "scrape_mode", frozenset({("target", "full"), ("mode", "full")}))] == 1
         queries = [v for (n, _), v in filtered.items() if n == P + "prefix_cache_queries_total"]
         assert queries and queries[0] > 0
@@ -115,4 +131,3 @@ def test_filtered_and_full_targets_give_identical_figures(vllm_on: VllmServer, l
     finally:
         code = sidecar.stop()
         assert code in (0, None), sidecar.log_tail()
-

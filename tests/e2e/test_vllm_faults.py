@@ -19,11 +19,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from live import BackgroundTraffic, Watcher, diagnoses, fetch, is_nan, one, scraped_after, \
-    series, target_doc, traffic, wait_until
+from live import (
+    BackgroundTraffic,
+    Watcher,
+    diagnoses,
+    fetch,
+    is_nan,
+    one,
+    scraped_after,
+    series,
+    target_doc,
+    traffic,
+    wait_until,
+)
 
-from testkit.replay import ReplayServer
 from demo.vllm_server import VllmServer, group_members
+from testkit.replay import ReplayServer
 
 pytestmark = pytest.mark.e2e
 
@@ -71,8 +82,10 @@ def test_frozen_api_server_times_out_without_a_false_restart(replay_url, vllm_on
     os.kill(pid, signal.SIGSTOP)
     try:
         with Watcher(sidecar) as watch:
-            wait_until(lambda: errors(sidecar, "timeout") >= timeouts0 + 3,
-                       "three timed-out scrapes of the frozen vLLM")
+            wait_until(
+                lambda: errors(sidecar, "timeout") >= timeouts0 + 3,
+                "three timed-out scrapes of the frozen vLLM",
+            )
             frozen = target_doc(sidecar, "live")
             replay = target_doc(sidecar, "replay")
             during = series(fetch(sidecar.base_url + "/metrics"))
@@ -99,8 +112,9 @@ def test_frozen_api_server_times_out_without_a_false_restart(replay_url, vllm_on
     assert "target_down" not in diagnoses(after, "live")
     assert set(watch.values(RESTARTS, target="live")) == {restarts0}
     assert one(after, RESTARTS, target="live") == restarts0
-    assert one(after, ERRORS, target="live", reason="connect") == \
-        one(before, ERRORS, target="live", reason="connect")
+    assert one(after, ERRORS, target="live", reason="connect") == one(
+        before, ERRORS, target="live", reason="connect"
+    )
 
 
 def loading_refuses(sidecar, server: VllmServer, spawned_at: float) -> dict | None:
@@ -144,10 +158,10 @@ def test_killed_mid_traffic_and_restarted_counts_one_restart(vllm_on, sidecar_fo
 
         spawned_at = time.time()
         vllm_on.start(wait=False)
-        loading = wait_until(lambda: loading_refuses(sidecar, vllm_on, spawned_at),
-                             "a failed scrape while the new vLLM loads")
-        loading_restarts = one(series(fetch(sidecar.base_url + "/metrics")), RESTARTS,
-                               target="live")
+        loading = wait_until(
+            lambda: loading_refuses(sidecar, vllm_on, spawned_at), "a failed scrape while the new vLLM loads"
+        )
+        loading_restarts = one(series(fetch(sidecar.base_url + "/metrics")), RESTARTS, target="live")
         vllm_on.wait_ready()
         traffic(vllm_on, requests=12, concurrency=4, shared_fraction=0.8, seed=63)
         wait_until(scraped_after(sidecar, time.time()), "a good scrape after the restart")
@@ -165,7 +179,11 @@ def test_killed_mid_traffic_and_restarted_counts_one_restart(vllm_on, sidecar_fo
     # every hit ratio the sidecar served during the episode (each window, lifetime, by source):
     # in [0, 1] or NaN
     assert watch.values(RATIO, **labels)
-    ratios = [(n, dict(lab), v) for data in watch.seen for (n, lab), v in data.items()
-              if "hit_ratio" in n and ("target", "live") in lab]
+    ratios = [
+        (n, dict(lab), v)
+        for data in watch.seen
+        for (n, lab), v in data.items()
+        if "hit_ratio" in n and ("target", "live") in lab
+    ]
     bad = [r for r in ratios if not is_nan(r[2]) and not 0 <= r[2] <= 1]
     assert not bad, f"hit ratios outside [0, 1]: {bad[:5]}"

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from testkit.captures import FIXTURES
 from testkit.procs import GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
-
 from testkit.replay import ReplayServer
 
 CAPTURE = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
@@ -31,8 +31,11 @@ class Sidecar(SidecarProcess):
         super().__init__(["--interval", "1", "--windows", "10s", *args], cwd)
 
     def up(self) -> dict[str, float]:
-        return {dict(labels)["target"]: v for (name, labels), v in self.metrics().items()
-                if name == "vllm_sidecar_target_up"}
+        return {
+            dict(labels)["target"]: v
+            for (name, labels), v in self.metrics().items()
+            if name == "vllm_sidecar_target_up"
+        }
 
     def value(self, name: str) -> float | None:
         for (n, _), v in self.metrics().items():
@@ -67,26 +70,39 @@ def replay():
 
 def group(rs: ReplayServer, name: str, **labels: str) -> dict:
     """One file_sd group for fake ``name``: the address plus its path via __metrics_path__."""
-    return {"targets": [f"127.0.0.1:{rs.port}"],
-            "labels": {"name": name, "__metrics_path__": f"/{name}/metrics", **labels}}
+    return {
+        "targets": [f"127.0.0.1:{rs.port}"],
+        "labels": {"name": name, "__metrics_path__": f"/{name}/metrics", **labels},
+    }
 
 
 def test_targets_file_is_watched_and_reloaded(replay, tmp_path):
     sd = tmp_path / "targets.json"
-    write_atomically(sd, json.dumps([group(replay, "a", pod="vllm-a", namespace="llm"),
-                                     group(replay, "b", pod="vllm-b", namespace="llm")]))
+    write_atomically(
+        sd,
+        json.dumps(
+            [
+                group(replay, "a", pod="vllm-a", namespace="llm"),
+                group(replay, "b", pod="vllm-b", namespace="llm"),
+            ]
+        ),
+    )
     sidecar = Sidecar(["--targets-file", str(sd)], tmp_path)
     try:
         wait_for(lambda: sidecar.up() == {"a": 1.0, "b": 1.0}, "a and b up")
-        labels = [dict(lab) for (n, lab), _ in sidecar.metrics().items()
-                  if n == "vllm_sidecar_target_up" and dict(lab)["target"] == "a"][0]
+        labels = [
+            dict(lab)
+            for (n, lab), _ in sidecar.metrics().items()
+            if n == "vllm_sidecar_target_up" and dict(lab)["target"] == "a"
+        ][0]
         assert (labels["pod"], labels["namespace"]) == ("vllm-a", "llm")
         assert sidecar.value("vllm_sidecar_config_last_reload_successful") == 1.0
 
         # remove b, add c: c starts, every series of b vanishes, a keeps going
         hits_a = replay.fakes["a"].hits
-        write_atomically(sd, json.dumps([group(replay, "a", pod="vllm-a", namespace="llm"),
-                                         group(replay, "c")]))
+        write_atomically(
+            sd, json.dumps([group(replay, "a", pod="vllm-a", namespace="llm"), group(replay, "c")])
+        )
         wait_for(lambda: sidecar.up() == {"a": 1.0, "c": 1.0}, "c up, b gone")
         assert "b" not in sidecar.targets_with_series()
         names = {t["name"] for t in httpx.get(sidecar.base + "/api/v1/targets").json()["targets"]}
@@ -97,8 +113,9 @@ def test_targets_file_is_watched_and_reloaded(replay, tmp_path):
 
         # a broken file keeps the old set and raises the error series
         write_atomically(sd, '[{"targets": ["127.0.0.1:1"]},\n {"targets": "oops"}]')
-        wait_for(lambda: sidecar.value("vllm_sidecar_config_last_reload_successful") == 0.0,
-                 "reload error raised")
+        wait_for(
+            lambda: sidecar.value("vllm_sidecar_config_last_reload_successful") == 0.0, "reload error raised"
+        )
         assert sidecar.up() == {"a": 1.0, "c": 1.0}
         assert (sidecar.value("vllm_sidecar_config_reload_failures_total") or 0) >= 1
         assert any(f"{sd}:2:" in line for line in sidecar.lines), "FILE:LINE in the log"
@@ -117,16 +134,25 @@ def test_sighup_reloads_config_and_keeps_the_old_one_when_broken(replay, tmp_pat
     sidecar = Sidecar(["--config", str(cfg)], tmp_path)
     try:
         wait_for(lambda: sidecar.up() == {"a": 1.0}, "a up")
-        write_atomically(cfg, yaml.safe_dump({"targets": [
-            {"name": "a", "url": replay.url("a")},
-            {"name": "b", "url": replay.url("b"), "labels": {"role": "decode"}}]}))
+        write_atomically(
+            cfg,
+            yaml.safe_dump(
+                {
+                    "targets": [
+                        {"name": "a", "url": replay.url("a")},
+                        {"name": "b", "url": replay.url("b"), "labels": {"role": "decode"}},
+                    ]
+                }
+            ),
+        )
         sidecar.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: sidecar.up() == {"a": 1.0, "b": 1.0}, "b added by SIGHUP")
 
         write_atomically(cfg, "targets:\n  - name: a\n    url: [not, a, url]\n")
         sidecar.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: sidecar.value("vllm_sidecar_config_last_reload_successful") == 0.0,
-                 "reload error raised")
+        wait_for(
+            lambda: sidecar.value("vllm_sidecar_config_last_reload_successful") == 0.0, "reload error raised"
+        )
         assert sidecar.up() == {"a": 1.0, "b": 1.0}
     finally:
         assert sidecar.stop() == 0
@@ -135,7 +161,6 @@ def test_sighup_reloads_config_and_keeps_the_old_one_when_broken(replay, tmp_pat
 def test_broken_targets_file_at_start_is_refused_with_file_and_line(tmp_path):
     sd = tmp_path / "targets.yaml"
     sd.write_text("- targets:\n  - ok:1\n  - http://bad:2/metrics\n")
-    result = sidecar_cli("run", "--listen", "127.0.0.1:0", "--targets-file", str(sd),
-                         cwd=tmp_path)
+    result = sidecar_cli("run", "--listen", "127.0.0.1:0", "--targets-file", str(sd), cwd=tmp_path)
     assert result.returncode == 2
     assert f"{sd}:3:" in result.stdout + result.stderr

@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from testkit import REPO
+from testkit.bodies import get_value, set_value
 from testkit.captures import FIXTURES, load_fixture
 from testkit.procs import clean_env, free_port
 from testkit.replay import ReplayServer
-
-from testkit.bodies import get_value, set_value
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 V32_ON = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
@@ -33,8 +33,13 @@ def doctor_env() -> dict[str, str]:
 
 
 def doctor(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar", "doctor", *args], cwd=REPO,
-                          env=doctor_env(), capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "doctor", *args],
+        cwd=REPO,
+        env=doctor_env(),
+        capture_output=True,
+        text=True,
+    )
 
 
 @pytest.fixture()
@@ -62,10 +67,14 @@ def test_healthy_target_exits_0_with_the_hit_ratio(replay):
     assert not ANSI.search(out)  # not a terminal: plain text
     assert "== on  " + replay.url("on") + "  UP" in out
     assert "prefix caching ON" in out and "block_size 128" in out
-    dq0, dh0 = get_value(bodies[1], Q) - get_value(bodies[0], Q), \
-        get_value(bodies[1], H) - get_value(bodies[0], H)
-    assert (f"  verdict        prefix caching ON; hit ratio {pct(dh0, dq0)} over 1s "
-            f"({dh0:,.0f} of {dq0:,.0f} tokens)\n") in out
+    dq0, dh0 = (
+        get_value(bodies[1], Q) - get_value(bodies[0], Q),
+        get_value(bodies[1], H) - get_value(bodies[0], H),
+    )
+    assert (
+        f"  verdict        prefix caching ON; hit ratio {pct(dh0, dq0)} over 1s "
+        f"({dh0:,.0f} of {dq0:,.0f} tokens)\n"
+    ) in out
     # two scrapes: bodies 000 and 001; the 1s window holds exactly their difference
     dq = get_value(bodies[1], Q) - get_value(bodies[0], Q)
     dh = get_value(bodies[1], H) - get_value(bodies[0], H)
@@ -103,8 +112,7 @@ def test_zero_hits_exits_1_and_explains(replay):
     # queries grow, hits from every tier stay flat (vLLM 0.32 also counts them by source)
     src = "vllm:prompt_tokens_cached_by_source_total"
     start_dev = get_value(bodies[0], src, {"source": "device"})
-    crafted = [set_value(set_value(b, H, start_hits), src, start_dev, {"source": "device"})
-               for b in bodies]
+    crafted = [set_value(set_value(b, H, start_hits), src, start_dev, {"source": "device"}) for b in bodies]
     assert get_value(crafted[2], Q) > get_value(crafted[0], Q)
     replay.add("zero", crafted, version=version)
     r = doctor("--target", "zero=" + replay.url("zero"), "--duration", "2")
@@ -113,8 +121,7 @@ def test_zero_hits_exits_1_and_explains(replay):
     dq = get_value(bodies[2], Q) - get_value(bodies[0], Q)
     assert "[WARNING] Prefix cache finds no hits (zero_hit_rate)" in out
     assert "verdict prefix caching ON; hit ratio 0.0% over 2s" in flat(out)
-    assert f"{dq:,.0f} prompt tokens in the prefix cache and found 0: a hit ratio of 0%" \
-        in flat(out)
+    assert f"{dq:,.0f} prompt tokens in the prefix cache and found 0: a hit ratio of 0%" in flat(out)
     assert "Likely causes, most likely first:" in out
     assert "the prompts share no prefix" in flat(out) and "shorter than one KV block" in flat(out)
     row = next(line for line in out.splitlines() if line.strip().startswith("tiny"))
@@ -148,8 +155,16 @@ def test_worst_target_decides_the_exit_code(replay):
     replay.add_fixture("on", V32_ON)
     replay.add_fixture("off", V32_OFF)
     dead = f"http://127.0.0.1:{free_port()}/metrics"
-    r = doctor("--target", "on=" + replay.url("on"), "--target", "off=" + replay.url("off"),
-               "--target", "dead=" + dead, "--duration", "1")
+    r = doctor(
+        "--target",
+        "on=" + replay.url("on"),
+        "--target",
+        "off=" + replay.url("off"),
+        "--target",
+        "dead=" + dead,
+        "--duration",
+        "1",
+    )
     assert r.returncode == 2
     assert r.stdout.index("== on ") < r.stdout.index("== off ") < r.stdout.index("== dead ")
     assert "(1 critical, 1 warning, 0 info); exit 2" in r.stdout
@@ -159,8 +174,9 @@ def test_worst_target_decides_the_exit_code(replay):
 def test_json_shape(replay):
     replay.add_fixture("off", V32_OFF)
     dead = f"http://127.0.0.1:{free_port()}/metrics"
-    r = doctor("--target", "off=" + replay.url("off"), "--target", "dead=" + dead,
-               "--duration", "1", "--json")
+    r = doctor(
+        "--target", "off=" + replay.url("off"), "--target", "dead=" + dead, "--duration", "1", "--json"
+    )
     assert r.returncode == 2
     doc = json.loads(r.stdout)
     assert doc["exit_code"] == 2 and doc["status"] == "critical" and doc["duration_seconds"] == 1
@@ -173,8 +189,7 @@ def test_json_shape(replay):
     (d,) = off["diagnoses"]
     assert d["code"] == "prefix_caching_disabled" and d["severity"] == "warning"
     x = d["explanation"]
-    assert set(x) == {"code", "severity", "title", "summary", "numbers", "causes", "fix",
-                      "confirm"}
+    assert set(x) == {"code", "severity", "title", "summary", "numbers", "causes", "fix", "confirm"}
     assert x["title"] == "Prefix caching is disabled"
     assert all(set(c) == {"text", "because", "weight"} for c in x["causes"])
     assert (down["up"], down["status"], down["last_error_reason"]) == (False, "critical", "connect")
@@ -185,8 +200,9 @@ def test_json_shape(replay):
 def test_config_file_targets_and_default_url(replay, tmp_path: Path):
     replay.add_fixture("on", V32_ON)
     cfg = tmp_path / "sidecar.yaml"
-    cfg.write_text(f"targets:\n  - name: from-config\n    url: {replay.url('on')}\n"
-                   f"    labels: {{pod: vllm-0}}\n")
+    cfg.write_text(
+        f"targets:\n  - name: from-config\n    url: {replay.url('on')}\n    labels: {{pod: vllm-0}}\n"
+    )
     r = doctor("--config", str(cfg), "--duration", "0", "--json")
     (t,) = json.loads(r.stdout)["targets"]
     assert (t["name"], t["labels"], t["up"]) == ("from-config", {"pod": "vllm-0"}, True)
@@ -209,11 +225,25 @@ def test_bad_config_file_exits_2(tmp_path: Path):
 def test_terminal_gets_colour_and_hostile_strings_stay_inert(replay):
     bodies, _, version = load_fixture(V32_OFF)
     hostile = [b.replace(b'model_name="tiny"', b'model_name="ev\\u001b[2Jil"') for b in bodies]
-    replay.add("off", [b.replace(b"\\u001b", "\x1b".encode()) for b in hostile], version=version)
+    replay.add("off", [b.replace(b"\\u001b", b"\x1b") for b in hostile], version=version)
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "sidecar", "doctor", "--duration", "1",
-                          "--target", "off=" + replay.url("off")], cwd=REPO, env=doctor_env(),
-                         stdin=slave, stdout=slave, stderr=slave)
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sidecar",
+            "doctor",
+            "--duration",
+            "1",
+            "--target",
+            "off=" + replay.url("off"),
+        ],
+        cwd=REPO,
+        env=doctor_env(),
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+    )
     os.close(slave)
     chunks = []
     while True:

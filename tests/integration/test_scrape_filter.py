@@ -13,27 +13,32 @@ from dataclasses import dataclass
 
 import aiohttp
 import pytest
-from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.bodies import get_value, set_value
 from sidecar.config.settings import Config, TargetConfig
 from sidecar.model import Window
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
-from testkit.replay import ReplayServer
 from sidecar.scrapefilter import request_names
 from sidecar.service import Sidecar
+from testkit.bodies import get_value, set_value
+from testkit.captures import FIXTURES
+from testkit.replay import ReplayServer
 
 P = "vllm_sidecar_"
 BODY = FIXTURES / "vllm-0.32.0" / "prefix_on_shared" / "004.prom"
 #: target -> how its /metrics/ route answers
-ROUTES = {"filtered": "filter", "ignores": "ignore", "notfound": "404", "redirects": "redirect",
-          "empty": "empty", "err500": "500"}
+ROUTES = {
+    "filtered": "filter",
+    "ignores": "ignore",
+    "notfound": "404",
+    "redirects": "redirect",
+    "empty": "empty",
+    "err500": "500",
+}
 FALLBACK = ("notfound", "redirects", "empty", "err500")
 #: target-level series that legitimately differ between targets (timing, the mode itself)
-DIFFERENT = {P + "scrape_duration_seconds", P + "last_scrape_success_timestamp_seconds",
-             P + "scrape_mode"}
+DIFFERENT = {P + "scrape_duration_seconds", P + "last_scrape_success_timestamp_seconds", P + "scrape_mode"}
 SCRAPES = 6  # cycles per target before the final look
 
 Sample = tuple[str, dict[str, str], float]
@@ -47,11 +52,10 @@ class Run:
 
 
 def _samples(text: str) -> list[Sample]:
-    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text)
-            for s in f.samples]
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
 
 
-async def _scenario(logged: "_ListHandler") -> Run:
+async def _scenario(logged: _ListHandler) -> Run:
     replay = ReplayServer()
     body = BODY.read_bytes()
     for name, route in ROUTES.items():
@@ -64,8 +68,9 @@ async def _scenario(logged: "_ListHandler") -> Run:
     targets.append(TargetConfig("off", replay.url("off"), scrape_filter="off"))
     targets.append(TargetConfig("restarts", replay.url("restarts")))
     # 1 s: a scrape timeout of 0.8 s, room for a loaded 2-core machine (a timeout would be an error)
-    config = Config(listen="127.0.0.1:0", interval=1.0, windows=(Window("10s", 10.0),),
-                    targets=tuple(targets))
+    config = Config(
+        listen="127.0.0.1:0", interval=1.0, windows=(Window("10s", 10.0),), targets=tuple(targets)
+    )
     sidecar = Sidecar(config)
     polls: list[list[Sample]] = []
     await sidecar.start()
@@ -108,13 +113,15 @@ class _ListHandler(logging.Handler):
 
 
 def of(poll: list[Sample], name: str, target: str, **labels: str) -> list[float]:
-    return [v for n, lab, v in poll if n == name and lab.get("target") == target
-            and all(lab.get(k) == x for k, x in labels.items())]
+    return [
+        v
+        for n, lab, v in poll
+        if n == name and lab.get("target") == target and all(lab.get(k) == x for k, x in labels.items())
+    ]
 
 
 def mode(poll: list[Sample], target: str) -> dict[str, float]:
-    return {lab["mode"]: v for n, lab, v in poll
-            if n == P + "scrape_mode" and lab.get("target") == target}
+    return {lab["mode"]: v for n, lab, v in poll if n == P + "scrape_mode" and lab.get("target") == target}
 
 
 def figures(poll: list[Sample], target: str) -> list[tuple[str, tuple, float | str]]:
@@ -185,8 +192,12 @@ def test_a_server_that_ignores_the_filter_is_honoured_but_not_kept_filtered(run:
 
 def test_the_reason_of_each_fallback_is_logged(run: Run) -> None:
     text = "\n".join(run.filter_logs)
-    for target, word in (("notfound", "HTTP 404"), ("redirects", "redirect"),
-                         ("empty", "empty"), ("err500", "HTTP 500")):
+    for target, word in (
+        ("notfound", "HTTP 404"),
+        ("redirects", "redirect"),
+        ("empty", "empty"),
+        ("err500", "HTTP 500"),
+    ):
         assert f"target {target}: name[] filter: " in text
         line = next(m for m in run.filter_logs if f"target {target}:" in m)
         assert word in line, line
@@ -201,8 +212,10 @@ async def _doctor() -> tuple[list, dict]:
     replay.add("proxied", [BODY.read_bytes()], slash_route="404")
     await replay.start()
     try:
-        reports = await observe([TargetConfig("live", replay.url("live")),
-                                 TargetConfig("proxied", replay.url("proxied"))], duration=1.0)
+        reports = await observe(
+            [TargetConfig("live", replay.url("live")), TargetConfig("proxied", replay.url("proxied"))],
+            duration=1.0,
+        )
     finally:
         await replay.stop()
     return reports, replay.fakes

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+
 from testkit.captures import FIXTURES
 from testkit.procs import GUARD_SECONDS, SidecarProcess, sidecar_cli, wait_until
 from testkit.tls import issue, key_pem, make_ca, pem
@@ -43,6 +44,7 @@ def secret(tag: str) -> str:
 
 
 # ---------------------------------------------------------------- certificates
+
 
 def write_pair(folder: Path, stem: str, pair) -> tuple[str, str]:
     key, cert = pair
@@ -62,19 +64,24 @@ def write_ca(folder: Path, stem: str, ca) -> str:
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
     sidecar_ca, target_ca, other_ca = make_ca("sidecar-ca"), make_ca("vllm-ca"), make_ca("rogue")
-    out = {"dir": d,
-           "sidecar_ca": write_ca(d, "sidecar-ca", sidecar_ca),
-           "target_ca": write_ca(d, "vllm-ca", target_ca)}
+    out = {
+        "dir": d,
+        "sidecar_ca": write_ca(d, "sidecar-ca", sidecar_ca),
+        "target_ca": write_ca(d, "vllm-ca", target_ca),
+    }
     out["sidecar_crt"], out["sidecar_key"] = write_pair(d, "sidecar", issue(sidecar_ca, "sidecar"))
     out["vllm_crt"], out["vllm_key"] = write_pair(d, "vllm", issue(target_ca, "vllm"))
     out["client_crt"], out["client_key"] = write_pair(
-        d, "client", issue(target_ca, "sidecar-client", sans=("vllm-cache-sidecar",), client=True))
+        d, "client", issue(target_ca, "sidecar-client", sans=("vllm-cache-sidecar",), client=True)
+    )
     out["rogue_crt"], out["rogue_key"] = write_pair(
-        d, "rogue", issue(other_ca, "rogue", sans=("rogue",), client=True))
+        d, "rogue", issue(other_ca, "rogue", sans=("rogue",), client=True)
+    )
     return out
 
 
 # ---------------------------------------------------------------- servers in a thread
+
 
 class LoopThread:
     """An asyncio loop in a daemon thread, for aiohttp servers used from sync tests."""
@@ -122,8 +129,9 @@ class FakeVLLM:
         peer = request.transport.get_extra_info("peercert") if request.transport else None
         if peer:
             self.client_cns.append(dict(x[0] for x in peer["subject"])["commonName"])
-        return web.Response(body=self.body,
-                            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+        return web.Response(
+            body=self.body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": "0.32.0"})
@@ -170,13 +178,16 @@ class Canary:
 
 # ---------------------------------------------------------------- the scene
 
+
 @pytest.fixture(scope="module")
 def scene(pki, tmp_path_factory):
     if not (BODY_DIR / "000.prom").exists():
         pytest.skip(f"no fixtures at {FIXTURES}")
     d = tmp_path_factory.mktemp("security")
-    s = {name: secret(name) for name in
-         ("token", "wrong_token", "password", "inline", "urlsecret", "prom_pass", "new_token")}
+    s = {
+        name: secret(name)
+        for name in ("token", "wrong_token", "password", "inline", "urlsecret", "prom_pass", "new_token")
+    }
     (d / "token").write_text(s["token"] + "\n")
     (d / "wrong-token").write_text(s["wrong_token"])
     (d / "password").write_text(s["password"] + "\n")
@@ -187,12 +198,16 @@ def scene(pki, tmp_path_factory):
         return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
     s["basic_header"] = basic("vllm", s["password"]).split()[1]
-    fake = FakeVLLM(pki, (BODY_DIR / "000.prom").read_bytes(), {
-        "bearer": f"Bearer {s['token']}",
-        "basic": basic("vllm", s["password"]),
-        "inline": basic("vllm2", s["inline"]),
-        "urlcreds": basic("vllm3", s["urlsecret"]),
-    })
+    fake = FakeVLLM(
+        pki,
+        (BODY_DIR / "000.prom").read_bytes(),
+        {
+            "bearer": f"Bearer {s['token']}",
+            "basic": basic("vllm", s["password"]),
+            "inline": basic("vllm2", s["inline"]),
+            "urlcreds": basic("vllm3", s["urlsecret"]),
+        },
+    )
     canary = Canary()
     loop = LoopThread()
     loop.run(fake.start())
@@ -201,42 +216,98 @@ def scene(pki, tmp_path_factory):
     url = f"https://127.0.0.1:{fake.port}"
     config = {
         "targets": [
-            {"name": "bearer", "url": f"{url}/bearer/metrics",
-             "bearer_token_file": str(d / "token"), "tls": {"ca_file": ca}},
-            {"name": "basic", "url": f"{url}/basic/metrics",
-             "basic_auth": {"username": "vllm", "password_file": str(d / "password")},
-             "tls": {"ca_file": ca}},
-            {"name": "inline", "url": f"{url}/inline/metrics",
-             "basic_auth": {"username": "vllm2", "password": s["inline"]}, "tls": {"ca_file": ca}},
-            {"name": "urlcreds", "url": f"https://vllm3:{s['urlsecret']}@127.0.0.1:{fake.port}"
-                                        f"/urlcreds/metrics", "tls": {"ca_file": ca}},
-            {"name": "skipverify", "url": f"{url}/open/metrics",
-             "tls": {"insecure_skip_verify": True}},
+            {
+                "name": "bearer",
+                "url": f"{url}/bearer/metrics",
+                "bearer_token_file": str(d / "token"),
+                "tls": {"ca_file": ca},
+            },
+            {
+                "name": "basic",
+                "url": f"{url}/basic/metrics",
+                "basic_auth": {"username": "vllm", "password_file": str(d / "password")},
+                "tls": {"ca_file": ca},
+            },
+            {
+                "name": "inline",
+                "url": f"{url}/inline/metrics",
+                "basic_auth": {"username": "vllm2", "password": s["inline"]},
+                "tls": {"ca_file": ca},
+            },
+            {
+                "name": "urlcreds",
+                "url": f"https://vllm3:{s['urlsecret']}@127.0.0.1:{fake.port}/urlcreds/metrics",
+                "tls": {"ca_file": ca},
+            },
+            {"name": "skipverify", "url": f"{url}/open/metrics", "tls": {"insecure_skip_verify": True}},
             {"name": "unverified", "url": f"{url}/open/metrics"},
-            {"name": "mtls", "url": f"https://127.0.0.1:{fake.mtls_port}/open/metrics",
-             "tls": {"ca_file": ca, "cert_file": pki["client_crt"], "key_file": pki["client_key"]}},
-            {"name": "nocert", "url": f"https://127.0.0.1:{fake.mtls_port}/open/metrics",
-             "tls": {"ca_file": ca}},
-            {"name": "wrongtoken", "url": f"{url}/bearer/metrics",
-             "bearer_token_file": str(d / "wrong-token"), "tls": {"ca_file": ca}},
-            {"name": "missingtoken", "url": f"{url}/bearer/metrics",
-             "bearer_token_file": str(d / "no-such-token"), "tls": {"ca_file": ca}},
+            {
+                "name": "mtls",
+                "url": f"https://127.0.0.1:{fake.mtls_port}/open/metrics",
+                "tls": {"ca_file": ca, "cert_file": pki["client_crt"], "key_file": pki["client_key"]},
+            },
+            {
+                "name": "nocert",
+                "url": f"https://127.0.0.1:{fake.mtls_port}/open/metrics",
+                "tls": {"ca_file": ca},
+            },
+            {
+                "name": "wrongtoken",
+                "url": f"{url}/bearer/metrics",
+                "bearer_token_file": str(d / "wrong-token"),
+                "tls": {"ca_file": ca},
+            },
+            {
+                "name": "missingtoken",
+                "url": f"{url}/bearer/metrics",
+                "bearer_token_file": str(d / "no-such-token"),
+                "tls": {"ca_file": ca},
+            },
         ],
     }
     (d / "config.yaml").write_text(yaml.safe_dump(config))
-    (d / "web.yml").write_text(yaml.safe_dump({
-        "tls_server_config": {"cert_file": pki["sidecar_crt"], "key_file": pki["sidecar_key"]},
-        "basic_auth_users": {"prometheus": prom_hash},
-    }))
-    sidecar = SidecarProcess(["--config", str(d / "config.yaml"), "--web-config",
-                              str(d / "web.yml"), "--interval", "1", "--windows", "10s,30s",
-                              "--log-level", "debug"], d, scheme="https")
+    (d / "web.yml").write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {"cert_file": pki["sidecar_crt"], "key_file": pki["sidecar_key"]},
+                "basic_auth_users": {"prometheus": prom_hash},
+            }
+        )
+    )
+    sidecar = SidecarProcess(
+        [
+            "--config",
+            str(d / "config.yaml"),
+            "--web-config",
+            str(d / "web.yml"),
+            "--interval",
+            "1",
+            "--windows",
+            "10s,30s",
+            "--log-level",
+            "debug",
+        ],
+        d,
+        scheme="https",
+    )
     base = sidecar.base
-    client = httpx.Client(base_url=base, verify=ssl.create_default_context(
-        cafile=pki["sidecar_ca"]), auth=("prometheus", s["prom_pass"]))
+    client = httpx.Client(
+        base_url=base,
+        verify=ssl.create_default_context(cafile=pki["sidecar_ca"]),
+        auth=("prometheus", s["prom_pass"]),
+    )
     try:
-        yield {"dir": d, "secrets": s, "fake": fake, "canary": canary, "loop": loop,
-               "sidecar": sidecar, "base": base, "client": client, "pki": pki}
+        yield {
+            "dir": d,
+            "secrets": s,
+            "fake": fake,
+            "canary": canary,
+            "loop": loop,
+            "sidecar": sidecar,
+            "base": base,
+            "client": client,
+            "pki": pki,
+        }
     finally:
         client.close()
         sidecar.stop()
@@ -276,11 +347,16 @@ EXPECT_DOWN = {"unverified", "nocert", "wrongtoken", "missingtoken"}
 @pytest.fixture(scope="module")
 def settled(scene):
     """Every target scraped, the good ones up."""
+
     def ok():
         u = up(scene)
-        return (set(u) == EXPECT_UP | EXPECT_DOWN
-                and all(u[n] == 1 for n in EXPECT_UP) and all(u[n] == 0 for n in EXPECT_DOWN)
-                and u)
+        return (
+            set(u) == EXPECT_UP | EXPECT_DOWN
+            and all(u[n] == 1 for n in EXPECT_UP)
+            and all(u[n] == 0 for n in EXPECT_DOWN)
+            and u
+        )
+
     wait_until(ok, "good targets up, bad ones down", timeout=GUARD_SECONDS)
     return scene
 
@@ -325,8 +401,10 @@ def test_probes_stay_open_for_kubernetes_but_only_over_tls(scene):
 
 def test_plain_http_is_refused_when_tls_is_on(scene):
     try:
-        r = httpx.get(f"http://127.0.0.1:{scene['sidecar'].port}/metrics",
-                      auth=("prometheus", scene["secrets"]["prom_pass"]))
+        r = httpx.get(
+            f"http://127.0.0.1:{scene['sidecar'].port}/metrics",
+            auth=("prometheus", scene["secrets"]["prom_pass"]),
+        )
     except httpx.TransportError:
         return  # the TLS server hung up on the plain-text request
     assert r.status_code >= 400 and "vllm_sidecar" not in r.text
@@ -340,6 +418,7 @@ def test_the_served_certificate_is_ours(scene):
 
 
 # ---------------------------------------------------------------- toward the targets
+
 
 def test_target_credentials_and_tls_options_work(settled):
     fake = settled["fake"]
@@ -356,13 +435,22 @@ def test_failure_reasons(settled):
     """The last error of each failing target has the contract's reason, and the counter shows it
     (all-time sets are not compared: a cold first scrape on a busy machine may time out)."""
     states = target_states(settled)
-    want = {"wrongtoken": "http_status", "unverified": "connect", "nocert": "connect",
-            "missingtoken": "connect"}
+    want = {
+        "wrongtoken": "http_status",
+        "unverified": "connect",
+        "nocert": "connect",
+        "missingtoken": "connect",
+    }
     assert {n: states[n]["last_error_reason"] for n in want} == want
     text = settled["client"].get("/metrics").text
     for name, reason in want.items():
-        line = [ln for ln in text.splitlines() if ln.startswith("vllm_sidecar_scrape_errors_total{")
-                and f'target="{name}"' in ln and f'reason="{reason}"' in ln]
+        line = [
+            ln
+            for ln in text.splitlines()
+            if ln.startswith("vllm_sidecar_scrape_errors_total{")
+            and f'target="{name}"' in ln
+            and f'reason="{reason}"' in ln
+        ]
         assert line and float(line[0].rsplit(" ", 1)[1]) >= 1, name
 
 
@@ -372,21 +460,32 @@ def test_rotated_token_file_is_picked_up_without_restart(settled):
     tmp = d / "token.new"
     tmp.write_text(s["new_token"] + "\n")
     os.replace(tmp, d / "token")  # as a Kubernetes Secret update swaps the file
-    wait_until(lambda: f"Bearer {s['new_token']}" in fake.seen["bearer"], "new token used",
-               timeout=GUARD_SECONDS)
-    wait_until(lambda: up(settled).get("bearer") == 1, "bearer target up again",
-               timeout=GUARD_SECONDS)
+    wait_until(
+        lambda: f"Bearer {s['new_token']}" in fake.seen["bearer"], "new token used", timeout=GUARD_SECONDS
+    )
+    wait_until(lambda: up(settled).get("bearer") == 1, "bearer target up again", timeout=GUARD_SECONDS)
 
 
 # ---------------------------------------------------------------- no fetch on request
+
 
 def test_no_request_makes_the_sidecar_fetch_a_url_of_the_callers_choosing(scene):
     canary = scene["canary"]
     target = f"http://127.0.0.1:{canary.port}/metrics"
     c = scene["client"]
     q = {"target": target, "url": target, "module": "vllm", "address": f"127.0.0.1:{canary.port}"}
-    for path in ("/", "/metrics", "/api/v1/targets", "/probe", "/scrape", "/api/v1/scrape",
-                 "/api/v1/targets/add", "/federate", "/-/reload", "/api/v1/reload"):
+    for path in (
+        "/",
+        "/metrics",
+        "/api/v1/targets",
+        "/probe",
+        "/scrape",
+        "/api/v1/scrape",
+        "/api/v1/targets/add",
+        "/federate",
+        "/-/reload",
+        "/api/v1/reload",
+    ):
         c.get(path, params=q)
         c.post(path, json={"targets": [target], **q})
         c.put(path, json={"targets": [target], **q})
@@ -398,6 +497,7 @@ def test_no_request_makes_the_sidecar_fetch_a_url_of_the_callers_choosing(scene)
 
 
 # ---------------------------------------------------------------- no secret anywhere
+
 
 def leaks(text: str, scene) -> list[str]:
     s = scene["secrets"]
@@ -414,7 +514,8 @@ def test_secrets_never_appear_in_any_output(settled, tmp_path):
         "/api/v1/targets": c.get("/api/v1/targets").text,
         "status page": c.get("/").text,
         "/metrics (OpenMetrics)": c.get(
-            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text,
+            "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+        ).text,
     }
     check = sidecar_cli("check-config", str(scene["dir"] / "config.yaml"), cwd=tmp_path)
     assert check.returncode == 0, check.stderr
@@ -435,13 +536,34 @@ def test_secrets_never_appear_in_logs_after_shutdown(settled):
 
 # ---------------------------------------------------------------- mutual TLS on the sidecar
 
+
 def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tmp_path):
-    (tmp_path / "web.yml").write_text(yaml.safe_dump({"tls_server_config": {
-        "cert_file": pki["sidecar_crt"], "key_file": pki["sidecar_key"],
-        "client_ca_file": pki["target_ca"], "client_auth_type": "RequireAndVerifyClientCert"}}))
-    sidecar = SidecarProcess(["--web-config", str(tmp_path / "web.yml"), "--target",
-                              "dead=http://127.0.0.1:9/metrics", "--interval", "1",
-                              "--windows", "10s"], tmp_path, scheme="https")
+    (tmp_path / "web.yml").write_text(
+        yaml.safe_dump(
+            {
+                "tls_server_config": {
+                    "cert_file": pki["sidecar_crt"],
+                    "key_file": pki["sidecar_key"],
+                    "client_ca_file": pki["target_ca"],
+                    "client_auth_type": "RequireAndVerifyClientCert",
+                }
+            }
+        )
+    )
+    sidecar = SidecarProcess(
+        [
+            "--web-config",
+            str(tmp_path / "web.yml"),
+            "--target",
+            "dead=http://127.0.0.1:9/metrics",
+            "--interval",
+            "1",
+            "--windows",
+            "10s",
+        ],
+        tmp_path,
+        scheme="https",
+    )
     base = sidecar.base
     try:
         plain = ssl.create_default_context(cafile=pki["sidecar_ca"])
@@ -461,18 +583,36 @@ def test_mutual_tls_requires_a_client_certificate_from_the_ca(pki, tmp_path):
 
 # ---------------------------------------------------------------- bad web configs refuse to start
 
-@pytest.mark.parametrize("text,line,fragment", [
-    ("basic_auth_users:\n  prometheus: plain-password-oops\n", 2, "bcrypt"),
-    ("tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n", 2,
-     "does not exist"),
-    ("tls_server_config:\n  cert_file: x\n  key_file: y\n  client_auth_type: Maybe\n", 4,
-     "client_auth_type"),
-])
+
+@pytest.mark.parametrize(
+    "text,line,fragment",
+    [
+        ("basic_auth_users:\n  prometheus: plain-password-oops\n", 2, "bcrypt"),
+        (
+            "tls_server_config:\n  cert_file: /nonexistent.crt\n  key_file: /nonexistent.key\n",
+            2,
+            "does not exist",
+        ),
+        (
+            "tls_server_config:\n  cert_file: x\n  key_file: y\n  client_auth_type: Maybe\n",
+            4,
+            "client_auth_type",
+        ),
+    ],
+)
 def test_bad_web_config_refuses_to_start_with_file_and_line(tmp_path, text, line, fragment):
     path = tmp_path / "web.yml"
     path.write_text(text)
-    result = sidecar_cli("run", "--listen", "127.0.0.1:0", "--web-config", str(path),
-                         "--target", "http://127.0.0.1:9", cwd=tmp_path)
+    result = sidecar_cli(
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--web-config",
+        str(path),
+        "--target",
+        "http://127.0.0.1:9",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     out = result.stdout + result.stderr
     assert f"{path}:{line}:" in out and fragment in out

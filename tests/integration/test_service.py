@@ -9,12 +9,12 @@ import time
 
 import httpx
 import pytest
-from testkit.captures import FIXTURES, load_capture
-from testkit.procs import SidecarProcess, wait_until
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_families
 from prometheus_client.parser import text_string_to_metric_families
 
 from testkit.bodies import multi_engine, no_hits
+from testkit.captures import FIXTURES, load_capture
+from testkit.procs import SidecarProcess, wait_until
 from testkit.replay import ReplayServer
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -75,9 +75,11 @@ def metrics(base: str) -> str:
 
 def until(base: str, cond) -> str:
     """The sidecar's /metrics text once ``cond(text)`` holds."""
+
     def check():
         text = metrics(base)
         return text if cond(text) else None
+
     return wait_for(check, "the condition on /metrics")
 
 
@@ -90,14 +92,18 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
     replay.add("slow", [bodies[-1]], delay=5.0)
     replay.add("garbage", [b"\x00\x01 this is not prometheus\n"])
     proc, base = sidecar_proc(
-        f"restart={replay.url('restart')}", f"dp={replay.url('dp')}", f"slow={replay.url('slow')}",
-        f"garbage={replay.url('garbage')}", "dead=http://127.0.0.1:1/metrics")
+        f"restart={replay.url('restart')}",
+        f"dp={replay.url('dp')}",
+        f"slow={replay.url('slow')}",
+        f"garbage={replay.url('garbage')}",
+        "dead=http://127.0.0.1:1/metrics",
+    )
     # every target scraped once -> ready
-    wait_for(lambda: (_get(base + "/readyz") or httpx.Response(500)).status_code == 200,
-             "/readyz says ready")
+    wait_for(lambda: (_get(base + "/readyz") or httpx.Response(500)).status_code == 200, "/readyz says ready")
     final_q = value(bodies[3].decode(), Q)
-    text = until(base, lambda t: value(t, "vllm_sidecar_prefix_cache_queries_total",
-                                                   target="restart") == final_q)
+    text = until(
+        base, lambda t: value(t, "vllm_sidecar_prefix_cache_queries_total", target="restart") == final_q
+    )
     # restart: counters pass through, restart counted once, windowed ratio spans the restart
     assert value(text, "vllm_sidecar_target_restarts_total", target="restart") == 1
     expect_q = (value(bodies[4].decode(), Q) - value(bodies[2].decode(), Q)) + value(bodies[3].decode(), Q)
@@ -106,16 +112,26 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
     assert ratio == pytest.approx(expect_h / expect_q)
     assert value(text, "vllm_sidecar_diagnosis", target="restart", code="counter_reset") == 1
     # two engines: one series each, never summed
-    text = until(base, lambda t: value(t, "vllm_sidecar_prefix_cache_hits_total",
-                                                   target="dp", engine="0") == value(bodies[-1].decode(), H))
+    text = until(
+        base,
+        lambda t: (
+            value(t, "vllm_sidecar_prefix_cache_hits_total", target="dp", engine="0")
+            == value(bodies[-1].decode(), H)
+        ),
+    )
     assert value(text, "vllm_sidecar_prefix_cache_hits_total", target="dp", engine="1") == 0
     assert value(text, "vllm_sidecar_prefix_caching_enabled", target="dp", engine="1") == 1
     # dead, slow (timeout < interval), garbage: up 0 with the right reason, nothing stale
     for target, reason in (("dead", "connect"), ("slow", "timeout"), ("garbage", "parse")):
+
         def failed(target=target, reason=reason):
             t = metrics(base)
-            return t if (value(t, "vllm_sidecar_scrape_errors_total", target=target,
-                               reason=reason) or 0) >= 1 else None
+            return (
+                t
+                if (value(t, "vllm_sidecar_scrape_errors_total", target=target, reason=reason) or 0) >= 1
+                else None
+            )
+
         text = wait_for(failed, f"{target} failed with {reason}")
         assert value(text, "vllm_sidecar_target_up", target=target) == 0
         assert value(text, "vllm_sidecar_diagnosis", target=target, code="target_down") == 1
@@ -134,8 +150,7 @@ def test_side_by_side_good_restart_engines_dead_slow_garbage(replay, sidecar_pro
 def test_openmetrics_negotiation_and_text_default(replay, sidecar_proc):
     replay.add_fixture("on", FIXTURES / "vllm-0.32.0/prefix_on_shared")
     _, base = sidecar_proc(f"on={replay.url('on')}")
-    wait_for(lambda: value(metrics(base), "vllm_sidecar_target_up", target="on") == 1,
-             "target on up")
+    wait_for(lambda: value(metrics(base), "vllm_sidecar_target_up", target="on") == 1, "target on up")
     plain = httpx.get(base + "/metrics")
     assert plain.headers["content-type"].startswith("text/plain; version=0.0.4")
     om = httpx.get(base + "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
@@ -147,18 +162,24 @@ def test_openmetrics_negotiation_and_text_default(replay, sidecar_proc):
 
 
 def test_openmetrics_and_v1_text_answers_from_vllm_are_accepted(replay, sidecar_proc):
-    om_body = (b"# TYPE vllm:prefix_cache_queries counter\n"
-               b'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 10.0\n'
-               b'vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e9\n'
-               b"# TYPE vllm:prefix_cache_hits counter\n"
-               b'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 4.0 # {trace_id="a"} 1.0\n'
-               b"# EOF\n")
-    replay.add("om", [om_body],
-               content_type="application/openmetrics-text; version=1.0.0; charset=utf-8")
+    om_body = (
+        b"# TYPE vllm:prefix_cache_queries counter\n"
+        b'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 10.0\n'
+        b'vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e9\n'
+        b"# TYPE vllm:prefix_cache_hits counter\n"
+        b'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 4.0 # {trace_id="a"} 1.0\n'
+        b"# EOF\n"
+    )
+    replay.add("om", [om_body], content_type="application/openmetrics-text; version=1.0.0; charset=utf-8")
     replay.add_fixture("v1text", FIXTURES / "vllm-0.32.0/prefix_on_shared")  # text/plain; version=1.0.0
     _, base = sidecar_proc(f"om={replay.url('om')}", f"v1text={replay.url('v1text')}")
-    text = until(base, lambda t: value(t, "vllm_sidecar_target_up", target="om") == 1
-                             and value(t, "vllm_sidecar_target_up", target="v1text") == 1)
+    text = until(
+        base,
+        lambda t: (
+            value(t, "vllm_sidecar_target_up", target="om") == 1
+            and value(t, "vllm_sidecar_target_up", target="v1text") == 1
+        ),
+    )
     assert value(text, "vllm_sidecar_prefix_cache_hit_ratio", target="om", window="lifetime") == 0.4
 
 
@@ -166,10 +187,14 @@ def test_no_vllm_metrics_and_http_status(replay, sidecar_proc):
     replay.add("empty", [b"# HELP process_open_fds x\nprocess_open_fds 3.0\n"])
     replay.add("err", [b""], status=500)
     _, base = sidecar_proc(f"empty={replay.url('empty')}", f"err={replay.url('err')}")
-    text = until(base, lambda t: (value(t, "vllm_sidecar_scrape_errors_total", target="err",
-                                                   reason="http_status") or 0) >= 1
-                             and (value(t, "vllm_sidecar_scrape_errors_total", target="empty",
-                                        reason="no_vllm_metrics") or 0) >= 1)
+    text = until(
+        base,
+        lambda t: (
+            (value(t, "vllm_sidecar_scrape_errors_total", target="err", reason="http_status") or 0) >= 1
+            and (value(t, "vllm_sidecar_scrape_errors_total", target="empty", reason="no_vllm_metrics") or 0)
+            >= 1
+        ),
+    )
     assert value(text, "vllm_sidecar_diagnosis", target="empty", code="no_vllm_metrics") == 1
     assert value(text, "vllm_sidecar_target_up", target="empty") == 0
 
@@ -178,8 +203,10 @@ def test_too_large_body_is_refused(replay, sidecar_proc):
     body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
     replay.add("big", [body])
     _, base = sidecar_proc(f"big={replay.url('big')}", extra=("--max-body-bytes", "4096"))
-    text = until(base, lambda t: (value(t, "vllm_sidecar_scrape_errors_total", target="big",
-                                                   reason="too_large") or 0) >= 1)
+    text = until(
+        base,
+        lambda t: (value(t, "vllm_sidecar_scrape_errors_total", target="big", reason="too_large") or 0) >= 1,
+    )
     assert value(text, "vllm_sidecar_target_up", target="big") == 0
 
 

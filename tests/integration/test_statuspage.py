@@ -17,13 +17,13 @@ from html.parser import HTMLParser
 
 import httpx
 import pytest
+
+from sidecar.explain import fmt_pct
 from testkit import REPO
+from testkit.bodies import get_value, set_value
 from testkit.captures import FIXTURES, load_fixture
 from testkit.procs import SidecarProcess, free_port, wait_until
 from testkit.replay import ReplayServer
-
-from testkit.bodies import get_value, set_value
-from sidecar.explain import fmt_pct
 
 ARTIFACTS = REPO / ".artifacts"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -36,7 +36,7 @@ XSS_NAME = "<script>alert(1)</script>"
 #: ``--target NAME=URL`` takes no '/' in NAME (it would be part of a URL): an unclosed tag
 XSS_CLI_NAME = "<script>alert(1)"
 XSS_LABEL = "<script>document.title='pwned-label'</script>"
-XSS_ATTR = "\"><img src=x onerror=\"document.title='pwned-attr'\">"
+XSS_ATTR = '"><img src=x onerror="document.title=\'pwned-attr\'">'
 XSS_MODEL = "<script>document.title='pwned-model'</script>\"><svg onload=alert(3)>"
 #: generous guards against a hung process; never a performance assertion
 HANG_GUARD = 180
@@ -53,8 +53,11 @@ def ready_sidecar(args: list[str]) -> SidecarProcess:
     """The real sidecar at a half-second interval, once its /readyz says ready."""
     sidecar = SidecarProcess(["--interval", "0.5", "--windows", "10s,30s", *args])
     try:
-        wait_until(lambda: (r := _get(sidecar.base + "/readyz")) is not None
-                   and r.status_code == 200, "sidecar ready", timeout=120.0)
+        wait_until(
+            lambda: (r := _get(sidecar.base + "/readyz")) is not None and r.status_code == 200,
+            "sidecar ready",
+            timeout=120.0,
+        )
     except BaseException:
         sidecar.stop(HANG_GUARD)
         raise
@@ -65,17 +68,27 @@ def ready_sidecar(args: list[str]) -> SidecarProcess:
 def chromium_bin() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.fail("Debian's chromium is needed for the status page tests "
-                    "(apt-get install -y chromium)")
+        pytest.fail("Debian's chromium is needed for the status page tests (apt-get install -y chromium)")
     return path
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
     """Run headless Chromium once, in a throw-away profile, loopback only."""
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        cmd = [chromium_bin(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-               "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}", *args]
+        cmd = [
+            chromium_bin(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            *args,
+        ]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD)
 
 
@@ -98,8 +111,7 @@ class Dom(HTMLParser):
     def handle_starttag(self, tag, attrs):
         el = {"tag": tag, "attrs": dict(attrs), "text": ""}
         self.elements.append(el)
-        if tag not in ("meta", "br", "img", "input", "link", "line", "circle", "polyline",
-                       "polygon"):
+        if tag not in ("meta", "br", "img", "input", "link", "line", "circle", "polyline", "polygon"):
             self._open.append(el)
 
     def handle_endtag(self, tag):
@@ -153,22 +165,29 @@ def stack(tmp_path_factory):
         rs.add("hostile", hostile, version=version)
         live, version = live_bodies()
         rs.add("live", live, version=version)
-        targets = [{"name": "live-traffic", "url": rs.url("live"),
-                    "labels": {"namespace": "inference", "pod": "vllm-7f9c-0"}},
-                   {"name": "on", "url": rs.url("on"), "labels": {"pod": "vllm-on-0"}},
-                   {"name": "off", "url": rs.url("off")},
-                   {"name": "concurrent", "url": rs.url("conc")},
-                   {"name": "v0-engine", "url": rs.url("v0")},
-                   {"name": XSS_NAME, "url": rs.url("hostile"),
-                    "labels": {"team": XSS_LABEL, "note": XSS_ATTR}},
-                   {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/metrics"}]
+        targets = [
+            {
+                "name": "live-traffic",
+                "url": rs.url("live"),
+                "labels": {"namespace": "inference", "pod": "vllm-7f9c-0"},
+            },
+            {"name": "on", "url": rs.url("on"), "labels": {"pod": "vllm-on-0"}},
+            {"name": "off", "url": rs.url("off")},
+            {"name": "concurrent", "url": rs.url("conc")},
+            {"name": "v0-engine", "url": rs.url("v0")},
+            {"name": XSS_NAME, "url": rs.url("hostile"), "labels": {"team": XSS_LABEL, "note": XSS_ATTR}},
+            {"name": "dead", "url": f"http://127.0.0.1:{free_port()}/metrics"},
+        ]
         cfg = tmp_path_factory.mktemp("statuspage") / "sidecar.yaml"
         cfg.write_text(json.dumps({"targets": targets}))  # JSON is YAML
         sidecar = ready_sidecar(["--config", str(cfg)])
         try:
             # every replay served its whole sequence and then its last body once more
-            wait_until(lambda: all(f.hits > len(f.bodies) for f in rs.fakes.values()),
-                       "replays played through", timeout=120.0)
+            wait_until(
+                lambda: all(f.hits > len(f.bodies) for f in rs.fakes.values()),
+                "replays played through",
+                timeout=120.0,
+            )
             yield sidecar.base, rs
         finally:
             sidecar.stop(HANG_GUARD)
@@ -183,11 +202,17 @@ def figures(doc: dict) -> dict:
     out = {}
     for name, t in doc.items():
         out[name] = {
-            "up": t["up"], "caching": t["prefix_caching_enabled"],
+            "up": t["up"],
+            "caching": t["prefix_caching_enabled"],
             "codes": sorted(d["code"] for d in t["diagnoses"]),
-            "engines": {(e["model_name"], e["engine"]): (
-                {w: fmt_pct(v) for w, v in e["hit_ratio"].items()}, fmt_pct(e["kv_cache_usage"]))
-                for e in t["engines"]}}
+            "engines": {
+                (e["model_name"], e["engine"]): (
+                    {w: fmt_pct(v) for w, v in e["hit_ratio"].items()},
+                    fmt_pct(e["kv_cache_usage"]),
+                )
+                for e in t["engines"]
+            },
+        }
     return out
 
 
@@ -196,8 +221,12 @@ def page_figures(dom: Dom) -> dict:
     for sec in dom.elements:
         if sec["tag"] == "section" and "target" in sec["attrs"].get("class", ""):
             cls = sec["attrs"]["class"].split()
-            out[sec["attrs"]["data-target"]] = {"up": "up" in cls, "caching": None, "codes": [],
-                                                "engines": {}}
+            out[sec["attrs"]["data-target"]] = {
+                "up": "up" in cls,
+                "caching": None,
+                "codes": [],
+                "engines": {},
+            }
     current = None
     for el in dom.elements:  # document order: a section, then its content
         a = el["attrs"]
@@ -205,7 +234,8 @@ def page_figures(dom: Dom) -> dict:
             current = out[a["data-target"]]
         elif a.get("data-flag") == "enable_prefix_caching":
             current["caching"] = {"prefix caching ON": True, "prefix caching OFF": False}.get(
-                el["text"].strip())
+                el["text"].strip()
+            )
         elif el["tag"] == "details" and "diag" in a.get("class", ""):
             current["codes"].append(a["data-code"])
         elif "rv" in a.get("class", "").split():
@@ -262,14 +292,14 @@ def test_numbers_on_the_page_match_the_api(stack):
     assert dom.title.startswith("vllm-cache-sidecar: 6/7 up")
     assert all("ago" in e["text"] for e in dom.find("age"))
     assert len(dom.find("spark")) == 6 and len(dom.find("bar")) == 6
-    assert [e["attrs"].get("content") for e in dom.elements
-            if e["attrs"].get("http-equiv") == "refresh"] == ["10"]
+    assert [e["attrs"].get("content") for e in dom.elements if e["attrs"].get("http-equiv") == "refresh"] == [
+        "10"
+    ]
 
 
 def _assert_inert(dom: Dom, raw: str) -> None:
     assert not [e for e in dom.elements if e["tag"] in ("script", "img", "iframe", "object")]
-    assert not [e for e in dom.elements if e["tag"] == "svg" and "spark" not in
-                e["attrs"].get("class", "")]
+    assert not [e for e in dom.elements if e["tag"] == "svg" and "spark" not in e["attrs"].get("class", "")]
     assert not [(e["tag"], k) for e in dom.elements for k in e["attrs"] if k.startswith("on")]
     assert "pwned" not in dom.title
     texts = " ".join(e["text"] for e in dom.elements if e["tag"] == "body")
@@ -321,19 +351,54 @@ from hypothesis import strategies as st  # noqa: E402
 from sidecar.diagnose import CODES  # noqa: E402
 from sidecar.doctor import Report, Style, render_json, render_text  # noqa: E402
 from sidecar.explain import explain_all  # noqa: E402
-from sidecar.model import (CacheConfig, Diagnosis, EngineMetrics, EngineState,  # noqa: E402
-                           TargetSnapshot, WindowStats)
+from sidecar.model import CacheConfig, Diagnosis, EngineMetrics, EngineState, TargetSnapshot, WindowStats  # noqa: E402
 from sidecar.statuspage import render  # noqa: E402
 
-ALLOWED_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "p", "a", "div",
-                "span", "main", "section", "h2", "h3", "h4", "strong", "figure", "figcaption",
-                "svg", "line", "circle", "polyline", "polygon", "details", "summary", "code", "ul",
-                "ol", "li", "footer"}
-PAYLOADS = ["<script>alert(1)</script>", "<img src=x onerror=alert(1)>", "\"><b onclick=x>",
-            "'><iframe src=x>", "</span></div><object>", "<svg onload=alert(1)>", "&lt;b&gt;"]
+ALLOWED_TAGS = {
+    "html",
+    "head",
+    "meta",
+    "title",
+    "style",
+    "body",
+    "header",
+    "h1",
+    "p",
+    "a",
+    "div",
+    "span",
+    "main",
+    "section",
+    "h2",
+    "h3",
+    "h4",
+    "strong",
+    "figure",
+    "figcaption",
+    "svg",
+    "line",
+    "circle",
+    "polyline",
+    "polygon",
+    "details",
+    "summary",
+    "code",
+    "ul",
+    "ol",
+    "li",
+    "footer",
+}
+PAYLOADS = [
+    "<script>alert(1)</script>",
+    "<img src=x onerror=alert(1)>",
+    '"><b onclick=x>',
+    "'><iframe src=x>",
+    "</span></div><object>",
+    "<svg onload=alert(1)>",
+    "&lt;b&gt;",
+]
 plain = st.text(alphabet=st.sampled_from("<>&\"'/=ab \x1b\n;:") | st.characters(), max_size=24)
-text = plain | st.sampled_from(PAYLOADS) | st.builds(lambda a, p: a + p, plain,
-                                                     st.sampled_from(PAYLOADS))
+text = plain | st.sampled_from(PAYLOADS) | st.builds(lambda a, p: a + p, plain, st.sampled_from(PAYLOADS))
 num = st.none() | st.floats(allow_nan=True, allow_infinity=True) | st.integers(-5, 10**9)
 ratio = st.floats(min_value=0, max_value=1) | st.just(float("nan"))
 
@@ -342,55 +407,119 @@ ratio = st.floats(min_value=0, max_value=1) | st.just(float("nan"))
 def snapshots(draw):
     windows = []
     for label, secs in (("10s", 10.0), ("30s", 30.0)):
-        windows.append(WindowStats(label, secs, draw(st.sampled_from([0.0, 5.0])),
-                                   queries=draw(st.floats(0, 1e6)), hits=draw(st.floats(0, 1e6)),
-                                   hit_ratio=draw(ratio), preemptions=draw(st.floats(0, 10)),
-                                   prompt_tokens=draw(st.floats(0, 1e6)),
-                                   mean_prompt_tokens=draw(st.floats(0, 4096) | st.just(
-                                       float("nan")))))
+        windows.append(
+            WindowStats(
+                label,
+                secs,
+                draw(st.sampled_from([0.0, 5.0])),
+                queries=draw(st.floats(0, 1e6)),
+                hits=draw(st.floats(0, 1e6)),
+                hit_ratio=draw(ratio),
+                preemptions=draw(st.floats(0, 10)),
+                prompt_tokens=draw(st.floats(0, 1e6)),
+                mean_prompt_tokens=draw(st.floats(0, 4096) | st.just(float("nan"))),
+            )
+        )
     engines = tuple(
-        EngineState(m := draw(text), e := draw(text),
-                    EngineMetrics(m, e, prefix_queries=draw(st.none() | st.floats(0, 1e9)),
-                                  prefix_hits=draw(st.none() | st.floats(0, 1e9)),
-                                  external_queries=draw(st.none() | st.floats(0, 1e6)),
-                                  kv_usage=draw(st.none() | ratio | st.floats(-1, 2)),
-                                  running=draw(st.none() | st.floats(0, 100)),
-                                  waiting=draw(st.none() | st.floats(0, 100)),
-                                  v0_hit_rate=draw(st.none() | ratio)),
-                    lifetime_hit_ratio=draw(ratio), windows=tuple(windows),
-                    ratio_series=tuple(x for pair in draw(st.lists(
-                        st.tuples(st.floats(1e9, 1e9 + 60), ratio), max_size=6)) for x in pair))
-        for _ in range(draw(st.integers(0, 2))))
-    configs = tuple(CacheConfig(draw(text), draw(st.none() | st.booleans()),
-                                block_size=draw(st.none() | st.sampled_from([16, 128])),
-                                num_gpu_blocks=draw(st.none() | st.integers(0, 10**6)),
-                                hash_algo=draw(st.none() | text),
-                                kv_offloading_backend=draw(st.none() | text),
-                                labels=tuple(draw(st.lists(st.tuples(
-                                    st.sampled_from(["sliding_window", "mamba_cache_mode",
-                                                     "is_attention_free", "x"]), text),
-                                    max_size=3))))
-                    for _ in range(draw(st.integers(0, 2))))
-    keys = ["window", "queries", "hits", "block_size", "mean_prompt_tokens", "kv_usage",
-            "preemptions", "external_queries", "external_hits", "names", "schema", "reason",
-            "error", "engines", "restarts", "last_restart", "prompt_tokens"]
-    diags = tuple(Diagnosis(code, CODES.get(code, "info"), draw(text), tuple(
-        (k, draw(num | text | st.tuples(text))) for k in draw(st.lists(st.sampled_from(keys),
-                                                                        unique=True))))
-        for code in draw(st.lists(st.sampled_from(sorted(CODES) + ["new_code"]), max_size=4)))
+        EngineState(
+            m := draw(text),
+            e := draw(text),
+            EngineMetrics(
+                m,
+                e,
+                prefix_queries=draw(st.none() | st.floats(0, 1e9)),
+                prefix_hits=draw(st.none() | st.floats(0, 1e9)),
+                external_queries=draw(st.none() | st.floats(0, 1e6)),
+                kv_usage=draw(st.none() | ratio | st.floats(-1, 2)),
+                running=draw(st.none() | st.floats(0, 100)),
+                waiting=draw(st.none() | st.floats(0, 100)),
+                v0_hit_rate=draw(st.none() | ratio),
+            ),
+            lifetime_hit_ratio=draw(ratio),
+            windows=tuple(windows),
+            ratio_series=tuple(
+                x
+                for pair in draw(st.lists(st.tuples(st.floats(1e9, 1e9 + 60), ratio), max_size=6))
+                for x in pair
+            ),
+        )
+        for _ in range(draw(st.integers(0, 2)))
+    )
+    configs = tuple(
+        CacheConfig(
+            draw(text),
+            draw(st.none() | st.booleans()),
+            block_size=draw(st.none() | st.sampled_from([16, 128])),
+            num_gpu_blocks=draw(st.none() | st.integers(0, 10**6)),
+            hash_algo=draw(st.none() | text),
+            kv_offloading_backend=draw(st.none() | text),
+            labels=tuple(
+                draw(
+                    st.lists(
+                        st.tuples(
+                            st.sampled_from(["sliding_window", "mamba_cache_mode", "is_attention_free", "x"]),
+                            text,
+                        ),
+                        max_size=3,
+                    )
+                )
+            ),
+        )
+        for _ in range(draw(st.integers(0, 2)))
+    )
+    keys = [
+        "window",
+        "queries",
+        "hits",
+        "block_size",
+        "mean_prompt_tokens",
+        "kv_usage",
+        "preemptions",
+        "external_queries",
+        "external_hits",
+        "names",
+        "schema",
+        "reason",
+        "error",
+        "engines",
+        "restarts",
+        "last_restart",
+        "prompt_tokens",
+    ]
+    diags = tuple(
+        Diagnosis(
+            code,
+            CODES.get(code, "info"),
+            draw(text),
+            tuple(
+                (k, draw(num | text | st.tuples(text)))
+                for k in draw(st.lists(st.sampled_from(keys), unique=True))
+            ),
+        )
+        for code in draw(st.lists(st.sampled_from(sorted(CODES) + ["new_code"]), max_size=4))
+    )
     scraped = draw(st.booleans())
     return TargetSnapshot(
-        name=draw(text), url="http://" + draw(text), labels=tuple(draw(st.lists(
-            st.tuples(st.sampled_from(["pod", "team"]), text), max_size=2))),
-        scraped=scraped, up=scraped and draw(st.booleans()),
+        name=draw(text),
+        url="http://" + draw(text),
+        labels=tuple(draw(st.lists(st.tuples(st.sampled_from(["pod", "team"]), text), max_size=2))),
+        scraped=scraped,
+        up=scraped and draw(st.booleans()),
         last_scrape=draw(st.none() | st.floats(1e9, 1e9 + 60)),
         last_success=draw(st.none() | st.floats(1e9, 1e9 + 60)),
-        scrape_duration=draw(st.none() | st.floats(0, 5)), last_error=draw(st.none() | text),
-        last_error_reason=draw(st.none() | st.sampled_from(["connect", "timeout", "parse",
-                                                            "no_vllm_metrics"])),
-        version=draw(st.none() | text), schema=draw(text), engines=engines,
-        cache_configs=configs, diagnoses=diags, windows=("10s", "30s"),
-        restart_times=tuple(draw(st.lists(st.floats(1e9, 1e9 + 60), max_size=2))))
+        scrape_duration=draw(st.none() | st.floats(0, 5)),
+        last_error=draw(st.none() | text),
+        last_error_reason=draw(
+            st.none() | st.sampled_from(["connect", "timeout", "parse", "no_vllm_metrics"])
+        ),
+        version=draw(st.none() | text),
+        schema=draw(text),
+        engines=engines,
+        cache_configs=configs,
+        diagnoses=diags,
+        windows=("10s", "30s"),
+        restart_times=tuple(draw(st.lists(st.floats(1e9, 1e9 + 60), max_size=2))),
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

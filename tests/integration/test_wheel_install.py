@@ -17,12 +17,12 @@ pip needs a package index for step 2 (as docker build does).
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import ast
 import json
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from testkit import REPO
 from testkit.captures import FIXTURES
 from testkit.procs import SidecarProcess, clean_env, wait_until
-
 from testkit.replay import ReplayServer
 
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
@@ -42,8 +42,11 @@ VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 
 def build_context(dest: Path) -> Path:
     """The files .dockerignore lets into the build context (an allowlist of ``!`` lines)."""
-    allowed = [line[1:].rstrip("/") for line in (REPO / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")]
+    allowed = [
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    ]
     dest.mkdir(parents=True, exist_ok=True)
     for name in allowed:
         src = REPO / name
@@ -65,8 +68,11 @@ def run(cmd, **kw):
 #: the user's vLLM process): module -> the extra that names it
 EXTRA_MODULES = {"vllm": "vllm"}
 #: this environment without PYTHONPATH (so nothing comes from a source tree), for pip and the venv
-ENV = {k: v for k, v in clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1",
-                                   PYTHONDONTWRITEBYTECODE="1").items() if k != "PYTHONPATH"}
+ENV = {
+    k: v
+    for k, v in clean_env(PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="1").items()
+    if k != "PYTHONPATH"
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +97,19 @@ def installed(wheels) -> Path:
     """A fresh virtualenv holding only the built wheel and its dependencies."""
     venv = wheels.parent / "venv"
     run([sys.executable, "-m", "venv", str(venv)])
-    run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-index", "--find-links",
-         str(wheels), f"vllm-cache-sidecar=={VERSION}"])
+    run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            f"vllm-cache-sidecar=={VERSION}",
+        ]
+    )
     run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(venv)])  # as the image does
     return venv
 
@@ -103,8 +120,7 @@ def tree(*roots: Path) -> set[str]:
 
 def test_the_wheel_holds_the_package_and_nothing_else(installed):
     py = str(installed / "bin" / "python")
-    out = run([py, "-c", "import sidecar, sys; print(sidecar.__file__); print(sys.prefix)"],
-              cwd=installed)
+    out = run([py, "-c", "import sidecar, sys; print(sidecar.__file__); print(sys.prefix)"], cwd=installed)
     module_file, prefix = out.stdout.split()
     assert module_file.startswith(str(installed)), module_file  # not the source tree
     files = run([py, "-m", "pip", "show", "-f", "vllm-cache-sidecar"]).stdout
@@ -118,8 +134,18 @@ def test_the_wheel_ships_the_service_alone(wheel):
     assert tops == {"sidecar", f"vllm_cache_sidecar-{VERSION}.dist-info"}, tops
     modules = {n for n in wheel.namelist() if n.endswith(".py")}
     assert "sidecar/cli.py" in modules and "sidecar/py.typed" in wheel.namelist()
-    for helper in ("demo", "testkit", "tests", "bench", "fuzz", "tinymodel", "traffic",
-                   "vllm_server", "replay", "bodies"):
+    for helper in (
+        "demo",
+        "testkit",
+        "tests",
+        "bench",
+        "fuzz",
+        "tinymodel",
+        "traffic",
+        "vllm_server",
+        "replay",
+        "bodies",
+    ):
         assert not [n for n in modules if re.search(rf"(^|/){helper}(/|\.py$)", n)], helper
 
 
@@ -145,15 +171,21 @@ def test_the_wheel_requires_exactly_what_the_service_imports(wheel, installed):
     modules ``sidecar/`` imports: no more (httpx left with the demo), no fewer. The module ->
     distribution map comes from the installed packages' own metadata."""
     meta = Parser().parsestr(wheel.read(f"vllm_cache_sidecar-{VERSION}.dist-info/METADATA").decode())
-    required = {_normal(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
-                for req in meta.get_all("Requires-Dist", []) if "extra ==" not in req}
+    required = {
+        _normal(re.split(r"[ ;<>=!~\[(]", req, maxsplit=1)[0])
+        for req in meta.get_all("Requires-Dist", [])
+        if "extra ==" not in req
+    }
     imported = _third_party_imports()
     for module, extra in EXTRA_MODULES.items():
         assert module in imported and extra in meta.get_all("Provides-Extra", []), module
     py = str(installed / "bin" / "python")
-    provides = json.loads(run([py, "-c", "import importlib.metadata as m, json; "
-                                         "print(json.dumps(m.packages_distributions()))"],
-                              cwd=installed).stdout)
+    provides = json.loads(
+        run(
+            [py, "-c", "import importlib.metadata as m, json; print(json.dumps(m.packages_distributions()))"],
+            cwd=installed,
+        ).stdout
+    )
     needed = imported - set(EXTRA_MODULES)
     missing = needed - set(provides)
     assert not missing, f"imported but not installed with the wheel: {missing}"
@@ -163,8 +195,7 @@ def test_the_wheel_requires_exactly_what_the_service_imports(wheel, installed):
 def test_console_script_checks_a_config_file(installed, tmp_path):
     cfg = tmp_path / "config.yaml"
     cfg.write_text("targets:\n  - name: vllm\n    url: http://127.0.0.1:8000/metrics\n")
-    out = run([str(installed / "bin" / "vllm-cache-sidecar"), "check-config", str(cfg)],
-              cwd=tmp_path)
+    out = run([str(installed / "bin" / "vllm-cache-sidecar"), "check-config", str(cfg)], cwd=tmp_path)
     assert "http://127.0.0.1:8000/metrics" in out.stdout + out.stderr
 
 
@@ -173,8 +204,15 @@ def test_console_script_help(installed):
     for command in ("run", "doctor", "check-config"):
         assert command in out.stdout
     out = run([str(installed / "bin" / "vllm-cache-sidecar"), "run", "--help"], cwd=installed)
-    for flag in ("--target", "--listen", "--interval", "--windows", "--web-config",
-                 "--targets-file", "--log-format"):
+    for flag in (
+        "--target",
+        "--listen",
+        "--interval",
+        "--windows",
+        "--web-config",
+        "--targets-file",
+        "--log-format",
+    ):
         assert flag in out.stdout
 
 
@@ -184,16 +222,24 @@ def test_installed_service_runs_scrapes_and_stops_cleanly(installed, tmp_path):
         pytest.skip(f"no fixtures at {FIXTURES}")
     with ReplayServer() as replay:
         replay.add_fixture("vllm", fixture)
-        args = ["--interval", "1", "--windows", "10s,30s",
-                "--target", f"vllm={replay.url('vllm')}",
-                "--target", "dead=http://127.0.0.1:9/metrics"]
+        args = [
+            "--interval",
+            "1",
+            "--windows",
+            "10s,30s",
+            "--target",
+            f"vllm={replay.url('vllm')}",
+            "--target",
+            "dead=http://127.0.0.1:9/metrics",
+        ]
         home = tmp_path / "home"
         home.mkdir()
         # the image's environment; no PYTHONPATH, so nothing comes from the source tree
         env = ENV | {"HOME": str(home)}
         before = tree(installed, tmp_path)
-        sidecar = SidecarProcess(args, tmp_path, env=env,
-                                 command=[str(installed / "bin" / "vllm-cache-sidecar")])
+        sidecar = SidecarProcess(
+            args, tmp_path, env=env, command=[str(installed / "bin" / "vllm-cache-sidecar")]
+        )
         try:
             base = sidecar.base
             assert httpx.get(base + "/healthz").status_code == 200
@@ -214,8 +260,17 @@ def test_installed_image_supports_basic_auth_web_configs(installed, tmp_path):
     the image exactly as it does in development."""
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  prometheus: $2b$04$" + "a" * 53 + "\n")
-    out = subprocess.run([str(installed / "bin" / "python"), "-c",
-                          "import sys; from sidecar.config.web import load_web_config; "
-                          "print(load_web_config(sys.argv[1]).auth_enabled)", str(web)],
-                         capture_output=True, text=True, cwd=tmp_path, env=ENV)
+    out = subprocess.run(
+        [
+            str(installed / "bin" / "python"),
+            "-c",
+            "import sys; from sidecar.config.web import load_web_config; "
+            "print(load_web_config(sys.argv[1]).auth_enabled)",
+            str(web),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr

@@ -12,7 +12,7 @@ import asyncio
 import socket
 import struct
 from collections import Counter
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from testkit.captures import capture_bodies
 from testkit.replay import InThread
@@ -58,11 +58,14 @@ class Conn:
         self.writer.write(data)
         await self.writer.drain()
 
-    async def respond(self, status: int, body: bytes, content_type: str = TEXT,
-                      reason: str = "", length: int | None = None) -> None:
-        head = (f"HTTP/1.1 {status} {reason or 'X'}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body) if length is None else length}\r\n"
-                "Connection: close\r\n\r\n")
+    async def respond(
+        self, status: int, body: bytes, content_type: str = TEXT, reason: str = "", length: int | None = None
+    ) -> None:
+        head = (
+            f"HTTP/1.1 {status} {reason or 'X'}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body) if length is None else length}\r\n"
+            "Connection: close\r\n\r\n"
+        )
         await self.send(head.encode("latin-1") + body)
 
     def reset(self) -> None:
@@ -88,13 +91,19 @@ def build_cases(max_body: int) -> dict[str, Case]:
         await asyncio.sleep(HANG)
 
     async def slow_body(c: Conn, n: int) -> None:
-        await c.send(f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nContent-Length: {len(good)}\r\n"
-                     "Connection: close\r\n\r\n".encode() + good[:1000])
+        await c.send(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nContent-Length: {len(good)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + good[:1000]
+        )
         await asyncio.sleep(HANG)
 
     async def reset_mid_body(c: Conn, n: int) -> None:
-        await c.send(f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nContent-Length: {len(good)}\r\n"
-                     "Connection: close\r\n\r\n".encode() + good[: len(good) // 2])
+        await c.send(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nContent-Length: {len(good)}\r\n"
+            "Connection: close\r\n\r\n".encode()
+            + good[: len(good) // 2]
+        )
         await asyncio.sleep(0.05)
         c.reset()
 
@@ -113,8 +122,10 @@ def build_cases(max_body: int) -> dict[str, Case]:
 
     async def oversize_chunked(c: Conn, n: int) -> None:
         """No Content-Length: the cap must hold while streaming."""
-        await c.send(f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nTransfer-Encoding: chunked\r\n"
-                     "Connection: close\r\n\r\n".encode())
+        await c.send(
+            f"HTTP/1.1 200 OK\r\nContent-Type: {TEXT}\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
         sent = 0
         while sent <= 4 * max_body:
             chunk = good[:16384]
@@ -126,8 +137,7 @@ def build_cases(max_body: int) -> dict[str, Case]:
         await c.respond(200, good.rstrip(b"\n") + b'\nvllm:odd_info{model_name="t\xffny"} 1\n')
 
     async def garbage(c: Conn, n: int) -> None:
-        await c.respond(200, b"<html><body>\x00\x01 502 Bad Gateway {{{ }}} </body></html>\n",
-                        "text/html")
+        await c.respond(200, b"<html><body>\x00\x01 502 Bad Gateway {{{ }}} </body></html>\n", "text/html")
 
     async def duplicate_series(c: Conn, n: int) -> None:
         await c.respond(200, body_with(good, first_sample_line(good, "vllm:kv_cache_usage_perc")))
@@ -155,15 +165,33 @@ def build_cases(max_body: int) -> dict[str, Case]:
         else:
             await reset_mid_body(c, n)
 
-    return {f.__name__: f for f in (
-        ok, slow_headers, slow_body, reset_mid_body, close_without_answer, status_500, status_404,
-        oversize_declared, oversize_chunked, non_utf8, garbage, duplicate_series, nan_inf, no_vllm,
-        flapping, goes_bad)}
+    return {
+        f.__name__: f
+        for f in (
+            ok,
+            slow_headers,
+            slow_body,
+            reset_mid_body,
+            close_without_answer,
+            status_500,
+            status_404,
+            oversize_declared,
+            oversize_chunked,
+            non_utf8,
+            garbage,
+            duplicate_series,
+            nan_inf,
+            no_vllm,
+            flapping,
+            goes_bad,
+        )
+    }
 
 
 def _static(body: bytes) -> Case:
     async def serve(c: Conn, n: int) -> None:
         await c.respond(200, body)
+
     return serve
 
 
@@ -211,7 +239,7 @@ class FaultServer(InThread):
             if not writer.transport.is_closing():
                 writer.close()
 
-    async def start(self) -> "FaultServer":
+    async def start(self) -> FaultServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self

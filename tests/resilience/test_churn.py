@@ -20,30 +20,38 @@ import aiohttp
 from faultserver import FaultServer, real_bodies
 from prometheus_client.parser import text_string_to_metric_families
 
-from sidecar.config.settings import Config
-from sidecar.model import Window
-from sidecar.derive import TargetTracker
 from sidecar.config.reload import TargetsFileWatcher
+from sidecar.config.settings import Config
+from sidecar.derive import TargetTracker
+from sidecar.model import Window
 from sidecar.service import Sidecar
 
 N = 1000
 ROUNDS = 3
-KEEP = ("vllm:prefix_cache_", "vllm:kv_cache_usage_perc", "vllm:cache_config_info",
-        "vllm:prompt_tokens_total", "vllm:num_requests_")
+KEEP = (
+    "vllm:prefix_cache_",
+    "vllm:kv_cache_usage_perc",
+    "vllm:cache_config_info",
+    "vllm:prompt_tokens_total",
+    "vllm:num_requests_",
+)
 
 
 def small_body() -> bytes:
     """A real body cut down to the series the sidecar reads most (so 1,000 scrapes stay cheap)."""
-    lines = [ln for ln in real_bodies()[-1].decode().split("\n")
-             if any(k in ln for k in KEEP)]
+    lines = [ln for ln in real_bodies()[-1].decode().split("\n") if any(k in ln for k in KEEP)]
     return ("\n".join(lines) + "\n").encode()
 
 
 def write_targets(path: Path, port: int, names: list[str], rnd: int) -> None:
     """file_sd JSON: one group per target (``name`` label), all served by the same fake vLLM."""
-    groups = [{"targets": [f"127.0.0.1:{port}"],
-               "labels": {"name": n, "__metrics_path__": "/vllm/metrics", "round": str(rnd)}}
-              for n in names]
+    groups = [
+        {
+            "targets": [f"127.0.0.1:{port}"],
+            "labels": {"name": n, "__metrics_path__": "/vllm/metrics", "round": str(rnd)},
+        }
+        for n in names
+    ]
     path.write_text(json.dumps(groups))
 
 
@@ -51,8 +59,12 @@ async def series_targets(http: aiohttp.ClientSession, port: int) -> set[tuple[st
     """(target, round label) of every series in ``/metrics`` that has a target."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
-    return {(s.labels["target"], s.labels.get("round", "")) for fam in
-            text_string_to_metric_families(text) for s in fam.samples if "target" in s.labels}
+    return {
+        (s.labels["target"], s.labels.get("round", ""))
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if "target" in s.labels
+    }
 
 
 def scrape_tasks() -> int:
@@ -74,11 +86,13 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     path.write_text("[]")
     # A short interval: the service spreads first scrapes over one interval, so every target of
     # a round has been scraped within about a second.
-    config = Config(listen="127.0.0.1:0", interval=1.0, windows=(Window("5m", 300.0),),
-                    targets=(), targets_file=str(path))
+    config = Config(
+        listen="127.0.0.1:0", interval=1.0, windows=(Window("5m", 300.0),), targets=(), targets_file=str(path)
+    )
     sidecar = Sidecar(config)
-    watcher = TargetsFileWatcher(str(path), on_change=sidecar.targets_file_changed,
-                                 on_error=sidecar.targets_file_failed)
+    watcher = TargetsFileWatcher(
+        str(path), on_change=sidecar.targets_file_changed, on_error=sidecar.targets_file_failed
+    )
     sidecar.extra_targets = watcher.load_initial()
     await sidecar.start()
     memory: list[int] = []  # after each round's removal

@@ -17,10 +17,9 @@ from faultserver import FaultServer, real_bodies, refused_url
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.config.settings import Config, TargetConfig
-from sidecar.model import Window
-from sidecar.model import REASONS
-from testkit.replay import ReplayServer
+from sidecar.model import REASONS, Window
 from sidecar.service import Sidecar
+from testkit.replay import ReplayServer
 
 INTERVAL = 0.5  # the scrape timeout is then 0.4 s (interval * 0.8)
 MAX_BODY = 256 * 1024  # the real bodies are ~50 KiB
@@ -45,10 +44,17 @@ EXPECTED = {
 }
 HEALTHY = ("healthy", "ok")
 #: series that carry numbers read from vLLM: never served for a target whose last scrape failed
-ENGINE_SERIES = (P + "prefix_cache_queries_total", P + "prefix_cache_hits_total",
-                 P + "prefix_cache_hit_ratio", P + "kv_cache_usage_ratio",
-                 P + "prompt_tokens_total", P + "requests_running", P + "prefix_caching_enabled",
-                 P + "cache_config_info", P + "kv_cache_usage_delta")
+ENGINE_SERIES = (
+    P + "prefix_cache_queries_total",
+    P + "prefix_cache_hits_total",
+    P + "prefix_cache_hit_ratio",
+    P + "kv_cache_usage_ratio",
+    P + "prompt_tokens_total",
+    P + "requests_running",
+    P + "prefix_caching_enabled",
+    P + "cache_config_info",
+    P + "kv_cache_usage_delta",
+)
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -62,13 +68,15 @@ class Run:
 
 
 def parse_exposition(text: str) -> list[Sample]:
-    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text)
-            for s in fam.samples]
+    return [(s.name, s.labels, s.value) for fam in text_string_to_metric_families(text) for s in fam.samples]
 
 
 def of(poll: list[Sample], name: str, target: str, **labels: str) -> list[float]:
-    return [v for n, lab, v in poll if n == name and lab.get("target") == target
-            and all(lab.get(k) == x for k, x in labels.items())]
+    return [
+        v
+        for n, lab, v in poll
+        if n == name and lab.get("target") == target and all(lab.get(k) == x for k, x in labels.items())
+    ]
 
 
 def engine_series(poll: list[Sample], target: str) -> list[Sample]:
@@ -81,14 +89,21 @@ async def _scenario() -> Run:
     replay.add("healthy", real_bodies())
     await replay.start()
     targets = [TargetConfig(case, faults.url(case)) for case in EXPECTED if case != "refused"]
-    targets += [TargetConfig("refused", refused_url()),
-                TargetConfig("healthy", replay.url("healthy")),
-                TargetConfig("ok", faults.url("ok")),
-                TargetConfig("nan_inf", faults.url("nan_inf")),
-                TargetConfig("flapping", faults.url("flapping")),
-                TargetConfig("goes_bad", faults.url("goes_bad"))]
-    config = Config(listen="127.0.0.1:0", interval=INTERVAL, windows=(Window("10s", 10.0),),
-                    targets=tuple(targets), max_body_bytes=MAX_BODY)
+    targets += [
+        TargetConfig("refused", refused_url()),
+        TargetConfig("healthy", replay.url("healthy")),
+        TargetConfig("ok", faults.url("ok")),
+        TargetConfig("nan_inf", faults.url("nan_inf")),
+        TargetConfig("flapping", faults.url("flapping")),
+        TargetConfig("goes_bad", faults.url("goes_bad")),
+    ]
+    config = Config(
+        listen="127.0.0.1:0",
+        interval=INTERVAL,
+        windows=(Window("10s", 10.0),),
+        targets=tuple(targets),
+        max_body_bytes=MAX_BODY,
+    )
     sidecar = Sidecar(config)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -131,8 +146,7 @@ def test_a_failing_target_is_down_and_serves_no_vllm_numbers(run: Run, case: str
         assert of(poll, P + "target_up", case) == [0.0]
         assert engine_series(poll, case) == []
         assert of(poll, P + "last_scrape_success_timestamp_seconds", case) == []
-    codes = {lab["code"] for n, lab, _ in scraped[-1]
-             if n == P + "diagnosis" and lab.get("target") == case}
+    codes = {lab["code"] for n, lab, _ in scraped[-1] if n == P + "diagnosis" and lab.get("target") == case}
     assert ("no_vllm_metrics" if case == "no_vllm" else "target_down") in codes
 
 
@@ -170,8 +184,7 @@ def test_nan_and_inf_values_are_served_without_breaking_ratios(run: Run) -> None
     assert of(last, P + "prefix_cache_queries_total", "nan_inf") == []
     assert of(last, P + "prefix_cache_hits_total", "nan_inf") == []
     assert of(last, P + "out_of_range_values_total", "nan_inf", family="vllm:prefix_cache_hits")[0] >= 1
-    assert of(last, P + "out_of_range_values_total", "nan_inf",
-              family="vllm:prefix_cache_queries")[0] >= 1
+    assert of(last, P + "out_of_range_values_total", "nan_inf", family="vllm:prefix_cache_queries")[0] >= 1
 
 
 def test_a_flapping_target_never_shows_old_numbers_while_down(run: Run) -> None:

@@ -15,10 +15,9 @@ from faultserver import real_bodies, set_sample
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sidecar.model import Window
 from sidecar.derive import TargetTracker
 from sidecar.exporter import families
-from sidecar.model import REASONS, ScrapeOutcome
+from sidecar.model import REASONS, ScrapeOutcome, Window
 from sidecar.normalize import WANTED, normalise
 from sidecar.parser import ParseError, parse
 from sidecar.scrape import parse_body
@@ -28,8 +27,9 @@ OM = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 CONTENT_TYPES = st.sampled_from([None, TEXT, OM])
 BODIES = real_bodies() + real_bodies("vllm-0.10.1.1.post2/prefix_on_shared")
 TEMPLATE = real_bodies()[-1]
-FUZZ = settings(max_examples=100, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
 
 
 def fmt(v: float) -> str:
@@ -49,6 +49,7 @@ def ratio_ok(r: float) -> bool:
 
 
 # ------------------------------------------------------------------ parser
+
 
 @FUZZ
 @given(body=st.binary(max_size=3000), ctype=CONTENT_TYPES)
@@ -73,13 +74,13 @@ def mutated(draw: st.DrawFn) -> bytes:
         if op == "insert":
             body[pos:pos] = draw(st.binary(min_size=1, max_size=8))
         elif op == "delete":
-            del body[pos:pos + draw(st.integers(1, 40))]
+            del body[pos : pos + draw(st.integers(1, 40))]
         elif op == "flip" and pos < len(body):
             body[pos] = draw(st.sampled_from(b'{}",= \n\\#\xff0aE+-.'))
         elif op == "dup_line":
             start = body.rfind(b"\n", 0, pos) + 1
             end = body.find(b"\n", pos)
-            line = bytes(body[start:end if end >= 0 else len(body)])
+            line = bytes(body[start : end if end >= 0 else len(body)])
             body[start:start] = line + b"\n"
         else:
             del body[pos:]
@@ -98,10 +99,11 @@ def test_mutated_real_bodies_never_break_a_scrape(body: bytes, ctype: str | None
     families([snap])  # renders
 
 
-NAMES = st.one_of(st.sampled_from(sorted(WANTED)),
-                  st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,24}", fullmatch=True))
+NAMES = st.one_of(
+    st.sampled_from(sorted(WANTED)), st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,24}", fullmatch=True)
+)
 LABEL_NAMES = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True)
-VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12))
+VALUES = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**12), 10**12))
 LABEL_VALUES = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
 
 
@@ -119,8 +121,11 @@ def valid_bodies(draw: st.DrawFn) -> tuple[str, list[tuple[str, tuple, float]]]:
         names = draw(st.lists(LABEL_NAMES, max_size=4, unique=True))
         labels = tuple((k, draw(LABEL_VALUES)) for k in names)
         value = draw(VALUES)
-        text = (f"{name}{{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels) + "}"
-                if labels or draw(st.booleans()) else name)
+        text = (
+            f"{name}{{" + ",".join(f'{k}="{escape(v)}"' for k, v in labels) + "}"
+            if labels or draw(st.booleans())
+            else name
+        )
         ts = f" {draw(st.integers(0, 2**40))}" if draw(st.booleans()) else ""
         sep = draw(st.sampled_from([" ", "\t", "  "]))
         lines.append(f"{text}{sep}{fmt(float(value)) if isinstance(value, float) else value}{ts}")
@@ -136,22 +141,34 @@ def test_valid_bodies_are_read_exactly_as_written(case) -> None:
     assert [(n, lab) for n, lab, _ in got] == [(n, lab) for n, lab, _ in expected]
     assert all(same(a[2], b[2]) for a, b in zip(got, expected))
     assert parse(text.encode("utf-8"), TEXT).vllm_lines == sum(
-        1 for n, _, _ in expected if n.startswith(("vllm:", "ray_vllm_")))
+        1 for n, _, _ in expected if n.startswith(("vllm:", "ray_vllm_"))
+    )
 
 
 # ------------------------------------------------------------------ derivation
 
-COUNTER_VALUES = st.one_of(st.floats(min_value=0, max_value=1e15),
-                           st.integers(0, 10**7).map(float),
-                           st.sampled_from([math.nan, math.inf, -1.0, 0.0]))
-GOOD = st.tuples(st.just("ok"), COUNTER_VALUES, COUNTER_VALUES,
-                 st.one_of(st.floats(0, 1), st.sampled_from([math.nan, 1.5, -0.1])), COUNTER_VALUES)
+COUNTER_VALUES = st.one_of(
+    st.floats(min_value=0, max_value=1e15),
+    st.integers(0, 10**7).map(float),
+    st.sampled_from([math.nan, math.inf, -1.0, 0.0]),
+)
+GOOD = st.tuples(
+    st.just("ok"),
+    COUNTER_VALUES,
+    COUNTER_VALUES,
+    st.one_of(st.floats(0, 1), st.sampled_from([math.nan, 1.5, -0.1])),
+    COUNTER_VALUES,
+)
 BAD = st.tuples(st.just("fail"), st.sampled_from(REASONS))
 STEPS = st.lists(st.tuples(st.one_of(GOOD, BAD), st.floats(0.05, 200)), min_size=1, max_size=14)
 
 
-_MARKS = {"vllm:prefix_cache_queries_total": "@Q@", "vllm:prefix_cache_hits_total": "@H@",
-          "vllm:kv_cache_usage_perc": "@KV@", "vllm:prompt_tokens_total": "@P@"}
+_MARKS = {
+    "vllm:prefix_cache_queries_total": "@Q@",
+    "vllm:prefix_cache_hits_total": "@H@",
+    "vllm:kv_cache_usage_perc": "@KV@",
+    "vllm:prompt_tokens_total": "@P@",
+}
 _FORM = TEMPLATE
 for _name, _mark in _MARKS.items():
     _FORM = set_sample(_FORM, _name, _mark)
@@ -201,17 +218,16 @@ def test_derivation_invariants_hold_for_any_sequence(steps) -> None:
             key = labels["reason"]
             assert v >= errors.get(key, 0.0)
             errors[key] = v
-        (_, r), = series["vllm_sidecar_target_restarts_total"]
+        ((_, r),) = series["vllm_sidecar_target_restarts_total"]
         assert r >= restarts
         if step[0] == "ok":
             queries, hits, kv = step[1], step[2], step[3]
             # impossible values are never exported (contract "Impossible values"): a counter
             # below 0 or NaN, hits above queries (both refused), usage outside 0..1
-            possible = (0 <= queries < math.inf
-                        and not (0 <= hits < math.inf and hits > queries))
+            possible = 0 <= queries < math.inf and not (0 <= hits < math.inf and hits > queries)
             if possible:
                 # pass-through: exactly vLLM's value, even when it went down
-                (_, q), = series["vllm_sidecar_prefix_cache_queries_total"]
+                ((_, q),) = series["vllm_sidecar_prefix_cache_queries_total"]
                 assert same(q, queries)
                 # ... and a drop below the last seen value is counted as a restart
                 if last_queries is not None and queries < last_queries:

@@ -41,8 +41,14 @@ def test_short_fuzz_run_finds_nothing(target, tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     if target == "pipeline" and PIPELINE_HOLDING_TODAY is not None:
         env["FUZZ_INVARIANTS"] = ",".join(PIPELINE_HOLDING_TODAY)
-    cmd = [sys.executable, "-m", f"fuzz.{target}", "-seed=1", f"-artifact_prefix={tmp_path}/",
-           *fuzz_args(target, RUNS[target], tmp_path / "found")]
+    cmd = [
+        sys.executable,
+        "-m",
+        f"fuzz.{target}",
+        "-seed=1",
+        f"-artifact_prefix={tmp_path}/",
+        *fuzz_args(target, RUNS[target], tmp_path / "found"),
+    ]
     (tmp_path / "found").mkdir()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -50,8 +56,11 @@ def test_short_fuzz_run_finds_nothing(target, tmp_path):
 
 
 def regression_inputs() -> list:
-    return [pytest.param(p, id=f"{p.parent.name}/{p.name}")
-            for p in sorted(REGRESSIONS.glob("*/*")) if p.is_file() and p.name != "README"]
+    return [
+        pytest.param(p, id=f"{p.parent.name}/{p.name}")
+        for p in sorted(REGRESSIONS.glob("*/*"))
+        if p.is_file() and p.name != "README"
+    ]
 
 
 @pytest.mark.parametrize("path", regression_inputs())

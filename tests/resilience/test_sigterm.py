@@ -42,16 +42,40 @@ def test_sigterm_mid_scrape_exits_cleanly() -> None:
     with FaultServer() as faults:
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar", "run",
-             "--target", f"hang_headers={faults.url('slow_headers')}",
-             "--target", f"hang_body={faults.url('slow_body')}",
-             "--target", f"ok={faults.url('ok')}",
-             "--listen", f"127.0.0.1:{port}", "--interval", "5", "--windows", "10s,30s"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "run",
+                "--target",
+                f"hang_headers={faults.url('slow_headers')}",
+                "--target",
+                f"hang_body={faults.url('slow_body')}",
+                "--target",
+                f"ok={faults.url('ok')}",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--interval",
+                "5",
+                "--windows",
+                "10s,30s",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_for(lambda: healthy(port), proc, "/healthz answering")
-            wait_for(lambda: faults.inflight["slow_headers"] >= 1 and faults.inflight["slow_body"] >= 1
-                     and faults.requests["ok"] >= 1, proc, "scrapes in flight")
+            wait_for(
+                lambda: (
+                    faults.inflight["slow_headers"] >= 1
+                    and faults.inflight["slow_body"] >= 1
+                    and faults.requests["ok"] >= 1
+                ),
+                proc,
+                "scrapes in flight",
+            )
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)  # a hang guard, not a time limit under test
         finally:

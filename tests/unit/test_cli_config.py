@@ -20,17 +20,25 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("VLLM_SIDECAR_") and k not in ("POD_NAME", "POD_NAMESPACE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("VLLM_SIDECAR_") and k not in ("POD_NAME", "POD_NAMESPACE")
+    }
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
 
 
 def check_config(path: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sidecar", "check-config", path],
-                          cwd=REPO, env=clean_env(**env), capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "sidecar", "check-config", path],
+        cwd=REPO,
+        env=clean_env(**env),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def write(tmp_path: Path, text: str, name: str = "sidecar.yaml") -> str:
@@ -103,10 +111,14 @@ def test_defaults_and_environment_are_part_of_the_effective_config(tmp_path):
 
 
 def test_targets_file_targets_are_shown(tmp_path):
-    sd = write(tmp_path, """
+    sd = write(
+        tmp_path,
+        """
         - targets: ["10.0.0.9:8000"]
           labels: {team: x}
-        """, "sd.yaml")
+        """,
+        "sd.yaml",
+    )
     r = check_config(write(tmp_path, f"targets_file: {sd}\n"))
     assert r.returncode == 0, r.stderr
     doc = yaml.safe_load(r.stdout)
@@ -120,8 +132,10 @@ BAD = {
     "bad_duration": ("listen: 127.0.0.1:1\ninterval: 5 minutes\n", "interval"),
     "duplicate_key": ("interval: 5\nlisten: 127.0.0.1:1\ninterval: 6\n", "interval: 6"),
     "bad_yaml": ("listen: 127.0.0.1:1\nwindows: 1m\n  bad: indent\n", "bad: indent"),
-    "bad_label_name": ("targets:\n  - url: http://h:1\n    labels:\n      ok: x\n"
-                       "      bad-name: y\n", "bad-name"),
+    "bad_label_name": (
+        "targets:\n  - url: http://h:1\n    labels:\n      ok: x\n      bad-name: y\n",
+        "bad-name",
+    ),
     "bad_target_timeout": ("targets:\n  - url: http://h:1\n    timeout: soon\n", "timeout"),
 }
 
@@ -138,10 +152,13 @@ def test_bad_file_exits_2_with_file_line_message(tmp_path, kind):
     assert int(m.group(1)) == line_of(p, needle)
 
 
-@pytest.mark.parametrize("text", [
-    "interval: 5\ntargets:\n  - name: a\n    url: http://h1:1\n  - name: a\n    url: http://h2:1\n",
-    "interval: 5\ntargets:\n  - url: http://h1:1\n    timeout: 9s\n",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "interval: 5\ntargets:\n  - name: a\n    url: http://h1:1\n  - name: a\n    url: http://h2:1\n",
+        "interval: 5\ntargets:\n  - url: http://h1:1\n    timeout: 9s\n",
+    ],
+)
 def test_cross_checks_also_exit_2_with_file_line_message(tmp_path, text):
     p = write(tmp_path, text)
     r = check_config(p)

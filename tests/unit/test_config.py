@@ -40,6 +40,7 @@ def config_error(path: str, flags=None, environ=None) -> ConfigError:
 
 # ---------------------------------------------------------------- defaults and targets
 
+
 def test_defaults_scrape_local_vllm():
     c = load_config(None, {}, {})
     assert c.targets == (TargetConfig(name="local", url="http://127.0.0.1:8000/metrics"),)
@@ -51,19 +52,22 @@ def test_defaults_scrape_local_vllm():
     assert c.static_labels == ()
 
 
-@pytest.mark.parametrize("spec,name,url", [
-    ("http://10.0.0.7:8000/metrics", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
-    ("http://10.0.0.7:8000", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
-    ("http://10.0.0.7:8000/", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
-    ("vllm-0.llm:8000", "vllm-0.llm:8000", "http://vllm-0.llm:8000/metrics"),
-    ("decode=http://vllm-0.llm:8000", "decode", "http://vllm-0.llm:8000/metrics"),
-    ("decode=http://h:8000/custom/path", "decode", "http://h:8000/custom/path"),
-    ("https://h", "h:443", "https://h/metrics"),
-    ("http://h", "h:80", "http://h/metrics"),
-    ("[::1]:8000", "[::1]:8000", "http://[::1]:8000/metrics"),
-    ("p=localhost:9", "p", "http://localhost:9/metrics"),
-    ("http://h:1/metrics?x=y", "h:1", "http://h:1/metrics?x=y"),
-])
+@pytest.mark.parametrize(
+    "spec,name,url",
+    [
+        ("http://10.0.0.7:8000/metrics", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
+        ("http://10.0.0.7:8000", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
+        ("http://10.0.0.7:8000/", "10.0.0.7:8000", "http://10.0.0.7:8000/metrics"),
+        ("vllm-0.llm:8000", "vllm-0.llm:8000", "http://vllm-0.llm:8000/metrics"),
+        ("decode=http://vllm-0.llm:8000", "decode", "http://vllm-0.llm:8000/metrics"),
+        ("decode=http://h:8000/custom/path", "decode", "http://h:8000/custom/path"),
+        ("https://h", "h:443", "https://h/metrics"),
+        ("http://h", "h:80", "http://h/metrics"),
+        ("[::1]:8000", "[::1]:8000", "http://[::1]:8000/metrics"),
+        ("p=localhost:9", "p", "http://localhost:9/metrics"),
+        ("http://h:1/metrics?x=y", "h:1", "http://h:1/metrics?x=y"),
+    ],
+)
 def test_target_specs(spec, name, url):
     t = parse_target_spec(spec)
     assert (t.name, t.url) == (name, url)
@@ -75,8 +79,9 @@ def test_target_spec_without_scheme_keeps_a_query_with_equals():
     assert (t.name, t.url) == ("localhost:8000", "http://localhost:8000/metrics?x=y")
 
 
-@pytest.mark.parametrize("spec", ["ftp://h:1/metrics", "http://", "=http://h:1", "http://h:99999",
-                                  "http://h:port"])
+@pytest.mark.parametrize(
+    "spec", ["ftp://h:1/metrics", "http://", "=http://h:1", "http://h:99999", "http://h:port"]
+)
 def test_bad_target_specs(spec):
     with pytest.raises(ValueError):
         parse_target_spec(spec)
@@ -89,8 +94,20 @@ def test_version_url_sits_beside_metrics():
 
 # ---------------------------------------------------------------- windows and durations
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30), ("1m", 60), ("5m", 300), ("1h30m", 5400),
-                                          ("1d", 86400), ("500ms", 0.5), ("90", 90), ("2.5", 2.5)])
+
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("30s", 30),
+        ("1m", 60),
+        ("5m", 300),
+        ("1h30m", 5400),
+        ("1d", 86400),
+        ("500ms", 0.5),
+        ("90", 90),
+        ("2.5", 2.5),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -102,8 +119,7 @@ def test_bad_durations(text):
 
 
 def test_windows_keep_their_labels_and_sort_by_length():
-    assert parse_windows("5m,1m, 1h") == (Window("1m", 60.0), Window("5m", 300.0),
-                                          Window("1h", 3600.0))
+    assert parse_windows("5m,1m, 1h") == (Window("1m", 60.0), Window("5m", 300.0), Window("1h", 3600.0))
     assert parse_windows(["30s", "90"]) == (Window("30s", 30.0), Window("90", 90.0))
 
 
@@ -149,8 +165,7 @@ def test_file_sets_everything(tmp_path):
     assert (c.web_config, c.targets_file) == ("/etc/web.yaml", "/etc/sd.yaml")
     assert c.static_labels == (("cluster", "c1"),)
     (t,) = c.targets
-    assert (t.name, t.url, t.labels, t.timeout) == ("a", "http://h1:8000/metrics",
-                                                    (("role", "decode"),), 1.0)
+    assert (t.name, t.url, t.labels, t.timeout) == ("a", "http://h1:8000/metrics", (("role", "decode"),), 1.0)
     assert c.timeout_for(t) == 1.0
 
 
@@ -175,8 +190,10 @@ def test_environment_overrides_the_file_for_every_setting(tmp_path):
     assert c.max_body_bytes == 4096
     assert (c.log_level, c.log_format) == ("warning", "text")
     assert (c.web_config, c.targets_file) == ("/env/web.yaml", "/env/sd.yaml")
-    assert [(t.name, t.url) for t in c.targets] == [("e1", "http://e1:8000/metrics"),
-                                                    ("e2:9000", "http://e2:9000/metrics")]
+    assert [(t.name, t.url) for t in c.targets] == [
+        ("e1", "http://e1:8000/metrics"),
+        ("e2:9000", "http://e2:9000/metrics"),
+    ]
 
 
 def test_environment_alone_without_a_file():
@@ -191,10 +208,17 @@ def test_config_file_from_environment(tmp_path):
 
 
 def test_flags_override_environment_and_file(tmp_path):
-    flags = {"listen": "127.0.0.1:9700", "interval": "4", "windows": "20s,5m",
-             "max_body_bytes": 8192, "log_level": "error", "log_format": "json",
-             "web_config": "/flag/web.yaml", "targets_file": "/flag/sd.yaml",
-             "targets": [parse_target_spec("f=http://f:1")]}
+    flags = {
+        "listen": "127.0.0.1:9700",
+        "interval": "4",
+        "windows": "20s,5m",
+        "max_body_bytes": 8192,
+        "log_level": "error",
+        "log_format": "json",
+        "web_config": "/flag/web.yaml",
+        "targets_file": "/flag/sd.yaml",
+        "targets": [parse_target_spec("f=http://f:1")],
+    }
     c = load_config(write(tmp_path, FULL), flags, ENV_ALL)
     assert c.listen == "127.0.0.1:9700"
     assert c.interval == 4.0
@@ -213,8 +237,7 @@ def test_a_flag_overrides_only_its_own_setting(tmp_path):
 
 
 def test_empty_environment_values_are_ignored(tmp_path):
-    c = load_config(write(tmp_path, FULL), {}, {"VLLM_SIDECAR_INTERVAL": "",
-                                                "VLLM_SIDECAR_TARGETS": ""})
+    c = load_config(write(tmp_path, FULL), {}, {"VLLM_SIDECAR_INTERVAL": "", "VLLM_SIDECAR_TARGETS": ""})
     assert c.interval == 2.0 and [t.name for t in c.targets] == ["a"]
 
 
@@ -236,6 +259,7 @@ def test_default_timeout_is_below_the_interval():
 
 # ---------------------------------------------------------------- downward API
 
+
 def test_pod_name_and_namespace_become_static_labels():
     c = load_config(None, {}, {"POD_NAME": "vllm-0", "POD_NAMESPACE": "llm"})
     assert dict(c.static_labels) == {"pod": "vllm-0", "namespace": "llm"}
@@ -252,6 +276,7 @@ def test_no_downward_api_no_pod_labels():
 
 # ---------------------------------------------------------------- bad files: FILE:LINE: message
 
+
 def assert_located(err: ConfigError, path: str, line: int, *words: str):
     text = str(err)
     assert text.startswith(f"{path}:{line}: "), text
@@ -263,94 +288,131 @@ def assert_located(err: ConfigError, path: str, line: int, *words: str):
 
 
 def test_unknown_top_level_key(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         listen: 127.0.0.1:9500
         intervall: 5
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "intervall"), "intervall")
 
 
 def test_unknown_target_key(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - name: a
             url: http://h:1
             timeuot: 1s
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "timeuot"), "timeuot")
 
 
-@pytest.mark.parametrize("url,word", [("ftp://h:1/metrics", "scheme"), ("http://", "host"),
-                                      ("http://h:99999", "99999"), ("http://h:port", "port")])
+@pytest.mark.parametrize(
+    "url,word",
+    [
+        ("ftp://h:1/metrics", "scheme"),
+        ("http://", "host"),
+        ("http://h:99999", "99999"),
+        ("http://h:port", "port"),
+    ],
+)
 def test_bad_url(tmp_path, url, word):
-    p = write(tmp_path, f"""
+    p = write(
+        tmp_path,
+        f"""
         interval: 5
         targets:
           - name: a
             url: "{url}"
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "url:"), word)
 
 
 def test_bad_interval(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         listen: 127.0.0.1:9500
 
         interval: 5 minutes
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "interval"), "interval")
 
 
 def test_bad_target_timeout(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - url: http://h:1
             timeout: soon
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "timeout"), "timeout")
 
 
 def test_bad_windows_in_file(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         windows: 1m, 1 hour
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "windows"), "windows")
 
 
 def test_bad_listen_in_file(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         listen: nowhere
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "listen"), "listen")
 
 
 def test_duplicate_top_level_key(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         listen: 127.0.0.1:9500
         interval: 6
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "interval", 2), "duplicate", "interval")
 
 
 def test_duplicate_key_inside_a_target(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - url: http://h1:1
             name: a
             url: http://h2:1
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "url:", 2), "duplicate", "url")
 
 
 def test_bad_yaml(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         listen: 127.0.0.1:9500
         windows: 1m
           bad: indent
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "bad: indent"), "YAML")
 
 
@@ -361,28 +423,36 @@ def test_bad_yaml_tab(tmp_path):
 
 @pytest.mark.parametrize("name", ["1bad", "bad-name", "__reserved", "target", "engine"])
 def test_bad_label_name_in_target(tmp_path, name):
-    p = write(tmp_path, f"""
+    p = write(
+        tmp_path,
+        f"""
         targets:
           - url: http://h1:1
             labels:
               fine: x
               "{name}": y
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, f'"{name}"'), name)
 
 
 def test_bad_static_label_name(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         labels:
           ok: x
           bad.name: y
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "bad.name"), "bad.name")
 
 
 def test_duplicate_target_name_points_at_the_second_target(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         targets:
           - name: a
@@ -391,50 +461,63 @@ def test_duplicate_target_name_points_at_the_second_target(tmp_path):
             url: http://h2:8000
           - name: a
             url: http://h3:8000
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "name: a", 2), "'a'")
 
 
 def test_duplicate_default_target_name(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - url: http://h1:8000
           - url: http://h1:8000/other
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "/other"), "h1:8000")
 
 
 def test_timeout_not_below_interval_points_at_the_timeout(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5s
         targets:
           - name: a
             url: http://h1:8000
             timeout: 5s
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "timeout"), "timeout", "interval")
 
 
 def test_timeout_below_interval_is_fine(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5s
         targets:
           - url: http://h1:8000
             timeout: 4.9s
-        """)
+        """,
+    )
     assert load_config(p, {}, {}).targets[0].timeout == 4.9
 
 
-@pytest.mark.parametrize("text,word", [
-    ("- listen: x\n", "mapping"),
-    ("targets: {url: http://h:1}\n", "list"),
-    ("targets:\n  - 42\n", "mapping"),
-    ("targets:\n  - name: a\n", "url"),
-    ("max_body_bytes: lots\n", "max_body_bytes"),
-    ("log_level: loud\n", "log_level"),
-    ("targets:\n  - url: http://h:1\n    basic_auth: {password: x}\n", "username"),
-    ("targets:\n  - url: http://h:1\n    tls: {ca: x}\n", "ca"),
-])
+@pytest.mark.parametrize(
+    "text,word",
+    [
+        ("- listen: x\n", "mapping"),
+        ("targets: {url: http://h:1}\n", "list"),
+        ("targets:\n  - 42\n", "mapping"),
+        ("targets:\n  - name: a\n", "url"),
+        ("max_body_bytes: lots\n", "max_body_bytes"),
+        ("log_level: loud\n", "log_level"),
+        ("targets:\n  - url: http://h:1\n    basic_auth: {password: x}\n", "username"),
+        ("targets:\n  - url: http://h:1\n    tls: {ca: x}\n", "ca"),
+    ],
+)
 def test_other_bad_files_are_located(tmp_path, text, word):
     p = write(tmp_path, text)
     err = config_error(p)
@@ -456,8 +539,11 @@ def test_empty_file_means_defaults(tmp_path):
 
 # ---------------------------------------------------------------- secrets
 
+
 def test_redacted_config_holds_no_secret(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - name: a
             url: http://user:urlpass@h1:8000
@@ -465,7 +551,8 @@ def test_redacted_config_holds_no_secret(tmp_path):
               username: u
               password: topsecret
             bearer_token_file: /var/run/token
-        """)
+        """,
+    )
     c = load_config(p, {}, {})
     text = repr(c.redacted()) + repr(c)
     assert "topsecret" not in text
@@ -474,10 +561,13 @@ def test_redacted_config_holds_no_secret(tmp_path):
 
 
 def test_errors_never_echo_a_password(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - url: "http://user:hunter2@h1:notaport/metrics"
-        """)
+        """,
+    )
     err = config_error(p)
     assert err.line == line_of(p, "url:")
     assert "hunter2" not in str(err)
@@ -486,40 +576,54 @@ def test_errors_never_echo_a_password(tmp_path):
 def test_interval_too_long_for_the_default_windows_points_at_the_interval(tmp_path):
     """Only the file's ``interval`` is at fault (the windows are defaults): the error must say
     ``FILE:LINE:``, not blame a ``--windows`` flag the user never gave."""
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         listen: 127.0.0.1:9500
         interval: 1m
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "interval"), "interval")
 
 
 def test_window_too_short_in_the_file_points_at_the_windows(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 10
         windows: [15s, 5m]
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "windows"), "15s")
 
 
 def test_targets_may_be_written_as_specs(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - "a=http://h:1"
           - http://h:2
-        """)
+        """,
+    )
     assert [(t.name, t.url) for t in load_config(p, {}, {}).targets] == [
-        ("a", "http://h:1/metrics"), ("h:2", "http://h:2/metrics")]
+        ("a", "http://h:1/metrics"),
+        ("h:2", "http://h:2/metrics"),
+    ]
 
 
 @pytest.mark.parametrize("value", ['"false"', '"no"', '"False"', "false", "no"])
 def test_quoted_false_never_turns_tls_verification_off(tmp_path, value):
     """``insecure_skip_verify: "false"`` must not mean skip-verify (bool("false") is True)."""
-    p = write(tmp_path, f"""
+    p = write(
+        tmp_path,
+        f"""
         targets:
           - url: https://h:1
             tls:
               insecure_skip_verify: {value}
-        """)
+        """,
+    )
     try:
         c = load_config(p, {}, {})
     except ConfigError as exc:  # refusing a non-boolean is fine too, if located
@@ -529,43 +633,56 @@ def test_quoted_false_never_turns_tls_verification_off(tmp_path, value):
 
 
 def test_tls_true_is_honoured(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - url: https://h:1
             tls: {insecure_skip_verify: true, ca_file: /ca.pem}
-        """)
+        """,
+    )
     tls = load_config(p, {}, {}).targets[0].tls
     assert tls.insecure_skip_verify is True and tls.ca_file == "/ca.pem"
 
 
 def test_bad_target_written_as_a_spec_points_at_its_own_line(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         interval: 5
         targets:
           - a=http://h1:1
           - b=ftp://h2:1
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "ftp://"), "scheme")
 
 
 def test_duplicate_target_written_as_a_spec_points_at_the_second_one(tmp_path):
-    p = write(tmp_path, """
+    p = write(
+        tmp_path,
+        """
         targets:
           - a=http://h1:1
           - a=http://h2:1
-        """)
+        """,
+    )
     assert_located(config_error(p), p, line_of(p, "h2:1"), "'a'")
 
 
-@pytest.mark.parametrize("url", ["http://user:pa/ss@h1:8000", "http://user:pa#ss@h1:port",
-                                 "user:pa@ss@h1:port"])
+@pytest.mark.parametrize(
+    "url", ["http://user:pa/ss@h1:8000", "http://user:pa#ss@h1:port", "user:pa@ss@h1:port"]
+)
 def test_errors_never_echo_a_password_with_url_special_characters(tmp_path, url):
     """Unencoded ``/``, ``#`` or ``@`` in a password make the URL invalid; its error must still
     not print the password."""
-    p = write(tmp_path, f"""
+    p = write(
+        tmp_path,
+        f"""
         targets:
           - url: "{url}"
-        """)
+        """,
+    )
     secret = url.split("user:", 1)[1].rsplit("@", 1)[0]
     try:
         c = load_config(p, {}, {})

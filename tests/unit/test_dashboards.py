@@ -11,8 +11,9 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -52,8 +53,9 @@ def dash(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 
 def test_committed_json_is_what_build_py_generates():
-    res = subprocess.run([sys.executable, str(DASH_DIR / "build.py"), "--check"],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, str(DASH_DIR / "build.py"), "--check"], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr
 
 
@@ -83,8 +85,9 @@ def test_filter_variables_query_sidecar_series_and_include_all(dash: dict[str, A
     for name in FILTER_VARS:
         v = vs[name]
         assert v["type"] == "query" and v["datasource"] == DS
-        assert re.fullmatch(r"label_values\(vllm_sidecar_\w+(\{[^}]*\})?, " + name + r"\)",
-                            v["query"]), v["query"]
+        assert re.fullmatch(r"label_values\(vllm_sidecar_\w+(\{[^}]*\})?, " + name + r"\)", v["query"]), v[
+            "query"
+        ]
         assert v["definition"] == v["query"]
         assert v["includeAll"] is True
         # ".*" rather than Grafana's value list: also matches series without the label
@@ -138,8 +141,16 @@ def test_queries_filter_on_the_variables_with_regex_matchers(dash: dict[str, Any
 
 
 def test_model_name_filter_only_on_series_that_have_it(dash: dict[str, Any]):
-    no_model = ("target_up", "prefix_caching_enabled", "diagnosis", "vllm_info",
-                "cache_config_info", "scrape_", "restarts", "last_scrape")
+    no_model = (
+        "target_up",
+        "prefix_caching_enabled",
+        "diagnosis",
+        "vllm_info",
+        "cache_config_info",
+        "scrape_",
+        "restarts",
+        "last_scrape",
+    )
     for title, expr in exprs(dash):
         for name, sel in re.findall(r"\b(vllm_sidecar_\w+)\{([^}]*)\}", expr):
             if any(k in name for k in no_model):
@@ -168,11 +179,19 @@ def test_overview_has_every_panel_the_fleet_needs():
     assert any("hit ratio per pod" in t.lower() for t in titles)
     assert any("fleet" in t.lower() for t in titles)
     assert any("kv-cache usage per pod" in t.lower() for t in titles)
-    for needle in ("vllm_sidecar_prefix_caching_enabled", "vllm_sidecar_cache_config_info",
-                   "vllm_sidecar_diagnosis", 'phase="ttft"', 'phase="e2e"', '"0.5|0.99"',
-                   "vllm_sidecar_prompt_tokens_total", "vllm_sidecar_generation_tokens_total",
-                   "vllm_sidecar_requests_waiting", "vllm_sidecar_target_restarts_total",
-                   "vllm_sidecar_target_up"):
+    for needle in (
+        "vllm_sidecar_prefix_caching_enabled",
+        "vllm_sidecar_cache_config_info",
+        "vllm_sidecar_diagnosis",
+        'phase="ttft"',
+        'phase="e2e"',
+        '"0.5|0.99"',
+        "vllm_sidecar_prompt_tokens_total",
+        "vllm_sidecar_generation_tokens_total",
+        "vllm_sidecar_requests_waiting",
+        "vllm_sidecar_target_restarts_total",
+        "vllm_sidecar_target_up",
+    ):
         assert needle in text, needle
     tables = [p for p in d["panels"] if p["type"] == "table"]
     assert {"Config flags", "Active diagnoses"} <= {p["title"] for p in tables}
@@ -193,10 +212,17 @@ def test_pod_dashboard_goes_in_depth_on_one_pod():
     vs = variables(d)
     assert vs["pod"]["multi"] is False and vs["target"]["multi"] is False
     text = _all_exprs("vllm-cache-pod.json")
-    for needle in ('window="lifetime"', "vllm_sidecar_kv_cache_usage_delta", 'phase="queue"',
-                   "vllm_sidecar_latency_mean_seconds", "vllm_sidecar_request_success_total",
-                   "vllm_sidecar_preemptions_total", "vllm_sidecar_scrape_errors_total",
-                   "vllm_sidecar_external_prefix_cache_queries_total", "engine"):
+    for needle in (
+        'window="lifetime"',
+        "vllm_sidecar_kv_cache_usage_delta",
+        'phase="queue"',
+        "vllm_sidecar_latency_mean_seconds",
+        "vllm_sidecar_request_success_total",
+        "vllm_sidecar_preemptions_total",
+        "vllm_sidecar_scrape_errors_total",
+        "vllm_sidecar_external_prefix_cache_queries_total",
+        "engine",
+    ):
         assert needle in text, needle
     for _, expr in exprs(d):
         for sel in re.findall(r"vllm_sidecar_\w+\{([^}]*)\}", expr):

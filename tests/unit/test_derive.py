@@ -5,15 +5,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from testkit.captures import load_capture
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.bodies import multi_engine, set_value
 from sidecar.config.settings import parse_windows
-from sidecar.model import Window
 from sidecar.derive import TargetTracker, histogram_quantile
-from sidecar.model import ScrapeOutcome
+from sidecar.model import ScrapeOutcome, Window
 from sidecar.scrape import parse_body
+from testkit.bodies import multi_engine, set_value
+from testkit.captures import load_capture
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 
@@ -36,8 +35,10 @@ def feed(tracker: TargetTracker, bodies: list[bytes], times: list[float]):
     return snap
 
 
-@pytest.mark.parametrize("folder", ["vllm-0.32.0/prefix_on_shared", "vllm-0.32.0/concurrent",
-                                    "vllm-0.10.1.1.post2/prefix_on_shared"])
+@pytest.mark.parametrize(
+    "folder",
+    ["vllm-0.32.0/prefix_on_shared", "vllm-0.32.0/concurrent", "vllm-0.10.1.1.post2/prefix_on_shared"],
+)
 def test_ratios_equal_vllm_counters_on_real_captures(folder):
     caps = load_capture(folder)
     tracker = TargetTracker("t", parse_windows("1m,5m"))
@@ -86,8 +87,7 @@ def test_restart_inside_window_counts_from_zero_and_is_reported():
 def test_changed_created_is_a_restart_even_when_counters_grew():
     body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
     b1 = set_value(set_value(body, Q, 100), H, 50)
-    b2 = set_value(set_value(set_value(body, Q, 5000), H, 2000),
-                   "vllm:prefix_cache_queries_created", 1.9e9)
+    b2 = set_value(set_value(set_value(body, Q, 5000), H, 2000), "vllm:prefix_cache_queries_created", 1.9e9)
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [b1, b2], [0, 5])
     assert snap.restarts == 1
@@ -136,8 +136,10 @@ def test_engine_appearing_later_starts_a_partial_window():
     snap = feed(tracker, [c.body for c in caps], [c.ts for c in caps])
     (e,) = snap.engines
     first = next(c for c in caps if b"vllm:prompt_tokens_total{" in c.body)
-    assert e.windows[0].prompt_tokens == (ref_value(caps[-1].body, "vllm:prompt_tokens_total")
-                                         - ref_value(first.body, "vllm:prompt_tokens_total"))
+    assert e.windows[0].prompt_tokens == (
+        ref_value(caps[-1].body, "vllm:prompt_tokens_total")
+        - ref_value(first.body, "vllm:prompt_tokens_total")
+    )
     assert e.windows[0].span == caps[-1].ts - first.ts
 
 
@@ -188,10 +190,12 @@ def test_latency_from_real_histogram_deltas():
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [first, last], [0, 5])
     lat = dict(snap.engines[0].windows[0].latency)
-    n = ref_value(last, "vllm:time_to_first_token_seconds_count") - \
-        ref_value(first, "vllm:time_to_first_token_seconds_count")
-    s = ref_value(last, "vllm:time_to_first_token_seconds_sum") - \
-        ref_value(first, "vllm:time_to_first_token_seconds_sum")
+    n = ref_value(last, "vllm:time_to_first_token_seconds_count") - ref_value(
+        first, "vllm:time_to_first_token_seconds_count"
+    )
+    s = ref_value(last, "vllm:time_to_first_token_seconds_sum") - ref_value(
+        first, "vllm:time_to_first_token_seconds_sum"
+    )
     assert lat["ttft"].mean == pytest.approx(s / n)
     assert 0 < lat["ttft"].p50 <= lat["ttft"].p90 <= lat["ttft"].p99
 
@@ -200,8 +204,11 @@ def test_changed_bucket_layout_is_never_merged():
     caps = load_capture("vllm-0.32.0/prefix_on_shared")
     first, last = caps[0].body, caps[-1].body
     # drop one bucket line from the later body: a different le set (another vLLM version)
-    lines = [ln for ln in last.decode().split("\n")
-             if not ln.startswith('vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001"')]
+    lines = [
+        ln
+        for ln in last.decode().split("\n")
+        if not ln.startswith('vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001"')
+    ]
     changed = "\n".join(lines).encode()
     tracker = TargetTracker("t", parse_windows("1m"))
     snap = feed(tracker, [first, changed], [0, 5])

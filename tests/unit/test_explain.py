@@ -7,15 +7,15 @@ import re
 from pathlib import Path
 
 import pytest
-from testkit.captures import FIXTURES, capture_bodies
 
-from testkit.bodies import multi_engine, no_hits
 from sidecar.config.settings import parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.diagnose import CODES
 from sidecar.explain import EXPLAINERS, Explanation, explain, explain_all
 from sidecar.model import ScrapeOutcome, TargetSnapshot
 from sidecar.scrape import parse_body
+from testkit.bodies import multi_engine, no_hits
+from testkit.captures import FIXTURES, capture_bodies
 
 V32_ON = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
 V32_OFF = FIXTURES / "vllm-0.32.0" / "prefix_off"
@@ -44,8 +44,9 @@ def feed(seq: list[str | None], windows: str = "1m,5m", name: str = "t") -> Targ
     for i, body in enumerate(seq):
         t = T0 + i
         if body is None:
-            outcome = ScrapeOutcome(t, 0.001, reason="connect",
-                                    error="ClientConnectorError: connection refused")
+            outcome = ScrapeOutcome(
+                t, 0.001, reason="connect", error="ClientConnectorError: connection refused"
+            )
         else:
             outcome = parse_body(body.encode(), "text/plain; version=0.0.4", t, 0.001)
         snap = tracker.observe(outcome)
@@ -59,8 +60,9 @@ def only(snap: TargetSnapshot, code: str) -> Explanation:
 
 
 def text_of(x: Explanation) -> str:
-    return " ".join([x.title, x.summary, *x.numbers, *(c.text + " " + c.because for c in x.causes),
-                     *x.fix, x.confirm])
+    return " ".join(
+        [x.title, x.summary, *x.numbers, *(c.text + " " + c.because for c in x.causes), *x.fix, x.confirm]
+    )
 
 
 def set_hits_flat(body: str) -> str:
@@ -116,8 +118,10 @@ def test_attention_free_model_evidence():
 
 def test_sliding_window_evidence_on_old_vllm():
     # one body repeated: hits do not grow, so the flag is not contradicted by the counters
-    seq = [sub(b, r'enable_prefix_caching="True"', 'enable_prefix_caching="False"')
-           for b in bodies(V10_ON)[-1:] * 3]
+    seq = [
+        sub(b, r'enable_prefix_caching="True"', 'enable_prefix_caching="False"')
+        for b in bodies(V10_ON)[-1:] * 3
+    ]
     seq = [sub(b, r'sliding_window="None"', 'sliding_window="4096"') for b in seq]
     x = only(feed(seq), "prefix_caching_disabled")
     assert x.causes[0].text.startswith("sliding-window")
@@ -142,10 +146,12 @@ def test_zero_hits_with_long_prompts_blames_the_prompts_not_the_block_size():
 def test_zero_hits_with_prompts_shorter_than_one_block_says_so():
     def short_prompts(body: str) -> str:
         body = set_hits_flat(body)
-        count = float(re.search(r"^vllm:request_prompt_tokens_count\{[^}]*\} (\S+)", body,
-                                re.M).group(1))
-        return sub(body, r"^(vllm:request_prompt_tokens_sum\{[^}]*\}) .*$",
-                   lambda m: f"{m.group(1)} {count * 40:.1f}")
+        count = float(re.search(r"^vllm:request_prompt_tokens_count\{[^}]*\} (\S+)", body, re.M).group(1))
+        return sub(
+            body,
+            r"^(vllm:request_prompt_tokens_sum\{[^}]*\}) .*$",
+            lambda m: f"{m.group(1)} {count * 40:.1f}",
+        )
 
     x = only(feed([short_prompts(b) for b in bodies(V32_ON)]), "zero_hit_rate")
     top = x.causes[0]
@@ -155,8 +161,9 @@ def test_zero_hits_with_prompts_shorter_than_one_block_says_so():
 
 
 def test_zero_hits_with_full_kv_cache_suspects_eviction():
-    seq = [sub(set_hits_flat(b), r"^(vllm:kv_cache_usage_perc\{[^}]*\}) .*$", r"\1 0.97")
-           for b in bodies(V32_ON)]
+    seq = [
+        sub(set_hits_flat(b), r"^(vllm:kv_cache_usage_perc\{[^}]*\}) .*$", r"\1 0.97") for b in bodies(V32_ON)
+    ]
     snap = feed(seq)
     x = only(snap, "zero_hit_rate")
     assert x.causes[0].text.startswith("cached blocks are evicted")
@@ -174,8 +181,12 @@ def test_zero_hits_on_data_parallel_engines_suspects_routing():
 
 
 def test_zero_hits_on_v0_engine():
-    seq = [sub(b, r"^(vllm:gpu_prefix_cache_hit_rate\{[^}]*\}) .*$", r"\1 0.0")
-           if "gpu_prefix_cache_hit_rate{" in b else b for b in bodies(V085_ON)]
+    seq = [
+        sub(b, r"^(vllm:gpu_prefix_cache_hit_rate\{[^}]*\}) .*$", r"\1 0.0")
+        if "gpu_prefix_cache_hit_rate{" in b
+        else b
+        for b in bodies(V085_ON)
+    ]
     snap = feed(seq)
     x = only(snap, "zero_hit_rate")
     grew = snap.engines[0].windows[0].prompt_tokens  # from the first body holding the counter
@@ -184,8 +195,10 @@ def test_zero_hits_on_v0_engine():
 
 # ------------------------------------------------------------------------------ connector
 def test_external_connector_names_kv_transfer_config():
-    seq = [sub(b, r"^(vllm:external_prefix_cache_queries_total\{[^}]*\}) .*$", r"\1 4096.0")
-           for b in bodies(V32_ON)]
+    seq = [
+        sub(b, r"^(vllm:external_prefix_cache_queries_total\{[^}]*\}) .*$", r"\1 4096.0")
+        for b in bodies(V32_ON)
+    ]
     x = only(feed(seq), "external_kv_connector")
     assert x.severity == "info"
     joined = text_of(x)
@@ -221,9 +234,14 @@ def test_target_down_connect_ranks_by_history():
     assert x2.causes[0].text == "vLLM crashed or is restarting"
 
 
-@pytest.mark.parametrize("error,top", [("HTTP 404 Not Found", "the path is wrong"),
-                                       ("HTTP 401 Unauthorized", "a proxy in front of vLLM needs"),
-                                       ("HTTP 502 Bad Gateway", "vLLM or a proxy in front")])
+@pytest.mark.parametrize(
+    "error,top",
+    [
+        ("HTTP 404 Not Found", "the path is wrong"),
+        ("HTTP 401 Unauthorized", "a proxy in front of vLLM needs"),
+        ("HTTP 502 Bad Gateway", "vLLM or a proxy in front"),
+    ],
+)
 def test_target_down_http_status_ranks_by_status_code(error, top):
     tracker = TargetTracker("t", parse_windows("1m"), url="http://vllm.test:8000/metrics")
     snap = tracker.observe(ScrapeOutcome(T0, 0.01, reason="http_status", error=error))

@@ -6,14 +6,12 @@ from __future__ import annotations
 import math
 
 import pytest
-from testkit.captures import load_capture
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_generate
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
-from testkit.bodies import multi_engine, set_value
 from sidecar.config.settings import TargetConfig, parse_windows
 from sidecar.derive import TargetTracker
 from sidecar.exporter import (
@@ -26,21 +24,29 @@ from sidecar.exporter import (
 )
 from sidecar.model import ScrapeOutcome
 from sidecar.scrape import parse_body
+from testkit.bodies import multi_engine, set_value
+from testkit.captures import load_capture
 
 HOSTILE = 'a"b\\c\nd,e{f}=<script>alert(1)</script>'
 
 
 def snapshots():
     out = []
-    for folder in ("vllm-0.32.0/prefix_on_shared", "vllm-0.32.0/prefix_off", "vllm-0.32.0/concurrent",
-                   "vllm-0.10.1.1.post2/prefix_on_shared", "vllm-0.8.5.post2-v0-hidden/prefix_on_shared"):
+    for folder in (
+        "vllm-0.32.0/prefix_on_shared",
+        "vllm-0.32.0/prefix_off",
+        "vllm-0.32.0/concurrent",
+        "vllm-0.10.1.1.post2/prefix_on_shared",
+        "vllm-0.8.5.post2-v0-hidden/prefix_on_shared",
+    ):
         tr = TargetTracker(folder, parse_windows("1m,5m"), labels=(("role", HOSTILE),))
         for i, c in enumerate(load_capture(folder)):
             tr.observe(parse_body(c.body, c.content_type, 1000 + 5 * i, 0.01))
         out.append(tr.snapshot)
     body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
-    hostile = set_value(body, "vllm:prefix_cache_hits_total", 1).replace(b'model_name="tiny"',
-                                                                         b'model_name="x\\"y\\\\z\\n"')
+    hostile = set_value(body, "vllm:prefix_cache_hits_total", 1).replace(
+        b'model_name="tiny"', b'model_name="x\\"y\\\\z\\n"'
+    )
     tr = TargetTracker(HOSTILE, parse_windows("1m"))
     tr.observe(parse_body(multi_engine([hostile, body]), None, 0, 0.01))
     out.append(tr.snapshot)
@@ -77,8 +83,9 @@ def test_fast_render_equals_prometheus_client_exposition(openmetrics):
         mine = list(text_string_to_metric_families(ours))
         theirs = list(text_string_to_metric_families(ref))
     assert as_set(mine) == as_set(theirs)
-    assert sorted((f.name, f.type, f.documentation) for f in mine) == \
-        sorted((f.name, f.type, f.documentation) for f in theirs)
+    assert sorted((f.name, f.type, f.documentation) for f in mine) == sorted(
+        (f.name, f.type, f.documentation) for f in theirs
+    )
 
 
 class Fixed:
@@ -106,8 +113,9 @@ def test_exposition_is_the_reference_registry_with_the_process_metrics(openmetri
     GCCollector(registry=collectors)
     process = list(collectors.collect())
     assert process, "prometheus_client gave no process families to hand in"
-    body = exposition([render_target(s, static) for s in snaps], static, status, openmetrics,
-                      process).decode()
+    body = exposition(
+        [render_target(s, static) for s in snaps], static, status, openmetrics, process
+    ).decode()
     reg = CollectorRegistry(auto_describe=False)
     reg.register(SnapshotCollector(lambda: snaps, static, status=lambda: status))
     reg.register(Fixed(process))
@@ -115,7 +123,7 @@ def test_exposition_is_the_reference_registry_with_the_process_metrics(openmetri
     ref = (om_generate if openmetrics else generate_latest)(reg).decode()
     mine, theirs = list(parse(body)), list(parse(ref))
     assert as_set(mine) == as_set(theirs)
-    assert [f.name for f in mine][-len(process):] == [f.name for f in theirs][-len(process):]
+    assert [f.name for f in mine][-len(process) :] == [f.name for f in theirs][-len(process) :]
     assert body.count("# EOF") == (1 if openmetrics else 0)
     assert body.endswith("# EOF\n" if openmetrics else "\n")
 
@@ -129,11 +137,19 @@ def test_every_family_is_documented():
 
 def test_dead_target_exports_health_only():
     snap = [s for s in snapshots() if s.name == "dead"][0]
-    names = {line.split("{")[0] for frag in [render_target(snap)] for text in frag.values()
-             for line in text.splitlines()}
-    assert names == {"vllm_sidecar_target_up", "vllm_sidecar_scrape_duration_seconds",
-                     "vllm_sidecar_scrape_errors_total", "vllm_sidecar_target_restarts_total",
-                     "vllm_sidecar_diagnosis"}
+    names = {
+        line.split("{")[0]
+        for frag in [render_target(snap)]
+        for text in frag.values()
+        for line in text.splitlines()
+    }
+    assert names == {
+        "vllm_sidecar_target_up",
+        "vllm_sidecar_scrape_duration_seconds",
+        "vllm_sidecar_scrape_errors_total",
+        "vllm_sidecar_target_restarts_total",
+        "vllm_sidecar_diagnosis",
+    }
 
 
 def test_v0_has_lifetime_ratio_only():

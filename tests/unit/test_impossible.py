@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import math
 
-from testkit.captures import load_capture
 from truth_helpers import observe, run, series, tracker
 
 from sidecar.api import target_dict
 from testkit.bodies import set_value
+from testkit.captures import load_capture
 
 KV = "vllm:kv_cache_usage_perc"
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -28,7 +28,8 @@ def test_negative_kv_usage_is_refused_counted_and_shown():
     assert series(snap, "vllm_sidecar_kv_cache_usage_ratio") == {}
     assert series(snap, "vllm_sidecar_kv_cache_usage_delta") == {}  # no delta from it either
     assert list(series(snap, "vllm_sidecar_out_of_range_values_total").items()) == [
-        ((("family", "vllm:kv_cache_usage_perc"), ("target", "t")), 2.0)]
+        ((("family", "vllm:kv_cache_usage_perc"), ("target", "t")), 2.0)
+    ]
     (r,) = snap.refused
     assert (r.family, r.engine, r.value) == ("vllm:kv_cache_usage_perc", "0", -0.4127)
     shown = target_dict(snap)["refused"]
@@ -76,6 +77,7 @@ def test_negative_running_and_v0_rate_outside_range():
 
 def test_infinite_counters_are_refused_and_json_stays_valid():
     import json
+
     b = set_value(body(), "vllm:num_preemptions_total", math.inf)
     snap = run([b, b])
     assert snap.engines[0].current.preemptions is None

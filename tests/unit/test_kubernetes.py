@@ -18,7 +18,7 @@ import os
 import shutil
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -40,14 +40,14 @@ K8S_VERSIONS = ["1.29.0", "1.33.0"]
 sys.path.insert(0, str(ROOT / "scripts"))
 import gen_k8s  # noqa: E402
 
-
 # ---------------------------------------------------------------- building
+
 
 def kubectl() -> str | None:
     return shutil.which("kubectl")
 
 
-@lru_cache(maxsize=None)
+@cache
 def build(rel: str) -> tuple[dict, ...]:
     exe = kubectl()
     if exe is None:
@@ -79,6 +79,7 @@ def all_files():
 
 # ---------------------------------------------------------------- static checks (no kubectl)
 
+
 def test_every_file_is_valid_yaml_and_every_kustomization_lists_existing_files():
     for path in all_files():
         docs = list(yaml.safe_load_all(path.read_text()))
@@ -106,8 +107,12 @@ def test_prometheusrule_equals_rules_yaml():
     assert generated["kind"] == "PrometheusRule"
     assert generated["spec"]["groups"] == source["groups"]
     alerts = {r["alert"] for g in source["groups"] for r in g["rules"] if "alert" in r}
-    assert {"VLLMPrefixCacheZeroHitRate", "VLLMPrefixCachingDisabled", "VLLMSidecarTargetDown",
-            "VLLMKVCacheSaturated"} <= alerts
+    assert {
+        "VLLMPrefixCacheZeroHitRate",
+        "VLLMPrefixCachingDisabled",
+        "VLLMSidecarTargetDown",
+        "VLLMKVCacheSaturated",
+    } <= alerts
 
 
 def test_dashboard_configmaps_equal_the_dashboards():
@@ -116,7 +121,7 @@ def test_dashboard_configmaps_equal_the_dashboards():
     for src in sources:
         cm = yaml.safe_load((K8S / "components/dashboards" / f"{src.stem}.yaml").read_text())
         assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
-        (key, text), = cm["data"].items()
+        ((key, text),) = cm["data"].items()
         assert key == src.name
         assert json.loads(text) == json.loads(src.read_text())
         # ConfigMaps cap at 1 MiB; client-side apply also stores a copy in an annotation.
@@ -124,6 +129,7 @@ def test_dashboard_configmaps_equal_the_dashboards():
 
 
 # ---------------------------------------------------------------- builds and schemas
+
 
 @pytest.mark.parametrize("rel", BUILDS)
 def test_kustomize_builds(rel):
@@ -150,11 +156,12 @@ def _strict(schema):
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def crd_validator(kind: str):
     pytest.importorskip("jsonschema")
-    models = pytest.importorskip("cloudcoil.models.prometheus_operator.v1",
-                                 reason="pip install cloudcoil-models-prometheus-operator")
+    models = pytest.importorskip(
+        "cloudcoil.models.prometheus_operator.v1", reason="pip install cloudcoil-models-prometheus-operator"
+    )
     import jsonschema
 
     cls = getattr(models, kind)
@@ -175,8 +182,7 @@ def validate(doc, version):
         kv.validate(doc, version, strict=True)
     except kv.ValidationError as exc:
         path = ".".join(map(str, exc.path))
-        raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}") \
-            from None
+        raise AssertionError(f"{doc['kind']}/{doc['metadata']['name']}: {path}: {exc.message}") from None
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -206,8 +212,14 @@ def test_the_validators_do_reject_bad_objects():
 
 # ---------------------------------------------------------------- the injected sidecar
 
-def effective_config(c: dict, pod_name="pod-0", namespace="ns", files: dict[str, str] | None = None,
-                     tmp_path: Path | None = None):
+
+def effective_config(
+    c: dict,
+    pod_name="pod-0",
+    namespace="ns",
+    files: dict[str, str] | None = None,
+    tmp_path: Path | None = None,
+):
     """The config the container would run with: its args through the real CLI parser, its env
     (downward API filled in) through the real loader."""
     env = {}
@@ -264,8 +276,9 @@ def test_component_injects_a_locked_down_sidecar_into_the_llm_d_decode_deploymen
 
 
 def test_runtime_user_matches_the_image_user():
-    user = [line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
-            if line.startswith("USER ")][-1]
+    user = [
+        line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("USER ")
+    ][-1]
     uid = int(user.split(":")[0])
     for rel in BUILDS:
         for d in by_kind(build(rel), "Deployment"):
@@ -294,34 +307,50 @@ def test_component_only_touches_deployments_that_ask_for_it(tmp_path):
         pytest.skip("kubectl not installed")
     deployments = []
     for name, annotated in (("wanted", True), ("other", False)):
-        d = {"apiVersion": "apps/v1", "kind": "Deployment",
-             "metadata": {"name": name},
-             "spec": {"selector": {"matchLabels": {"app": name}},
-                      "template": {"metadata": {"labels": {"app": name}},
-                                   "spec": {"containers": [{"name": "vllm", "image": "v"}]}}}}
+        d = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": "vllm", "image": "v"}]},
+                },
+            },
+        }
         if annotated:
             d["metadata"]["annotations"] = {"vllm-cache-sidecar.io/inject": "true"}
         deployments.append(d)
     (tmp_path / "d.yaml").write_text(yaml.safe_dump_all(deployments))
     comp = os.path.relpath(K8S / "components/sidecar", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "resources": ["d.yaml"], "components": [comp]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": ["d.yaml"],
+                "components": [comp],
+            }
+        )
+    )
     out = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     got = {d["metadata"]["name"]: d for d in yaml.safe_load_all(out.stdout)}
-    names = {n: [c["name"] for c in d["spec"]["template"]["spec"]["containers"]]
-             for n, d in got.items()}
+    names = {n: [c["name"] for c in d["spec"]["template"]["spec"]["containers"]] for n, d in got.items()}
     assert names == {"wanted": ["vllm", SIDECAR], "other": ["vllm"]}
     assert "volumes" not in got["other"]["spec"]["template"]["spec"]
-    assert "labels" not in got["other"]["spec"]["template"]["metadata"] or \
-        "vllm-cache-sidecar.io/injected" not in got["other"]["spec"]["template"]["metadata"]["labels"]
+    assert (
+        "labels" not in got["other"]["spec"]["template"]["metadata"]
+        or "vllm-cache-sidecar.io/injected" not in got["other"]["spec"]["template"]["metadata"]["labels"]
+    )
     wanted = got["wanted"]["spec"]["template"]["spec"]
     config = effective_config(container(wanted, SIDECAR))
     assert [t.url for t in config.targets] == ["http://127.0.0.1:8000/metrics"]
 
 
 # ---------------------------------------------------------------- central mode
+
 
 def test_central_mode_runs_on_the_watched_targets_file(tmp_path):
     docs = build("examples/central")
@@ -376,8 +405,11 @@ def test_examples_ship_alerts_and_dashboards():
         docs = build(rel)
         rule = one(docs, "PrometheusRule")
         assert rule["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]
-        dashboards = [cm for cm in by_kind(docs, "ConfigMap")
-                      if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"]
+        dashboards = [
+            cm
+            for cm in by_kind(docs, "ConfigMap")
+            if cm["metadata"].get("labels", {}).get("grafana_dashboard") == "1"
+        ]
         assert len(dashboards) == len(list((ROOT / "dashboards").glob("*.json")))
 
 
@@ -419,10 +451,17 @@ def test_servicemonitor_variant_for_sidecar_mode(tmp_path):
     for name in ("decode-deployment.yaml", "sidecar-target.yaml"):
         (tmp_path / name).write_text((example / name).read_text())
     rel = os.path.relpath(K8S / "components", tmp_path)
-    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-        "namespace": "llm-d", "resources": ["decode-deployment.yaml"],
-        "components": [f"{rel}/sidecar", f"{rel}/servicemonitor-sidecar"]}))
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "llm-d",
+                "resources": ["decode-deployment.yaml"],
+                "components": [f"{rel}/sidecar", f"{rel}/servicemonitor-sidecar"],
+            }
+        )
+    )
     out = subprocess.run([kubectl(), "kustomize", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 import yaml
+
 from testkit import REPO
 from testkit.bodies import growing
 from testkit.captures import FIXTURES
 from testkit.procs import SidecarProcess, wait_until
-
 from testkit.replay import ReplayServer
 
 ERAS = {
@@ -81,8 +81,10 @@ def ray_body(body: bytes) -> bytes:
     for kind, value in (("queries", 40), ("hits", 10)):
         out.append(f"# TYPE ray_vllm_kv_offload_tiering_chunk_{kind}_total counter")
         for r in ("r1", "r2"):
-            out.append(f'ray_vllm_kv_offload_tiering_chunk_{kind}_total{{ReplicaId="{r}",'
-                       f'engine="0",model_name="tiny",tier="0:primary"}} {value}')
+            out.append(
+                f'ray_vllm_kv_offload_tiering_chunk_{kind}_total{{ReplicaId="{r}",'
+                f'engine="0",model_name="tiny",tier="0:primary"}} {value}'
+            )
     return ("\n".join(out) + "\n").encode()
 
 
@@ -102,21 +104,22 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, lis
             fake.bodies = growing(fake.bodies, 300)
             labels = {"namespace": "llm", "pod": f"{name}-0"} if name.endswith("032") else {}
             targets.append({"name": name, "url": replay.url(name), "labels": labels})
-        real = replay.fakes["shared032"].bodies[:captured["shared032"]]
+        real = replay.fakes["shared032"].bodies[: captured["shared032"]]
         replay.add(RAY, growing([ray_body(b) for b in real], 300))
         captured[RAY] = len(real)
         targets.append({"name": RAY, "url": replay.url(RAY)})
         cfg = tmp / "sidecar.yaml"
         cfg.write_text(yaml.safe_dump({"targets": targets}))
-        sidecar = SidecarProcess(["--config", str(cfg), "--interval", "0.5",
-                                  "--windows", "3s,10s"])
+        sidecar = SidecarProcess(["--config", str(cfg), "--interval", "0.5", "--windows", "3s,10s"])
 
         def scraped_past_the_captures() -> bool:
             # every real body served, then enough grown ones to fill the 3s window
             return all(f.hits > captured[n] + 8 for n, f in replay.fakes.items())
 
-        wait_until(lambda: sidecar.proc.poll() is not None or scraped_past_the_captures(),
-                   "the sidecar scraped every replayed capture")
+        wait_until(
+            lambda: sidecar.proc.poll() is not None or scraped_past_the_captures(),
+            "the sidecar scraped every replayed capture",
+        )
         assert sidecar.proc.poll() is None, sidecar.logs
         samples: dict[str, list[dict[str, str]]] = {}
         for name, labels in sidecar.metrics():
@@ -158,8 +161,9 @@ def test_every_label_and_literal_value_used_in_a_selector_exists(exported):
                 elif "$" not in value and op in ("=", "=~"):
                     pattern = value if op == "=~" else re.escape(value)
                     if not any(re.fullmatch(pattern, v) for v in have):
-                        problems.append(f"{where}: {name}{{{label}{op}{value!r}}} matches none "
-                                        f"of {sorted(have)}")
+                        problems.append(
+                            f"{where}: {name}{{{label}{op}{value!r}}} matches none of {sorted(have)}"
+                        )
     assert not problems, "\n".join(problems)
 
 

@@ -12,12 +12,18 @@ import re
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.captures import all_captures, load_capture
 from sidecar.normalize import (
-    SCHEMA_NONE, SCHEMA_UNKNOWN, SCHEMA_V0, SCHEMA_V1, SCHEMA_V1_DUAL, SCHEMA_V1_LEGACY, WANTED,
+    SCHEMA_NONE,
+    SCHEMA_UNKNOWN,
+    SCHEMA_V0,
+    SCHEMA_V1,
+    SCHEMA_V1_DUAL,
+    SCHEMA_V1_LEGACY,
+    WANTED,
     normalise,
 )
 from sidecar.parser import ParseError, parse
+from testkit.captures import all_captures, load_capture
 
 CTYPE = "text/plain; version=0.0.4; charset=utf-8"
 V32 = "vllm-0.32.0/prefix_on_shared"
@@ -25,12 +31,12 @@ V32_OFF = "vllm-0.32.0/prefix_off"
 V32_BUSY = "vllm-0.32.0/concurrent"
 V010 = "vllm-0.10.1.1.post2/prefix_on_shared"
 V085 = "vllm-0.8.5.post2-v0-hidden/prefix_on_shared"
-SCHEMA_BY_VERSION = {"0.32.0": SCHEMA_V1, "0.10.1.1.post2": SCHEMA_V1_DUAL,
-                     "0.8.5.post2": SCHEMA_V0}
+SCHEMA_BY_VERSION = {"0.32.0": SCHEMA_V1, "0.10.1.1.post2": SCHEMA_V1_DUAL, "0.8.5.post2": SCHEMA_V0}
 CAPTURES = all_captures()
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def norm(body: str | bytes, **kw):
     return normalise(parse(body, CTYPE, WANTED).samples, **kw)
@@ -85,6 +91,7 @@ def same(a: float | None, b: float | None) -> bool:
 
 # ---------------------------------------------------------------- schema per era
 
+
 @pytest.mark.parametrize("cap", CAPTURES, ids=lambda c: c.id)
 def test_schema_names_the_era_of_every_capture(cap):
     n = norm(cap.body)
@@ -94,9 +101,9 @@ def test_schema_names_the_era_of_every_capture(cap):
 
 def test_idle_v0_body_with_only_cache_config_is_v0():
     body = body_of(V085, "000.prom")
-    assert [line for line in body.split("\n") if line.startswith("vllm:")] and \
-        all(line.startswith("vllm:cache_config_info") for line in body.split("\n")
-            if line.startswith("vllm:"))
+    assert [line for line in body.split("\n") if line.startswith("vllm:")] and all(
+        line.startswith("vllm:cache_config_info") for line in body.split("\n") if line.startswith("vllm:")
+    )
     n = norm(body)
     assert n.schema == SCHEMA_V0
     assert n.engines == ()
@@ -105,23 +112,26 @@ def test_idle_v0_body_with_only_cache_config_is_v0():
 
 
 def test_no_vllm_series_is_schema_none():
-    n = norm("# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 17.5\n"
-             "python_info{version=\"3.11\"} 1\n")
+    n = norm(
+        "# TYPE process_start_time_seconds gauge\nprocess_start_time_seconds 17.5\n"
+        'python_info{version="3.11"} 1\n'
+    )
     assert n.schema == SCHEMA_NONE and not n.has_vllm and n.engines == ()
     assert n.process_start == 17.5
 
 
 def test_unrecognised_vllm_series_only_is_schema_unknown():
-    n = norm('vllm:kv_cache_usage_perc_x{engine="0"} 1\nvllm:num_requests_running'
-             '{engine="0",model_name="m"} 2\n')
+    n = norm(
+        'vllm:kv_cache_usage_perc_x{engine="0"} 1\nvllm:num_requests_running{engine="0",model_name="m"} 2\n'
+    )
     assert n.schema == SCHEMA_UNKNOWN and n.has_vllm
     assert only_engine(n).running == 2
 
 
 # ---------------------------------------------------------------- values equal vLLM's own
 
-@pytest.mark.parametrize("cap", [c for c in CAPTURES if c.vllm_version != "0.8.5.post2"],
-                         ids=lambda c: c.id)
+
+@pytest.mark.parametrize("cap", [c for c in CAPTURES if c.vllm_version != "0.8.5.post2"], ids=lambda c: c.id)
 def test_v1_queries_hits_usage_equal_the_raw_counters(cap):
     """Per engine (a data-parallel capture has two), every figure equals vLLM's own sample."""
     body = cap.body.decode()
@@ -140,18 +150,18 @@ def test_v1_queries_hits_usage_equal_the_raw_counters(cap):
         assert e.preemptions == raw_one(body, "vllm:num_preemptions_total", engine=eng)
         assert e.running == gauge_or_none(body, "vllm:num_requests_running", eng)
         assert e.waiting == gauge_or_none(body, "vllm:num_requests_waiting", eng)
-        assert e.created == (raw_one(body, "vllm:prefix_cache_queries_created", engine=eng)
-                             if has_created else None)
+        assert e.created == (
+            raw_one(body, "vllm:prefix_cache_queries_created", engine=eng) if has_created else None
+        )
         assert dict(e.request_success) == {
             dict(k)["finished_reason"]: v
             for k, v in raw(body, "vllm:request_success_total").items()
-            if dict(k)["engine"] == eng}
+            if dict(k)["engine"] == eng
+        }
         assert e.v0_hit_rate is None
         if "external_prefix_cache_queries_total" in body:
-            assert e.external_queries == raw_one(body, "vllm:external_prefix_cache_queries_total",
-                                                 engine=eng)
-            assert e.external_hits == raw_one(body, "vllm:external_prefix_cache_hits_total",
-                                              engine=eng)
+            assert e.external_queries == raw_one(body, "vllm:external_prefix_cache_queries_total", engine=eng)
+            assert e.external_hits == raw_one(body, "vllm:external_prefix_cache_hits_total", engine=eng)
 
 
 @pytest.mark.parametrize("cap", load_capture(V010, openmetrics=True), ids=lambda c: c.id)
@@ -179,8 +189,7 @@ def test_dual_names_after_traffic_are_not_summed():
 def test_new_name_wins_when_old_and_new_disagree():
     body = body_of(V010)
     q = raw_one(body, "vllm:prefix_cache_queries_total")
-    body = re.sub(r"^(vllm:gpu_prefix_cache_queries_total\{[^}]*\}) \S+", r"\1 1.0", body,
-                  flags=re.M)
+    body = re.sub(r"^(vllm:gpu_prefix_cache_queries_total\{[^}]*\}) \S+", r"\1 1.0", body, flags=re.M)
     assert raw_one(body, "vllm:gpu_prefix_cache_queries_total") == 1.0
     assert only_engine(norm(body)).prefix_queries == q
 
@@ -223,8 +232,9 @@ def test_process_start_time_is_read():
 def test_histograms_equal_the_raw_buckets(folder):
     body = body_of(folder)
     e = only_engine(norm(body))
-    buckets = {float(dict(k)["le"]): v
-               for k, v in raw(body, "vllm:time_to_first_token_seconds_bucket").items()}
+    buckets = {
+        float(dict(k)["le"]): v for k, v in raw(body, "vllm:time_to_first_token_seconds_bucket").items()
+    }
     assert e.ttft.buckets == tuple(sorted(buckets.items()))
     assert e.ttft.count == raw_one(body, "vllm:time_to_first_token_seconds_count")
     assert e.ttft.sum == raw_one(body, "vllm:time_to_first_token_seconds_sum")
@@ -243,6 +253,7 @@ def test_v0_queue_time_is_read_from_its_legacy_name():
 
 # ---------------------------------------------------------------- engines, labels, pids
 
+
 def test_missing_engine_label_means_engine_0():
     body = re.sub(r'engine="0",?', "", body_of(V32))
     assert 'engine="' not in body
@@ -257,8 +268,10 @@ def test_two_engines_stay_apart():
     other = re.sub(r'engine="0"', 'engine="1"', one)
     other = re.sub(r"^(vllm:kv_cache_usage_perc\{[^}]*\}) \S+", r"\1 0.5", other, flags=re.M)
     samples = parse(one, CTYPE, WANTED).samples + [
-        s for s in parse(other, CTYPE, WANTED).samples
-        if s[0] != "process_start_time_seconds" and "engine" in dict(s[1])]  # engine-less: once
+        s
+        for s in parse(other, CTYPE, WANTED).samples
+        if s[0] != "process_start_time_seconds" and "engine" in dict(s[1])
+    ]  # engine-less: once
     n = normalise(samples)
     assert [e.engine for e in n.engines] == ["0", "1"]
     e0, e1 = n.engines
@@ -303,8 +316,9 @@ def test_multiprocess_pid_labels_collapse_gauges_max_counters_summed():
     assert e.waiting == peak("vllm:num_requests_waiting")
     assert e.ttft.count == total("vllm:time_to_first_token_seconds_count")
     inf_bucket = dict(e.ttft.buckets)[math.inf]
-    assert inf_bucket == sum(v for k, v in raw(body, "vllm:time_to_first_token_seconds_bucket")
-                             .items() if dict(k)["le"] == "+Inf")
+    assert inf_bucket == sum(
+        v for k, v in raw(body, "vllm:time_to_first_token_seconds_bucket").items() if dict(k)["le"] == "+Inf"
+    )
     success: dict[str, float] = {}
     for k, v in raw(body, "vllm:request_success_total").items():
         reason = dict(k)["finished_reason"]
@@ -318,8 +332,10 @@ def test_multiprocess_pid_labels_collapse_gauges_max_counters_summed():
 def test_pid_collapse_does_not_depend_on_order():
     a = 'vllm:kv_cache_usage_perc{pid="1",engine="0",model_name="m"} 0.25\n'
     b = 'vllm:kv_cache_usage_perc{pid="2",engine="0",model_name="m"} 0.75\n'
-    c = 'vllm:prefix_cache_queries_total{pid="1",engine="0",model_name="m"} 3\n' \
+    c = (
+        'vllm:prefix_cache_queries_total{pid="1",engine="0",model_name="m"} 3\n'
         'vllm:prefix_cache_queries_total{pid="2",engine="0",model_name="m"} 4\n'
+    )
     for body in (a + b + c, b + a + c):
         e = only_engine(norm(body))
         assert (e.kv_usage, e.prefix_queries) == (0.75, 7.0)
@@ -327,12 +343,12 @@ def test_pid_collapse_does_not_depend_on_order():
 
 # ---------------------------------------------------------------- _created: the restart signal
 
+
 def test_created_change_is_kept_as_the_restart_signal():
     body = body_of(V32)
     before = only_engine(norm(body)).created
     assert before == raw_one(body, "vllm:prefix_cache_queries_created")
-    restarted = re.sub(r"^(vllm:prefix_cache_queries_created\{[^}]*\}) \S+", r"\1 1.8e+09", body,
-                       flags=re.M)
+    restarted = re.sub(r"^(vllm:prefix_cache_queries_created\{[^}]*\}) \S+", r"\1 1.8e+09", body, flags=re.M)
     after = only_engine(norm(restarted)).created
     assert after == 1.8e9 != before
 
@@ -350,8 +366,8 @@ def test_created_samples_never_become_counter_values():
 
 # ---------------------------------------------------------------- cache_config_info
 
-@pytest.mark.parametrize("folder,enabled", [(V32, True), (V32_OFF, False), (V010, True),
-                                            (V085, True)])
+
+@pytest.mark.parametrize("folder,enabled", [(V32, True), (V32_OFF, False), (V010, True), (V085, True)])
 def test_cache_config_from_fixtures(folder, enabled):
     body = body_of(folder)
     n = norm(body)
@@ -368,9 +384,21 @@ def test_cache_config_from_fixtures(folder, enabled):
     assert dict(cfg.labels) == lab
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("True", True), ("true", True), ("TRUE", True), ("False", False), ("false", False),
-    ("FALSE", False), ("None", None), ("", None), ("maybe", None), (None, None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("True", True),
+        ("true", True),
+        ("TRUE", True),
+        ("False", False),
+        ("false", False),
+        ("FALSE", False),
+        ("None", None),
+        ("", None),
+        ("maybe", None),
+        (None, None),
+    ],
+)
 def test_prefix_caching_flag_is_case_insensitive(text, expected):
     extra = "" if text is None else f',enable_prefix_caching="{text}"'
     body = f'vllm:cache_config_info{{block_size="16",engine="0"{extra}}} 1.0\n'
@@ -380,10 +408,14 @@ def test_prefix_caching_flag_is_case_insensitive(text, expected):
 
 
 def test_cache_config_per_engine():
-    body = ('vllm:cache_config_info{enable_prefix_caching="True",engine="0"} 1\n'
-            'vllm:cache_config_info{enable_prefix_caching="False",engine="1"} 1\n')
-    assert [(c.engine, c.enable_prefix_caching) for c in norm(body).cache_configs] == \
-        [("0", True), ("1", False)]
+    body = (
+        'vllm:cache_config_info{enable_prefix_caching="True",engine="0"} 1\n'
+        'vllm:cache_config_info{enable_prefix_caching="False",engine="1"} 1\n'
+    )
+    assert [(c.engine, c.enable_prefix_caching) for c in norm(body).cache_configs] == [
+        ("0", True),
+        ("1", False),
+    ]
 
 
 def test_non_numeric_cache_config_numbers_are_none():
@@ -394,22 +426,30 @@ def test_non_numeric_cache_config_numbers_are_none():
 
 # ---------------------------------------------------------------- legacy names
 
+
 def test_legacy_names_per_era():
     assert norm(body_of(V32)).legacy_names == ()
     dual = set(norm(body_of(V010)).legacy_names)
-    assert {"vllm:gpu_cache_usage_perc", "vllm:gpu_prefix_cache_queries",
-            "vllm:gpu_prefix_cache_hits"} <= dual
+    assert {
+        "vllm:gpu_cache_usage_perc",
+        "vllm:gpu_prefix_cache_queries",
+        "vllm:gpu_prefix_cache_hits",
+    } <= dual
     assert not any(n.startswith(("vllm:prefix_cache", "vllm:kv_cache")) for n in dual)
     v0 = set(norm(body_of(V085)).legacy_names)
-    assert {"vllm:gpu_prefix_cache_hit_rate", "vllm:gpu_cache_usage_perc",
-            "vllm:cpu_cache_usage_perc", "vllm:cpu_prefix_cache_hit_rate"} <= v0
+    assert {
+        "vllm:gpu_prefix_cache_hit_rate",
+        "vllm:gpu_cache_usage_perc",
+        "vllm:cpu_cache_usage_perc",
+        "vllm:cpu_prefix_cache_hit_rate",
+    } <= v0
     for names in (dual, v0):
         assert list(names) == list(dict.fromkeys(names))  # no duplicates
-        assert all(not n.endswith(("_total", "_created", "_bucket", "_sum", "_count"))
-                   for n in names)
+        assert all(not n.endswith(("_total", "_created", "_bucket", "_sum", "_count")) for n in names)
 
 
 # ---------------------------------------------------------------- LLM.get_metrics() names
+
 
 def test_bare_counter_names_without_total_are_accepted():
     labels = (("engine", "0"), ("model_name", "m"))
@@ -423,20 +463,19 @@ def test_bare_counter_names_without_total_are_accepted():
     n = normalise(samples)
     assert n.schema == SCHEMA_V1
     e = only_engine(n)
-    assert (e.prefix_queries, e.prefix_hits, e.prompt_tokens, e.kv_usage) == \
-        (100.0, 40.0, 120.0, 0.125)
+    assert (e.prefix_queries, e.prefix_hits, e.prompt_tokens, e.kv_usage) == (100.0, 40.0, 120.0, 0.125)
     assert e.request_success == (("stop", 3.0),)
 
 
 def test_bare_names_equal_wire_names_for_a_real_body():
     body = body_of(V32)
     wire = parse(body, CTYPE, WANTED).samples
-    bare = [(n[:-len("_total")] if n.endswith("_total") else n, labels, v)
-            for n, labels, v in wire]
+    bare = [(n[: -len("_total")] if n.endswith("_total") else n, labels, v) for n, labels, v in wire]
     assert normalise(bare).engines == normalise(wire).engines
 
 
 # ---------------------------------------------------------------- hostile input
+
 
 def test_duplicate_series_is_a_parse_error():
     line = 'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
@@ -446,8 +485,10 @@ def test_duplicate_series_is_a_parse_error():
 
 def test_duplicate_series_with_labels_in_another_order_is_a_parse_error():
     """Label order carries no meaning: the same series twice must not be summed."""
-    body = ('vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
-            'vllm:prefix_cache_queries_total{model_name="m",engine="0"} 5\n')
+    body = (
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
+        'vllm:prefix_cache_queries_total{model_name="m",engine="0"} 5\n'
+    )
     with pytest.raises(ParseError):
         norm(body)
 
@@ -457,11 +498,14 @@ def test_duplicate_check_can_be_turned_off():
     assert only_engine(norm(line + line, check_duplicates=False)).prefix_queries == 10
 
 
-@pytest.mark.parametrize("body", [
-    'vllm:time_to_first_token_seconds_bucket{engine="0",le="abc",model_name="m"} 1\n',
-    'vllm:cache_config_info{block_size="inf",engine="0"} 1\n',
-    'vllm:cache_config_info{num_gpu_blocks="-Inf",engine="0"} 1\n',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        'vllm:time_to_first_token_seconds_bucket{engine="0",le="abc",model_name="m"} 1\n',
+        'vllm:cache_config_info{block_size="inf",engine="0"} 1\n',
+        'vllm:cache_config_info{num_gpu_blocks="-Inf",engine="0"} 1\n',
+    ],
+)
 def test_hostile_label_values_raise_only_parse_error(body):
     """``scrape.parse_body`` catches ParseError only: anything else escapes the scrape loop."""
     try:
@@ -471,8 +515,7 @@ def test_hostile_label_values_raise_only_parse_error(body):
 
 
 def test_commas_in_lora_label_values_do_not_disturb_the_cache_series():
-    body = body_of(V085).replace(
-        'running_lora_adapters=""', 'running_lora_adapters="a,b,engine=\\"1\\"}"')
+    body = body_of(V085).replace('running_lora_adapters=""', 'running_lora_adapters="a,b,engine=\\"1\\"}"')
     assert raw_one(body, "vllm:lora_requests_info")
     e = only_engine(norm(body))
     assert e.engine == "0" and e.kv_usage == raw_one(body, "vllm:gpu_cache_usage_perc")
@@ -494,8 +537,10 @@ def test_pid_collapse_with_a_nan_gauge_does_not_depend_on_order():
 
 def test_one_counter_under_both_spellings_is_not_counted_twice():
     """``_total`` (wire) and bare (``LLM.get_metrics()``) name the same counter: never summed."""
-    body = ('vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
-            'vllm:prefix_cache_queries{engine="0",model_name="m"} 5\n')
+    body = (
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 5\n'
+        'vllm:prefix_cache_queries{engine="0",model_name="m"} 5\n'
+    )
     try:
         e = only_engine(norm(body))
     except ParseError:

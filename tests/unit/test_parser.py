@@ -19,9 +19,9 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as text_families
 
-from testkit.captures import all_captures
 from sidecar.normalize import WANTED, normalise
 from sidecar.parser import ParseError, is_openmetrics, parse
+from testkit.captures import all_captures
 
 OM_CTYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 TEXT_CTYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -31,6 +31,7 @@ CAPTURES = all_captures()
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def _key(name: str, labels, value: float) -> tuple:
     """A hashable, NaN-aware, label-order-free form of one sample."""
@@ -55,6 +56,7 @@ def is_vllm(name: str) -> bool:
 
 
 # ---------------------------------------------------------------- every real capture
+
 
 def test_fixtures_are_present():
     assert len(CAPTURES) >= 30, "expected the shared vLLM captures (VLLM_SIDECAR_FIXTURES?)"
@@ -94,28 +96,33 @@ def test_fixture_str_and_bytes_agree_and_labels_keep_body_order(cap):
 
 def test_lora_requests_info_empty_and_comma_values():
     cap = next(c for c in CAPTURES if "0.8.5" in c.folder and c.file == "004.prom")
-    lora = [s for s in parse(cap.body, cap.content_type).samples
-            if s[0] == "vllm:lora_requests_info"]
+    lora = [s for s in parse(cap.body, cap.content_type).samples if s[0] == "vllm:lora_requests_info"]
     assert len(lora) == 1
-    assert dict(lora[0][1]) == {"max_lora": "0", "running_lora_adapters": "",
-                                "waiting_lora_adapters": ""}
-    body = ('# TYPE vllm:lora_requests_info gauge\n'
-            'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b{1},c=\\"x\\"",'
-            'waiting_lora_adapters="d,e\\\\"} 1.7e+09\n')
+    assert dict(lora[0][1]) == {"max_lora": "0", "running_lora_adapters": "", "waiting_lora_adapters": ""}
+    body = (
+        "# TYPE vllm:lora_requests_info gauge\n"
+        'vllm:lora_requests_info{max_lora="4",running_lora_adapters="a,b{1},c=\\"x\\"",'
+        'waiting_lora_adapters="d,e\\\\"} 1.7e+09\n'
+    )
     want = reference(body, TEXT_CTYPE, is_vllm)
     assert ours(body, TEXT_CTYPE, None) == want
     (sample,) = parse(body, TEXT_CTYPE).samples
-    assert dict(sample[1]) == {"max_lora": "4", "running_lora_adapters": 'a,b{1},c="x"',
-                               "waiting_lora_adapters": "d,e\\"}
+    assert dict(sample[1]) == {
+        "max_lora": "4",
+        "running_lora_adapters": 'a,b{1},c="x"',
+        "waiting_lora_adapters": "d,e\\",
+    }
 
 
 def test_openmetrics_body_stops_at_eof_and_drops_exemplars():
-    body = ('# TYPE vllm:prefix_cache_queries counter\n'
-            'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 12.0 # {trace_id="a"} 1.0\n'
-            'vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e+09\n'
-            '# TYPE vllm:kv_cache_usage_perc gauge\n'
-            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25 1700000000.5\n'
-            '# EOF\n')
+    body = (
+        "# TYPE vllm:prefix_cache_queries counter\n"
+        'vllm:prefix_cache_queries_total{engine="0",model_name="m"} 12.0 # {trace_id="a"} 1.0\n'
+        'vllm:prefix_cache_queries_created{engine="0",model_name="m"} 1.7e+09\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25 1700000000.5\n'
+        "# EOF\n"
+    )
     parsed = parse(body, OM_CTYPE, WANTED)
     assert parsed.openmetrics
     assert Counter(_key(*s) for s in parsed.samples) == reference(body, OM_CTYPE, WANTED)
@@ -132,20 +139,64 @@ def test_space_between_name_and_label_set_is_valid_text():
 # ---------------------------------------------------------------- generated valid bodies
 
 OTHER_NAMES = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,20}", fullmatch=True)
-NAMES = st.one_of(st.sampled_from(sorted(WANTED)), OTHER_NAMES,
-                  st.sampled_from(["vllm:lora_requests_info", "vllm:num_requests_swapped_total",
-                                   "process_start_time_seconds"]))
+NAMES = st.one_of(
+    st.sampled_from(sorted(WANTED)),
+    OTHER_NAMES,
+    st.sampled_from(
+        ["vllm:lora_requests_info", "vllm:num_requests_swapped_total", "process_start_time_seconds"]
+    ),
+)
 LABEL_NAMES = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True).filter(
-    lambda n: not n.startswith("__"))
-HOSTILE = st.sampled_from(['a,b', '{x}', '}', '{', '"', '\\', '\\"', '\n', 'a="b"', ' , ',
-                           '# x', '=', ',}', '\\n', 'ü€😀', '', ' ', '\t'])
-LABEL_VALUES = st.lists(st.one_of(HOSTILE, st.text(st.characters(blacklist_categories=("Cs",)),
-                                                   max_size=8)), max_size=4).map("".join)
+    lambda n: not n.startswith("__")
+)
+HOSTILE = st.sampled_from(
+    [
+        "a,b",
+        "{x}",
+        "}",
+        "{",
+        '"',
+        "\\",
+        '\\"',
+        "\n",
+        'a="b"',
+        " , ",
+        "# x",
+        "=",
+        ",}",
+        "\\n",
+        "ü€😀",
+        "",
+        " ",
+        "\t",
+    ]
+)
+LABEL_VALUES = st.lists(
+    st.one_of(HOSTILE, st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)), max_size=4
+).map("".join)
 FLOATS = st.floats(allow_nan=False, allow_infinity=False)
 VALUES = st.one_of(
-    st.sampled_from(["NaN", "+Inf", "-Inf", "Inf", "0", "-0", "1e3", "1.5E-7", "-2.5e+10",
-                     "1.7954061622302732e+09", "10786.0", "0.0001220703125", ".5", "5."]),
-    FLOATS.map(repr), st.integers(-10**15, 10**15).map(str))
+    st.sampled_from(
+        [
+            "NaN",
+            "+Inf",
+            "-Inf",
+            "Inf",
+            "0",
+            "-0",
+            "1e3",
+            "1.5E-7",
+            "-2.5e+10",
+            "1.7954061622302732e+09",
+            "10786.0",
+            "0.0001220703125",
+            ".5",
+            "5.",
+        ]
+    ),
+    FLOATS.map(repr),
+    st.integers(-(10**15), 10**15).map(str),
+)
 
 
 def escape_value(v: str) -> str:
@@ -180,7 +231,7 @@ def text_sample_line(draw, name):
     before_labels = draw(st.sampled_from(["", "", " ", "\t"])) if ls else ""
     line = f"{name}{before_labels}{ls}{gap}{draw(VALUES)}"
     if draw(st.booleans()):
-        line += f"{gap}{draw(st.integers(-2**53, 2**53))}"
+        line += f"{gap}{draw(st.integers(-(2**53), 2**53))}"
     indent = draw(st.sampled_from(["", "", "", " ", "\t"]))
     return indent + line
 
@@ -200,16 +251,14 @@ def text_bodies(draw):
         for _ in range(draw(st.integers(1, 3))):
             lines.append(draw(text_sample_line(name)))
             if draw(st.integers(0, 5)) == 0:
-                lines.append(draw(st.sampled_from(["", " ", "# a comment, {with} \"quotes\""])))
+                lines.append(draw(st.sampled_from(["", " ", '# a comment, {with} "quotes"'])))
     end = draw(st.sampled_from(["\n", "", "\n\n"]))
     return "\n".join(lines) + end
 
 
-@given(text_bodies(), st.sampled_from([TEXT_CTYPE, "text/plain; version=1.0.0; charset=utf-8",
-                                       None, ""]))
+@given(text_bodies(), st.sampled_from([TEXT_CTYPE, "text/plain; version=1.0.0; charset=utf-8", None, ""]))
 @FUZZ
-@example('vllm:lora_requests_info{running_lora_adapters="a,b",waiting_lora_adapters="c}"} 1\n',
-         TEXT_CTYPE)
+@example('vllm:lora_requests_info{running_lora_adapters="a,b",waiting_lora_adapters="c}"} 1\n', TEXT_CTYPE)
 def test_generated_text_bodies_agree_with_reference(body, ctype):
     want = reference(body, ctype, WANTED)
     assert ours(body, ctype, WANTED) == want
@@ -223,14 +272,23 @@ def test_generated_text_bodies_agree_with_reference(body, ctype):
 @st.composite
 def om_bodies(draw):
     """A valid OpenMetrics body: typed gauge/counter families, exemplars, ``# EOF``."""
-    fams = draw(st.lists(st.one_of(st.sampled_from(sorted(
-        n[:-len("_total")] for n in WANTED if n.endswith("_total"))), OTHER_NAMES),
-        min_size=1, max_size=6, unique=True))
+    fams = draw(
+        st.lists(
+            st.one_of(
+                st.sampled_from(sorted(n[: -len("_total")] for n in WANTED if n.endswith("_total"))),
+                OTHER_NAMES,
+            ),
+            min_size=1,
+            max_size=6,
+            unique=True,
+        )
+    )
     lines: list[str] = []
     used: set[str] = set()
     for fam in fams:
-        if fam.endswith(("_total", "_created", "_bucket", "_count", "_sum", "_info", "_gcount",
-                         "_gsum")) or any(fam.startswith(u) or u.startswith(fam) for u in used):
+        if fam.endswith(
+            ("_total", "_created", "_bucket", "_count", "_sum", "_info", "_gcount", "_gsum")
+        ) or any(fam.startswith(u) or u.startswith(fam) for u in used):
             continue
         used.add(fam)
         typ = draw(st.sampled_from(["gauge", "counter"]))
@@ -273,6 +331,7 @@ def test_generated_openmetrics_bodies_agree_with_reference(body):
 
 # ---------------------------------------------------------------- garbage
 
+
 def _check_only_parse_error(body, ctype):
     text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
     n_lines = text.count("\n") + 1
@@ -296,13 +355,17 @@ def mutated_bodies(draw):
     if len(body) > 4000:  # a window of a real body keeps each example cheap
         lines = body.split("\n")
         start = draw(st.integers(0, len(lines) - 1))
-        body = "\n".join(lines[start:start + 40])
+        body = "\n".join(lines[start : start + 40])
     chars = list(body)
     for _ in range(draw(st.integers(1, 6))):
         op = draw(st.sampled_from(["insert", "delete", "replace"]))
         pos = draw(st.integers(0, max(0, len(chars) - 1)))
-        ch = draw(st.one_of(st.sampled_from(list('{}",=\\ #\n\t\x00') + ["\r"]),
-                            st.characters(blacklist_categories=("Cs",))))
+        ch = draw(
+            st.one_of(
+                st.sampled_from(list('{}",=\\ #\n\t\x00') + ["\r"]),
+                st.characters(blacklist_categories=("Cs",)),
+            )
+        )
         if op == "insert" or not chars:
             chars.insert(pos, ch)
         elif op == "delete":
@@ -312,9 +375,10 @@ def mutated_bodies(draw):
     return "".join(chars)
 
 
-@given(st.one_of(mutated_bodies(), st.text(max_size=200),
-                 st.binary(max_size=200)),
-       st.sampled_from([TEXT_CTYPE, OM_CTYPE, None]))
+@given(
+    st.one_of(mutated_bodies(), st.text(max_size=200), st.binary(max_size=200)),
+    st.sampled_from([TEXT_CTYPE, OM_CTYPE, None]),
+)
 @FUZZ
 @example(b"\xff\xfe garbage", TEXT_CTYPE)
 @example('vllm:kv_cache_usage_perc{engine="0" 1\n', TEXT_CTYPE)
@@ -336,13 +400,16 @@ def test_garbage_through_normalise_raises_only_parse_error(body):
         pass
 
 
-@pytest.mark.parametrize("body,line", [
-    ("# HELP x y\nx 1\nvllm:kv_cache_usage_perc{a=\"b\" 2\n", 3),
-    ("\n\n\nvllm:kv_cache_usage_perc NaNx\n", 4),
-    ("x 1\n9bad 1\n", 2),
-    ("x 1\r\ny{a=\"1\"} z\r\n", 2),
-    (b"x 1\n\xc3\x28 1\n", 2),
-])
+@pytest.mark.parametrize(
+    "body,line",
+    [
+        ('# HELP x y\nx 1\nvllm:kv_cache_usage_perc{a="b" 2\n', 3),
+        ("\n\n\nvllm:kv_cache_usage_perc NaNx\n", 4),
+        ("x 1\n9bad 1\n", 2),
+        ('x 1\r\ny{a="1"} z\r\n', 2),
+        (b"x 1\n\xc3\x28 1\n", 2),
+    ],
+)
 def test_parse_error_names_the_bad_line(body, line):
     with pytest.raises(ParseError) as info:
         parse(body, TEXT_CTYPE, lambda n: True)
@@ -359,10 +426,8 @@ def test_values_reject_what_the_text_format_rejects():
         parse(body, TEXT_CTYPE, WANTED)
 
 
-@pytest.mark.parametrize("body", [b"", "\n\n", "# HELP x y\n# TYPE x gauge\n", " \t\n\r\n",
-                                  "# EOF\n"])
+@pytest.mark.parametrize("body", [b"", "\n\n", "# HELP x y\n# TYPE x gauge\n", " \t\n\r\n", "# EOF\n"])
 def test_bodies_without_samples(body):
     parsed = parse(body, TEXT_CTYPE, WANTED)
     assert parsed.samples == [] and parsed.vllm_lines == 0
-    assert reference(body.decode() if isinstance(body, bytes) else body, TEXT_CTYPE, WANTED) == \
-        Counter()
+    assert reference(body.decode() if isinstance(body, bytes) else body, TEXT_CTYPE, WANTED) == Counter()

@@ -10,14 +10,39 @@ from pathlib import Path
 import pytest
 
 SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
-PURE = ("parser", "normalize", "derive", "diagnose", "explain", "model", "exporter",
-        "scrapefilter", "api")
+PURE = ("parser", "normalize", "derive", "diagnose", "explain", "model", "exporter", "scrapefilter", "api")
 #: modules whose import means I/O (network, event loop, processes, settings files)
-IO_MODULES = {"aiohttp", "asyncio", "yaml", "socket", "subprocess", "ssl", "http", "urllib.request",
-              "shutil", "glob", "pathlib", "requests", "httpx"}
+IO_MODULES = {
+    "aiohttp",
+    "asyncio",
+    "yaml",
+    "socket",
+    "subprocess",
+    "ssl",
+    "http",
+    "urllib.request",
+    "shutil",
+    "glob",
+    "pathlib",
+    "requests",
+    "httpx",
+}
 #: calls that read or write the file system
-IO_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "listdir", "scandir",
-            "stat", "exists", "remove", "unlink", "mkdir", "makedirs"}
+IO_CALLS = {
+    "open",
+    "read_text",
+    "read_bytes",
+    "write_text",
+    "write_bytes",
+    "listdir",
+    "scandir",
+    "stat",
+    "exists",
+    "remove",
+    "unlink",
+    "mkdir",
+    "makedirs",
+}
 
 
 def _imports(tree: ast.AST) -> set[str]:
@@ -41,8 +66,11 @@ def test_pure_module_imports_no_io(name: str) -> None:
     # relative imports stay among the pure modules (no settings files, no scraping)
     local = {m.strip(".").split(".")[0] for m in imported if m.startswith(".")}
     assert local <= set(PURE) | {"_version"}, f"sidecar/{name}.py imports {sorted(local - set(PURE))}"
-    calls = {n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
-             for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    calls = {
+        n.func.attr if isinstance(n.func, ast.Attribute) else getattr(n.func, "id", "")
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+    }
     assert not calls & IO_CALLS, f"sidecar/{name}.py touches the file system: {calls & IO_CALLS}"
 
 

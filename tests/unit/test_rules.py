@@ -78,19 +78,24 @@ def test_promtool_rule_unit_tests_pass():
 
 def _naive_zero_hit(expr: str) -> str:
     """A plausible but wrong ZeroHitRate: per engine, no caching or data-parallel awareness."""
-    return ("increase(vllm_sidecar_prefix_cache_queries_total[10m]) > 0\n"
-            "and increase(vllm_sidecar_prefix_cache_hits_total[10m]) == 0\n")
+    return (
+        "increase(vllm_sidecar_prefix_cache_queries_total[10m]) > 0\n"
+        "and increase(vllm_sidecar_prefix_cache_hits_total[10m]) == 0\n"
+    )
 
 
-@pytest.mark.parametrize("mutation", [
-    "naive zero-hit rule",
-    "hits by offset instead of increase()",
-    "KV threshold 0.9",
-    "target down for 1m",
-    "zero-hit ignores other tiers",
-    "unused ignores the disabled flag",
-    "disabled ignores the counters",
-])
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        "naive zero-hit rule",
+        "hits by offset instead of increase()",
+        "KV threshold 0.9",
+        "target down for 1m",
+        "zero-hit ignores other tiers",
+        "unused ignores the disabled flag",
+        "disabled ignores the counters",
+    ],
+)
 def test_promtool_tests_catch_broken_rules(tmp_path: Path, mutation: str):
     """The rule tests can fail: each broken copy of the rules must make `promtool test` fail."""
     data = yaml.safe_load(RULES.read_text())
@@ -99,12 +104,12 @@ def test_promtool_tests_catch_broken_rules(tmp_path: Path, mutation: str):
             name = r.get("alert")
             if mutation == "naive zero-hit rule" and name == "VLLMPrefixCacheZeroHitRate":
                 r["expr"] = _naive_zero_hit(r["expr"])
-            elif (mutation == "hits by offset instead of increase()"
-                  and name == "VLLMPrefixCacheZeroHitRate"):
+            elif mutation == "hits by offset instead of increase()" and name == "VLLMPrefixCacheZeroHitRate":
                 r["expr"] = r["expr"].replace(
                     "increase(vllm_sidecar_prefix_cache_hits_total[10m])",
                     "(vllm_sidecar_prefix_cache_hits_total - "
-                    "vllm_sidecar_prefix_cache_hits_total offset 10m)")
+                    "vllm_sidecar_prefix_cache_hits_total offset 10m)",
+                )
             elif mutation == "zero-hit ignores other tiers" and name == "VLLMPrefixCacheZeroHitRate":
                 r["expr"] = r["expr"].replace("external_prefix_cache_hits_total", "nothing_total")
                 r["expr"] = r["expr"].replace("prefix_cache_hits_by_source_total", "nothing_total")
@@ -170,8 +175,7 @@ def test_fleet_ratio_is_a_ratio_of_sums_not_a_mean_of_ratios():
     fleet = rec["model_name:vllm_sidecar_prefix_cache_hit_ratio:ratio_rate5m"]
     assert "avg" not in fleet
     assert re.search(r"sum by \(model_name\) \(rate\(vllm_sidecar_prefix_cache_hits_total", fleet)
-    assert re.search(r"sum by \(model_name\) \(rate\(vllm_sidecar_prefix_cache_queries_total",
-                     fleet)
+    assert re.search(r"sum by \(model_name\) \(rate\(vllm_sidecar_prefix_cache_queries_total", fleet)
 
 
 def test_each_alert_has_firing_and_not_firing_unit_tests():
@@ -188,11 +192,14 @@ def test_each_alert_has_firing_and_not_firing_unit_tests():
 def test_prometheusrule_manifest_is_generated_from_rules():
     """One generator (scripts/gen_k8s.py) writes the only PrometheusRule copy, the kustomize one."""
     repo = PROM_DIR.parent.parent
-    res = subprocess.run([sys.executable, str(repo / "scripts/gen_k8s.py"), "--check"],
-                         capture_output=True, text=True, cwd=repo)
+    res = subprocess.run(
+        [sys.executable, str(repo / "scripts/gen_k8s.py"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert res.returncode == 0, res.stdout + res.stderr
-    manifest = yaml.safe_load(
-        (repo / "deploy/kubernetes/components/alerts/prometheusrule.yaml").read_text())
+    manifest = yaml.safe_load((repo / "deploy/kubernetes/components/alerts/prometheusrule.yaml").read_text())
     assert manifest["kind"] == "PrometheusRule"
     assert manifest["apiVersion"] == "monitoring.coreos.com/v1"
     assert manifest["spec"]["groups"] == yaml.safe_load(RULES.read_text())["groups"]

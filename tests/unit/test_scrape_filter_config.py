@@ -30,13 +30,16 @@ def test_default_is_auto() -> None:
 
 
 def test_file_global_and_per_target(tmp_path) -> None:
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
         scrape_filter: off
         targets:
           - {name: a, url: "http://h:1/metrics"}
           - {name: b, url: "http://h:2/metrics", scrape_filter: auto}
           - {name: c, url: "http://h:3/metrics", scrape_filter: "off"}
-    """)
+    """,
+    )
     c = load_config(path, {}, {})
     assert c.scrape_filter == "off"  # YAML reads an unquoted off as false: still off
     a, b, cc = c.targets
@@ -51,10 +54,14 @@ def test_environment_and_flag_win_over_the_file(tmp_path) -> None:
     assert load_config(path, {"scrape_filter": "auto"}, env).scrape_filter == "auto"
 
 
-@pytest.mark.parametrize("text,line", [("scrape_filter: on\n", 1),
-                                       ("scrape_filter: sometimes\n", 1),
-                                       ("targets:\n  - url: http://h/metrics\n"
-                                        "    scrape_filter: maybe\n", 3)])
+@pytest.mark.parametrize(
+    "text,line",
+    [
+        ("scrape_filter: on\n", 1),
+        ("scrape_filter: sometimes\n", 1),
+        ("targets:\n  - url: http://h/metrics\n    scrape_filter: maybe\n", 3),
+    ],
+)
 def test_bad_values_name_the_file_and_line(tmp_path, text: str, line: int) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as err:
@@ -82,8 +89,12 @@ def test_flag_on_run_and_doctor() -> None:
 
 def _modes(snap: TargetSnapshot) -> dict[str, float]:
     text = render([render_target(snap)])
-    return {s.labels["mode"]: s.value for f in text_string_to_metric_families(text)
-            for s in f.samples if s.name == "vllm_sidecar_scrape_mode"}
+    return {
+        s.labels["mode"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "vllm_sidecar_scrape_mode"
+    }
 
 
 def test_the_mode_is_a_state_set_of_both_modes() -> None:

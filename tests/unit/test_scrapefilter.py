@@ -7,14 +7,24 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from testkit.captures import FIXTURES
 from prometheus_client.parser import text_string_to_metric_families
 
 from sidecar.normalize import WANTED
 from sidecar.parser import parse
+from sidecar.scrapefilter import (
+    FILTERED,
+    FULL,
+    OFF,
+    PROBE_INTERVAL,
+    FilterState,
+    applies,
+    check,
+    families,
+    filtered_url,
+    request_names,
+)
+from testkit.captures import FIXTURES
 from testkit.replay import restricted_body
-from sidecar.scrapefilter import (FILTERED, FULL, OFF, PROBE_INTERVAL, FilterState, applies, check,
-                                  families, filtered_url, request_names)
 
 URL = "http://10.0.0.1:8000/metrics"
 V032 = FIXTURES / "vllm-0.32.0" / "prefix_on_shared"
@@ -49,7 +59,9 @@ def test_names_added_to_wanted_are_picked_up_from_the_table() -> None:
     present = {"vllm:kv_cache_usage_perc", "vllm:some_new_gauge"}
     assert request_names(present) == ("vllm:kv_cache_usage_perc",)
     assert request_names(present, WANTED | {"vllm:some_new_gauge"}) == (
-        "vllm:kv_cache_usage_perc", "vllm:some_new_gauge")
+        "vllm:kv_cache_usage_perc",
+        "vllm:some_new_gauge",
+    )
 
 
 def test_no_filter_when_the_probe_held_no_vllm_family_the_sidecar_reads() -> None:
@@ -72,11 +84,18 @@ def test_filtered_url_uses_the_slash_route_and_repeated_name_parameters() -> Non
     assert kept == "https://h/pod/x/metrics/?token=1&name%5B%5D=vllm:a_total"
 
 
-@pytest.mark.parametrize("url,ok", [(URL, True), ("http://h:1/x/metrics", True),
-                                    ("http://h:1/metrics?a=b", True),
-                                    ("http://h:1/metrics/", False), ("http://h:1/stats", False),
-                                    ("http://h:1/federate", False),
-                                    ("http://h:1/my_metrics", False)])
+@pytest.mark.parametrize(
+    "url,ok",
+    [
+        (URL, True),
+        ("http://h:1/x/metrics", True),
+        ("http://h:1/metrics?a=b", True),
+        ("http://h:1/metrics/", False),
+        ("http://h:1/stats", False),
+        ("http://h:1/federate", False),
+        ("http://h:1/my_metrics", False),
+    ],
+)
 def test_only_a_path_ending_in_slash_metrics(url: str, ok: bool) -> None:
     assert applies(url) is ok
     state = FilterState(url)
@@ -149,18 +168,30 @@ def test_a_200_holding_every_requested_family_is_honoured() -> None:
 
 
 def test_a_family_counts_as_held_when_any_of_its_samples_is() -> None:
-    names = ("vllm:prefix_cache_queries_created", "vllm:prefix_cache_queries_total",
-             "vllm:time_to_first_token_seconds_bucket", "vllm:time_to_first_token_seconds_count",
-             "vllm:time_to_first_token_seconds_sum")
+    names = (
+        "vllm:prefix_cache_queries_created",
+        "vllm:prefix_cache_queries_total",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:time_to_first_token_seconds_count",
+        "vllm:time_to_first_token_seconds_sum",
+    )
     assert families(names) == {"vllm:prefix_cache_queries", "vllm:time_to_first_token_seconds"}
     # a proxy that drops _created, a server that sends no _count: the families are still there
-    v = check(200, ["vllm:prefix_cache_queries_total", "vllm:time_to_first_token_seconds_bucket"],
-              names, 2)
+    v = check(200, ["vllm:prefix_cache_queries_total", "vllm:time_to_first_token_seconds_bucket"], names, 2)
     assert v.honoured
 
 
-@pytest.mark.parametrize("status,word", [(404, "HTTP 404"), (500, "HTTP 500"), (503, "HTTP 503"),
-                                         (301, "redirect"), (307, "redirect"), (308, "redirect")])
+@pytest.mark.parametrize(
+    "status,word",
+    [
+        (404, "HTTP 404"),
+        (500, "HTTP 500"),
+        (503, "HTTP 503"),
+        (301, "redirect"),
+        (307, "redirect"),
+        (308, "redirect"),
+    ],
+)
 def test_any_other_status_is_not_honoured(status: int, word: str) -> None:
     names = request_names(held(V032 / "004.prom"))
     v = check(status, set(), names, 0)
@@ -250,9 +281,12 @@ def test_the_replay_filter_is_prometheus_clients_restriction_of_the_real_body() 
     names = request_names(held(V032 / "004.prom"))
     out, ctype = restricted_body(body, TEXT, names, "text/plain;version=0.0.4")
     assert ctype.startswith("text/plain")
-    want = [(s.name, s.labels, s.value)
-            for f in text_string_to_metric_families(body.decode()) for s in f.samples
-            if s.name in names]
+    want = [
+        (s.name, s.labels, s.value)
+        for f in text_string_to_metric_families(body.decode())
+        for s in f.samples
+        if s.name in names
+    ]
     got_families = list(text_string_to_metric_families(out.decode()))
     got = [(s.name, s.labels, s.value) for f in got_families for s in f.samples]
     assert sorted(got, key=repr) == sorted(want, key=repr)
@@ -268,6 +302,7 @@ def test_the_replay_filter_is_prometheus_clients_restriction_of_the_real_body() 
 def test_only_three_filtered_timeouts_in_a_row_fall_back_to_full():
     """One slow cycle of an overloaded sidecar must not turn a target to full scrapes."""
     from sidecar.scrapefilter import TIMEOUTS_TO_FALL_BACK, FilterState
+
     state = FilterState("http://v:8000/metrics")
     state.probed(["vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"], 0.0, 0)
     assert state.mode == "filtered"

@@ -5,10 +5,9 @@ The end-to-end behaviour against an HTTPS fake vLLM is in tests/integration/test
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
-
-import base64
 
 import pytest
 
@@ -40,8 +39,7 @@ def test_bearer_token_is_read_stripped_and_re_read_after_rotation(tmp_path):
     headers, _ = request_options(target(bearer_token_file=str(tok)))
     assert headers == {"Authorization": f"Bearer {SECRET}"}
     tok.write_text("rotated\n")
-    assert request_options(target(bearer_token_file=str(tok))).headers["Authorization"] == \
-        "Bearer rotated"
+    assert request_options(target(bearer_token_file=str(tok))).headers["Authorization"] == "Bearer rotated"
 
 
 def basic(user, password):
@@ -66,14 +64,17 @@ def test_repr_of_the_options_hides_the_secrets(tmp_path):
     assert SECRET not in repr(opts)
 
 
-@pytest.mark.parametrize("content,fragment", [
-    (b"", "is empty"),
-    (b"   \n", "is empty"),
-    (SECRET.encode() + b"\nX-Injected: 1", "control characters"),
-    (SECRET.encode() + b"\x00", "control characters"),
-    (b"\xff\xfe" + SECRET.encode(), "not UTF-8"),
-    (b"a" * (MAX_SECRET_BYTES + 1), "larger than"),
-])
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"", "is empty"),
+        (b"   \n", "is empty"),
+        (SECRET.encode() + b"\nX-Injected: 1", "control characters"),
+        (SECRET.encode() + b"\x00", "control characters"),
+        (b"\xff\xfe" + SECRET.encode(), "not UTF-8"),
+        (b"a" * (MAX_SECRET_BYTES + 1), "larger than"),
+    ],
+)
 def test_bad_secret_files_fail_without_echoing_the_content(tmp_path, content, fragment):
     f = tmp_path / "token"
     f.write_bytes(content)
@@ -87,8 +88,7 @@ def test_bad_secret_files_fail_without_echoing_the_content(tmp_path, content, fr
 def test_missing_secret_file_names_the_file_and_the_reason(tmp_path):
     with pytest.raises(TargetAuthError) as info:
         request_options(target(bearer_token_file=str(tmp_path / "nope")))
-    assert str(info.value) == f"cannot read bearer_token_file {tmp_path / 'nope'}: " \
-                              f"No such file or directory"
+    assert str(info.value) == f"cannot read bearer_token_file {tmp_path / 'nope'}: No such file or directory"
 
 
 def test_bearer_and_basic_together_are_refused(tmp_path):
@@ -105,6 +105,7 @@ def test_control_characters_in_an_inline_password_are_refused():
 
 
 # ---------------------------------------------------------------- TLS
+
 
 def test_default_tls_context_verifies_chain_and_host():
     ctx = build_tls_context(TLSConfig())
@@ -141,12 +142,18 @@ def test_tls_context_is_cached_until_a_file_changes(tmp_path):
     def ca_pem(cn):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-        now = datetime.datetime.now(datetime.timezone.utc)
-        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-                .sign(key, hashes.SHA256()))
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256())
+        )
         return cert.public_bytes(serialization.Encoding.PEM)
 
     ca = tmp_path / "ca.crt"

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from sidecar.config.files import ConfigError
-from sidecar.config.settings import BasicAuth, TLSConfig, TargetConfig
 from sidecar.config.reload import TargetsFileWatcher
+from sidecar.config.settings import BasicAuth, TargetConfig, TLSConfig
 from sidecar.config.targets import load_targets_file, parse_targets_file
 
 
@@ -19,6 +19,7 @@ def by_name(targets):
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def test_yaml_groups_become_targets_named_host_port():
     text = """
@@ -39,8 +40,7 @@ def test_yaml_groups_become_targets_named_host_port():
 def test_json_is_accepted_exactly_like_yaml():
     groups = [{"targets": ["a:1"], "labels": {"team": "x"}}, {"targets": ["b:2"]}]
     from_json = parse_targets_file(json.dumps(groups, indent="\t"), "sd.json")
-    from_yaml = parse_targets_file("- targets: [a:1]\n  labels: {team: x}\n- targets: [b:2]\n",
-                                   "sd.yaml")
+    from_yaml = parse_targets_file("- targets: [a:1]\n  labels: {team: x}\n- targets: [b:2]\n", "sd.yaml")
     assert from_json == from_yaml
     assert [t.name for t in from_json] == ["a:1", "b:2"]
 
@@ -104,10 +104,15 @@ def test_group_without_targets_is_allowed_and_empty():
 
 
 def test_defaults_supply_auth_and_tls_and_labels_that_file_sd_cannot_express():
-    defaults = TargetConfig(name="", url="", labels=(("cluster", "c1"), ("zone", "z0")),
-                            timeout=2.0, bearer_token_file="/var/run/token",
-                            basic_auth=BasicAuth("u", password_file="/p"),
-                            tls=TLSConfig(ca_file="/ca.crt"))
+    defaults = TargetConfig(
+        name="",
+        url="",
+        labels=(("cluster", "c1"), ("zone", "z0")),
+        timeout=2.0,
+        bearer_token_file="/var/run/token",
+        basic_auth=BasicAuth("u", password_file="/p"),
+        tls=TLSConfig(ca_file="/ca.crt"),
+    )
     (t,) = parse_targets_file("- targets: [a:1]\n  labels: {zone: z1}\n", "sd.yaml", defaults)
     assert t.labels == (("cluster", "c1"), ("zone", "z1"))  # the file's label wins
     assert (t.timeout, t.bearer_token_file, t.tls) == (2.0, "/var/run/token", defaults.tls)
@@ -116,23 +121,27 @@ def test_defaults_supply_auth_and_tls_and_labels_that_file_sd_cannot_express():
 
 # ---------------------------------------------------------------- errors, located
 
-@pytest.mark.parametrize("text,line,fragment", [
-    ("- targets: [a:1]\n  labelz: {}\n", 2, "unknown key 'labelz'"),
-    ("- targets: a:1\n", 1, "must be a list"),
-    ("- targets:\n  - a:1\n  - http://b:2/metrics\n", 3, "host:port only"),
-    ("- targets:\n  - a:1\n  - user:pw@b:2\n", 3, "host:port only"),
-    ("- targets:\n  - a:1\n  - 'b:99999'\n", 3, "port"),
-    ("- targets: [a:1]\n  labels:\n    ok: x\n    bad-name: y\n", 4, "invalid label name"),
-    ("- targets: [a:1]\n  labels:\n    target: x\n", 3, "reserved"),
-    ("- targets: [a:1]\n  labels:\n    __scheme__: ftp\n", 3, "__scheme__"),
-    ("- targets: [a:1]\n  labels:\n    __metrics_path__: metrics\n", 3, "__metrics_path__"),
-    ("- targets: [a:1, b:2]\n  labels: {name: one}\n", 1, "names one target"),
-    ("- targets: [a:1]\n- targets:\n  - a:1\n", 3, "used twice"),
-    ("- targets: [a:1]\n  labels: {x: [1]}\n", 2, "must be a string"),
-    ("targets: [a:1]\n", 1, "must be a list"),
-    ("- targets: [a:1\n", 2, "invalid YAML"),
-    ("- targets: [a:1]\n  labels: {name: ''}\n", 2, "must not be empty"),
-])
+
+@pytest.mark.parametrize(
+    "text,line,fragment",
+    [
+        ("- targets: [a:1]\n  labelz: {}\n", 2, "unknown key 'labelz'"),
+        ("- targets: a:1\n", 1, "must be a list"),
+        ("- targets:\n  - a:1\n  - http://b:2/metrics\n", 3, "host:port only"),
+        ("- targets:\n  - a:1\n  - user:pw@b:2\n", 3, "host:port only"),
+        ("- targets:\n  - a:1\n  - 'b:99999'\n", 3, "port"),
+        ("- targets: [a:1]\n  labels:\n    ok: x\n    bad-name: y\n", 4, "invalid label name"),
+        ("- targets: [a:1]\n  labels:\n    target: x\n", 3, "reserved"),
+        ("- targets: [a:1]\n  labels:\n    __scheme__: ftp\n", 3, "__scheme__"),
+        ("- targets: [a:1]\n  labels:\n    __metrics_path__: metrics\n", 3, "__metrics_path__"),
+        ("- targets: [a:1, b:2]\n  labels: {name: one}\n", 1, "names one target"),
+        ("- targets: [a:1]\n- targets:\n  - a:1\n", 3, "used twice"),
+        ("- targets: [a:1]\n  labels: {x: [1]}\n", 2, "must be a string"),
+        ("targets: [a:1]\n", 1, "must be a list"),
+        ("- targets: [a:1\n", 2, "invalid YAML"),
+        ("- targets: [a:1]\n  labels: {name: ''}\n", 2, "must not be empty"),
+    ],
+)
 def test_errors_carry_file_and_line(text, line, fragment):
     with pytest.raises(ConfigError) as info:
         parse_targets_file(text, "sd.yaml")
@@ -169,6 +178,7 @@ def test_load_targets_file_reads_and_reports_missing_file(tmp_path):
 
 
 # ---------------------------------------------------------------- watcher
+
 
 class Recorder:
     def __init__(self):

@@ -13,6 +13,7 @@ import os
 import ssl
 
 import pytest
+
 from testkit.tls import issue, key_pem, make_ca, pem
 
 bcrypt = pytest.importorskip("bcrypt")
@@ -34,13 +35,19 @@ HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
 
 # ---------------------------------------------------------------- certificates
 
+
 @pytest.fixture
 def pki(tmp_path):
     ca = make_ca()
     skey, scert = issue(ca, "server")
     ckey, ccert = issue(ca, "client", sans=("scraper.monitoring",), client=True)
-    files = {"ca": tmp_path / "ca.crt", "crt": tmp_path / "tls.crt", "key": tmp_path / "tls.key",
-             "ccrt": tmp_path / "client.crt", "ckey": tmp_path / "client.key"}
+    files = {
+        "ca": tmp_path / "ca.crt",
+        "crt": tmp_path / "tls.crt",
+        "key": tmp_path / "tls.key",
+        "ccrt": tmp_path / "client.crt",
+        "ckey": tmp_path / "client.key",
+    }
     files["ca"].write_bytes(pem(ca[1]))
     files["crt"].write_bytes(pem(scert))
     files["key"].write_bytes(key_pem(skey))
@@ -57,6 +64,7 @@ def write(tmp_path, text, name="web.yml"):
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def test_empty_file_means_plain_http_without_auth(tmp_path):
     wc = load_web_config(write(tmp_path, ""))
@@ -86,9 +94,13 @@ basic_auth_users:
     assert ctx.verify_mode == ssl.CERT_REQUIRED
     assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
     assert wc.headers == (("Strict-Transport-Security", "max-age=31536000"),)
-    assert wc.summary() == {"tls": True, "basic_auth": True, "users": ["prometheus"],
-                            "client_auth_type": "RequireAndVerifyClientCert",
-                            "min_version": "TLS13"}
+    assert wc.summary() == {
+        "tls": True,
+        "basic_auth": True,
+        "users": ["prometheus"],
+        "client_auth_type": "RequireAndVerifyClientCert",
+        "min_version": "TLS13",
+    }
 
 
 def test_hashes_never_appear_in_repr_or_summary(tmp_path):
@@ -96,30 +108,52 @@ def test_hashes_never_appear_in_repr_or_summary(tmp_path):
     assert HASH not in repr(wc) and HASH not in str(wc.summary())
 
 
-@pytest.mark.parametrize("text,line,fragment", [
-    ("tls_server_config:\n  cert_file: a\n  keyfile: b\n", 3, "unknown key 'keyfile'"),
-    ("tls_config:\n  cert_file: a\n", 1, "unknown key 'tls_config'"),
-    ("tls_server_config:\n  cert_file: a\n", 1, "needs key_file"),
-    ("tls_server_config:\n  key_file: a\n", 1, "needs cert_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Bogus\n", 4,
-     "invalid client_auth_type"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n",
-     4, "not supported"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n"
-     "  client_auth_type: RequireAndVerifyClientCert\n", 4, "needs client_ca_file"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n", 4,
-     "invalid min_version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n"
-     "  max_version: TLS12\n", 5, "below min_version"),
-    ("tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_FOO]\n", 4,
-     "unsupported cipher"),
-    ("http_server_config:\n  headers:\n    Set-Cookie: x\n", 3, "cannot be set"),
-    ("basic_auth_users:\n  alice: plaintext-password\n", 2, "bcrypt hash"),
-    (f"basic_auth_users:\n  ok: {HASH}\n  'bad:user': {HASH}\n", 3, "invalid user name"),
-    ("basic_auth_users: [a]\n", 1, "mapping"),
-    ("- a\n", 1, "must be a mapping"),
-    ("basic_auth_users:\n  a: b\n  a: c\n", 3, "duplicate key"),
-])
+@pytest.mark.parametrize(
+    "text,line,fragment",
+    [
+        ("tls_server_config:\n  cert_file: a\n  keyfile: b\n", 3, "unknown key 'keyfile'"),
+        ("tls_config:\n  cert_file: a\n", 1, "unknown key 'tls_config'"),
+        ("tls_server_config:\n  cert_file: a\n", 1, "needs key_file"),
+        ("tls_server_config:\n  key_file: a\n", 1, "needs cert_file"),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: Bogus\n",
+            4,
+            "invalid client_auth_type",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  client_auth_type: RequireAnyClientCert\n",
+            4,
+            "not supported",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n"
+            "  client_auth_type: RequireAndVerifyClientCert\n",
+            4,
+            "needs client_ca_file",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: SSL3\n",
+            4,
+            "invalid min_version",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  min_version: TLS13\n  max_version: TLS12\n",
+            5,
+            "below min_version",
+        ),
+        (
+            "tls_server_config:\n  cert_file: a\n  key_file: b\n  cipher_suites: [TLS_FOO]\n",
+            4,
+            "unsupported cipher",
+        ),
+        ("http_server_config:\n  headers:\n    Set-Cookie: x\n", 3, "cannot be set"),
+        ("basic_auth_users:\n  alice: plaintext-password\n", 2, "bcrypt hash"),
+        (f"basic_auth_users:\n  ok: {HASH}\n  'bad:user': {HASH}\n", 3, "invalid user name"),
+        ("basic_auth_users: [a]\n", 1, "mapping"),
+        ("- a\n", 1, "must be a mapping"),
+        ("basic_auth_users:\n  a: b\n  a: c\n", 3, "duplicate key"),
+    ],
+)
 def test_errors_carry_file_and_line(tmp_path, text, line, fragment):
     path = str(tmp_path / "web.yml")
     with pytest.raises(ConfigError) as info:
@@ -149,8 +183,7 @@ def test_missing_or_mismatched_files_fail_at_load_with_the_key_line(tmp_path, pk
     assert "BEGIN" not in str(info.value)
 
     (tmp_path / "junk.crt").write_text("not a certificate")
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  client_ca_file: junk.crt\n")
+    text = "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n  client_ca_file: junk.crt\n"
     with pytest.raises(ConfigError) as info:
         load_web_config(write(tmp_path, text))
     assert info.value.line == 4 and "client_ca_file" in str(info.value)
@@ -171,13 +204,16 @@ def test_inline_pem_is_accepted(tmp_path, pki):
 
 
 def test_compat_settings_without_effect_are_reported_as_warnings(tmp_path, pki):
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  curve_preferences: [X25519]\nhttp_server_config:\n  http2: true\n")
+    text = (
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+        "  curve_preferences: [X25519]\nhttp_server_config:\n  http2: true\n"
+    )
     wc = load_web_config(write(tmp_path, text))
     assert len(wc.warnings) == 2
 
 
 # ---------------------------------------------------------------- basic auth pieces
+
 
 def basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -201,6 +237,7 @@ def test_check_password_needs_known_user_and_right_password():
 
 
 # ---------------------------------------------------------------- middleware on a real server
+
 
 async def serve(wc: WebConfig, exempt=()):
     app = web.Application(middlewares=[middleware(wc, exempt)])
@@ -239,8 +276,7 @@ def https_statuses(wc: WebConfig, *contexts: ssl.SSLContext) -> list[int]:
 def test_middleware_answers_401_then_200_and_adds_headers(tmp_path):
     import httpx
 
-    text = (f"basic_auth_users:\n  prom: {HASH}\n"
-            "http_server_config:\n  headers:\n    X-Frame-Options: deny\n")
+    text = f"basic_auth_users:\n  prom: {HASH}\nhttp_server_config:\n  headers:\n    X-Frame-Options: deny\n"
     wc = load_web_config(write(tmp_path, text))
 
     async def scenario():
@@ -294,8 +330,10 @@ def test_tls_certificate_rotation_is_served_without_restart(tmp_path, pki):
 
 
 def test_client_allowed_sans_rejects_other_client_certificates(tmp_path, pki):
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus.monitoring]\n")
+    text = (
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+        "  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus.monitoring]\n"
+    )
     wc = load_web_config(write(tmp_path, text))
     ctx = ssl.create_default_context(cafile=str(pki["ca"]))
     ctx.load_cert_chain(str(pki["ccrt"]), str(pki["ckey"]))  # SAN scraper.monitoring
@@ -304,16 +342,20 @@ def test_client_allowed_sans_rejects_other_client_certificates(tmp_path, pki):
 
 # ---------------------------------------------------------------- exporter-toolkit compatibility
 
-@pytest.mark.parametrize("text", ["tls_server_config:\n", "tls_server_config: {}\n",
-                                  "tls_server_config:\n  min_version: TLS13\n"])
+
+@pytest.mark.parametrize(
+    "text", ["tls_server_config:\n", "tls_server_config: {}\n", "tls_server_config:\n  min_version: TLS13\n"]
+)
 def test_tls_section_without_certificate_means_plain_http_like_the_toolkit(tmp_path, text):
     wc = load_web_config(write(tmp_path, text))
     assert not wc.tls_enabled and ssl_context(wc) is None
 
 
 def test_request_client_cert_is_served_as_no_client_cert_with_a_warning(tmp_path, pki):
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  client_auth_type: RequestClientCert\n")
+    text = (
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+        "  client_auth_type: RequestClientCert\n"
+    )
     wc = load_web_config(write(tmp_path, text))
     assert wc.tls.client_auth_type == "NoClientCert"
     assert ssl_context(wc).verify_mode == ssl.CERT_NONE
@@ -321,16 +363,20 @@ def test_request_client_cert_is_served_as_no_client_cert_with_a_warning(tmp_path
 
 
 def test_client_ca_with_no_client_cert_is_ignored_with_a_warning(tmp_path, pki):
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  client_ca_file: ca.crt\n  client_auth_type: NoClientCert\n")
+    text = (
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+        "  client_ca_file: ca.crt\n  client_auth_type: NoClientCert\n"
+    )
     wc = load_web_config(write(tmp_path, text))
     assert ssl_context(wc).verify_mode == ssl.CERT_NONE
     assert any("client_ca_file is ignored" in w for w in wc.warnings)
 
 
 def test_verify_if_given_accepts_clients_with_and_without_certificates(tmp_path, pki):
-    text = ("tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
-            "  client_ca_file: ca.crt\n  client_auth_type: VerifyClientCertIfGiven\n")
+    text = (
+        "tls_server_config:\n  cert_file: tls.crt\n  key_file: tls.key\n"
+        "  client_ca_file: ca.crt\n  client_auth_type: VerifyClientCertIfGiven\n"
+    )
     wc = load_web_config(write(tmp_path, text))
     plain = ssl.create_default_context(cafile=str(pki["ca"]))
     with_cert = ssl.create_default_context(cafile=str(pki["ca"]))

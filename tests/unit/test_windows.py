@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from testkit.captures import load_capture
 from truth_helpers import observe, tracker
 
 from testkit.bodies import set_value
+from testkit.captures import load_capture
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
 QC = "vllm:prefix_cache_queries_created"
@@ -62,9 +62,14 @@ def test_process_start_is_trusted_only_from_vllm_itself():
 def v0(idle: bool, prompt: float) -> bytes:
     b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body.decode()
     if idle:  # an idle V0 body drops the counters: only cache_config_info remains
-        return "\n".join(ln for ln in b.splitlines()
-                         if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
-                         ).encode() + b"\n"
+        return (
+            "\n".join(
+                ln
+                for ln in b.splitlines()
+                if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
+            ).encode()
+            + b"\n"
+        )
     return set_value(b, "vllm:prompt_tokens_total", prompt)
 
 
@@ -90,6 +95,7 @@ def test_counter_back_higher_counts_from_its_last_seen_value():
 
 def _ray(r1: tuple[int, int], r2: tuple[int, int]) -> str:
     from testkit.bodies import ray_body
+
     return ray_body({"r1": r1, "r2": r2})
 
 
@@ -109,10 +115,15 @@ def test_one_replicas_restart_leaves_the_others_windows_alone():
 
 def test_a_missing_or_refused_hit_counter_is_no_zero_and_no_ratio_above_one():
     b = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
+
     def body(q, h):
         out = set_value(b, Q, q)
-        return set_value(out, H, h) if h is not None else out.replace(
-            b"vllm:prefix_cache_hits_total{", b"vllm:other_hits_total{")
+        return (
+            set_value(out, H, h)
+            if h is not None
+            else out.replace(b"vllm:prefix_cache_hits_total{", b"vllm:other_hits_total{")
+        )
+
     for gap in (math.nan, None):  # refused (NaN) or absent
         tr = tracker("1m")
         observe(tr, body(1000, 100), 1000)

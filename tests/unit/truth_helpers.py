@@ -33,13 +33,19 @@ def run(bodies: list, times: list[float] | None = None, windows: str = "1m,5m") 
 def exported(snap: TargetSnapshot) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """The rendered series, read back with prometheus_client's parser (the exact reference)."""
     text = "".join(render_target(snap).values())
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def series(snap: TargetSnapshot, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {lab: v for (n, lab), v in exported(snap).items()
-            if n == name and all(dict(lab).get(k) == x for k, x in labels.items())}
+    return {
+        lab: v
+        for (n, lab), v in exported(snap).items()
+        if n == name and all(dict(lab).get(k) == x for k, x in labels.items())
+    }
 
 
 def codes(snap: TargetSnapshot) -> set[str]:
