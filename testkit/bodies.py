@@ -173,3 +173,14 @@ def growing(bodies: list[bytes], extra: int) -> list[bytes]:
     )
     counters = tuple(n for n in names if n.endswith(COUNTER_SUFFIXES))
     return list(bodies) + [scale_counters(last, counters, 1 + 0.05 * k) for k in range(1, extra + 1)]
+
+
+def without_counters(body: bytes | str) -> bytes:
+    """The body as an idle V0 server serves it: every ``vllm:`` series dropped but
+    ``vllm:cache_config_info`` (V0 creates its counters only once requests arrive)."""
+    return (
+        "\n".join(
+            ln for ln in _lines(body) if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
+        ).encode()
+        + b"\n"
+    )

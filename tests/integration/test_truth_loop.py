@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from testkit.bodies import ROUTER, ray_body, set_value
+from testkit.bodies import ROUTER, ray_body, set_value, without_counters
 from testkit.captures import load_capture
 from testkit.procs import SidecarProcess, wait_until
 from testkit.replay import ReplayServer
@@ -33,17 +33,8 @@ def replay():
 
 
 def v0_body(idle: bool, prompt: float) -> bytes:
-    b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body.decode()
-    if idle:
-        return (
-            "\n".join(
-                ln
-                for ln in b.splitlines()
-                if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
-            ).encode()
-            + b"\n"
-        )
-    return set_value(b, "vllm:prompt_tokens_total", prompt)
+    b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body
+    return without_counters(b) if idle else set_value(b, "vllm:prompt_tokens_total", prompt)
 
 
 def test_router_ray_burst_and_v0_restart_through_the_scrape_loop(replay):

@@ -8,7 +8,7 @@ import math
 import pytest
 from truth_helpers import observe, tracker
 
-from testkit.bodies import set_value
+from testkit.bodies import set_value, without_counters
 from testkit.captures import load_capture
 
 Q, H = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
@@ -60,17 +60,8 @@ def test_process_start_is_trusted_only_from_vllm_itself():
 
 
 def v0(idle: bool, prompt: float) -> bytes:
-    b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body.decode()
-    if idle:  # an idle V0 body drops the counters: only cache_config_info remains
-        return (
-            "\n".join(
-                ln
-                for ln in b.splitlines()
-                if not ln.startswith("vllm:") or ln.startswith("vllm:cache_config_info")
-            ).encode()
-            + b"\n"
-        )
-    return set_value(b, "vllm:prompt_tokens_total", prompt)
+    b = load_capture("vllm-0.8.5.post2-v0-hidden/prefix_on_shared")[-1].body
+    return without_counters(b) if idle else set_value(b, "vllm:prompt_tokens_total", prompt)
 
 
 def test_v0_counter_back_lower_after_idle_bodies_is_a_restart():
