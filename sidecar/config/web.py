@@ -225,9 +225,33 @@ def _has_tls(node: Any) -> bool:
 
 
 def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list[str]) -> TLSServerConfig:
+    """``tls_server_config`` as exporter-toolkit reads it (FILE:LINE errors, warnings for what
+    is accepted but cannot act as in Go)."""
     if not isinstance(node, dict):
         raise ConfigError("tls_server_config must be a mapping", path, line)
     _no_unknown(node, _TLS_KEYS, "tls_server_config", path)
+    cert_file, key_file, cert_pem, key_pem = _key_pair(node, path, line)
+    auth, ca_file, ca_pem = _client_auth(node, path, line, warnings)
+    low, high = _tls_versions(node, path)
+    ciphers, prefer = _cipher_settings(node, path, warnings)
+    return TLSServerConfig(
+        cert_file=_resolve(base, cert_file),
+        key_file=_resolve(base, key_file),
+        client_auth_type=auth,
+        client_ca_file=_resolve(base, ca_file),
+        min_version=low,
+        max_version=high,
+        cipher_suites=ciphers,
+        prefer_server_cipher_suites=prefer,
+        client_allowed_sans=_str_list(node, "client_allowed_sans", path),
+        cert_pem=cert_pem,
+        key_pem=key_pem,
+        client_ca_pem=ca_pem,
+    )
+
+
+def _key_pair(node: dict[str, Any], path: str, line: int | None) -> tuple[str | None, ...]:
+    """cert_file, key_file, cert, key: each of the pair given once, as a file or inline."""
     cert_file, key_file = _str(node, "cert_file", path), _str(node, "key_file", path)
     cert_pem, key_pem = _str(node, "cert", path), _str(node, "key", path)
     if cert_file and cert_pem:
@@ -238,6 +262,13 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list
         raise ConfigError("tls_server_config needs cert_file", path, line)
     if not (key_file or key_pem):
         raise ConfigError("tls_server_config needs key_file", path, line)
+    return cert_file, key_file, cert_pem, key_pem
+
+
+def _client_auth(
+    node: dict[str, Any], path: str, line: int | None, warnings: list[str]
+) -> tuple[str, str | None, str | None]:
+    """client_auth_type and the client CA (file or inline), as exporter-toolkit means them."""
     ca_file, ca_pem = _str(node, "client_ca_file", path), _str(node, "client_ca", path)
     if ca_file and ca_pem:
         raise ConfigError("give client_ca or client_ca_file, not both", path, line_of(node, "client_ca"))
@@ -275,6 +306,11 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list
     if auth == "NoClientCert" and (ca_file or ca_pem):
         warnings.append("tls_server_config.client_ca_file is ignored: client_auth_type is NoClientCert")
         ca_file = ca_pem = None
+    return auth, ca_file, ca_pem
+
+
+def _tls_versions(node: dict[str, Any], path: str) -> tuple[str, str | None]:
+    """min_version (default TLS12) and max_version, known names, max not below min."""
     versions: dict[str, str | None] = {}
     for key, default in (("min_version", "TLS12"), ("max_version", None)):
         value = _str(node, key, path) or default
@@ -286,6 +322,12 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list
     low, high = versions["min_version"] or "TLS12", versions["max_version"]
     if high and _TLS_VERSIONS[high] < _TLS_VERSIONS[low]:
         raise ConfigError("max_version is below min_version", path, line_of(node, "max_version"))
+    return low, high
+
+
+def _cipher_settings(node: dict[str, Any], path: str, warnings: list[str]) -> tuple[tuple[str, ...], bool]:
+    """cipher_suites (known ones), curve_preferences (checked, then left to the TLS library),
+    prefer_server_cipher_suites."""
     ciphers = _str_list(node, "cipher_suites", path)
     for c in ciphers:
         if c not in _CIPHERS:
@@ -310,20 +352,7 @@ def _parse_tls(node: Any, path: str, base: str, line: int | None, warnings: list
             path,
             line_of(node, "prefer_server_cipher_suites"),
         )
-    return TLSServerConfig(
-        cert_file=_resolve(base, cert_file),
-        key_file=_resolve(base, key_file),
-        client_auth_type=auth,
-        client_ca_file=_resolve(base, ca_file),
-        min_version=low,
-        max_version=high,
-        cipher_suites=ciphers,
-        prefer_server_cipher_suites=prefer,
-        client_allowed_sans=_str_list(node, "client_allowed_sans", path),
-        cert_pem=cert_pem,
-        key_pem=key_pem,
-        client_ca_pem=ca_pem,
-    )
+    return ciphers, prefer
 
 
 def _parse_http(node: Any, path: str, line: int | None, warnings: list[str]) -> tuple[tuple[str, str], ...]:
