@@ -364,20 +364,20 @@ def _caching_disabled(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Ex
     )
 
 
-def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
+def _zero_numbers(ev: dict[str, Any], s: TargetSnapshot) -> tuple[list[str], int | None, float | None]:
+    """What the numbers show, and the prefix unit and mean prompt they were judged on."""
     window = ev.get("window", "window")
-    nums = []
     if "queries" in ev:
-        nums.append(
+        nums = [
             f"In the last {window} vLLM looked up {fmt_count(ev.get('queries'))} prompt "
             f"tokens in the prefix cache and found {fmt_count(ev.get('hits'))}: a hit "
             f"ratio of 0%."
-        )
+        ]
     else:
-        nums.append(
+        nums = [
             f"In the last {window} vLLM received {fmt_count(ev.get('prompt_tokens'))} "
             f"prompt tokens while its (V0) prefix-cache hit rate stayed at 0."
-        )
+        ]
     b = block_size(s, ev)
     units = [c.prefix_match_unit for c in s.cache_configs if c.prefix_match_unit]
     if units:  # hybrid models: prefixes match in units of prefix_match_unit, not whole blocks
@@ -388,48 +388,38 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
         nums.append(f"Mean prompt length {mean:,.0f} tokens; {what} {b} tokens ({mean / b:.1f} per prompt).")
     elif b:
         nums.append(f"KV block size {b} tokens; the prompt length is unknown.")
-    causes = []
-    short = ""
-    weight_short = 1
+    return nums, b, mean
+
+
+def _short_prefix_cause(b: int | None, mean: float | None) -> Cause:
+    """Prompts shorter than a block or two: ranked by how short they are against the block."""
+    short, weight = "", 1
     if b and mean is not None:
         if mean <= b:
-            short = f"mean prompt {mean:,.0f} tokens <= one {b}-token block"
-            weight_short = 5
+            short, weight = f"mean prompt {mean:,.0f} tokens <= one {b}-token block", 5
         elif mean < 2 * b:
-            short = f"mean prompt {mean:,.0f} tokens is under two {b}-token blocks"
-            weight_short = 3
-    causes.append(
-        Cause(
-            f"the shared prefix is shorter than one KV block: vLLM caches and reuses only full "
-            f"blocks of {b or 'block_size'} tokens (128 on vLLM CPU builds, usually 16 on GPUs), so "
-            f"prompts that share fewer than that many leading tokens can never hit",
-            weight_short,
-            short,
-        )
+            short, weight = f"mean prompt {mean:,.0f} tokens is under two {b}-token blocks", 3
+    return Cause(
+        f"the shared prefix is shorter than one KV block: vLLM caches and reuses only full "
+        f"blocks of {b or 'block_size'} tokens (128 on vLLM CPU builds, usually 16 on GPUs), so "
+        f"prompts that share fewer than that many leading tokens can never hit",
+        weight,
+        short,
     )
-    causes.append(
-        Cause(
-            "the prompts share no prefix: something differs near the start (a timestamp, request "
-            "id or user name at the top of the system prompt, per-user text before the shared "
-            "instructions, different chat templates or tools)",
-            2,
-        )
-    )
+
+
+def _eviction(s: TargetSnapshot) -> str:
+    """Evidence that cached blocks are recycled before reuse ('' when there is none)."""
     kv = [u for u in (_num(e.current.kv_usage) for e in s.engines) if u is not None]
-    pre = sum(w.preemptions for e in s.engines for w in e.windows[:1])
-    evict = ""
     if kv and max(kv) >= 0.9:
-        evict = f"KV usage {fmt_pct(max(kv))}"
-    elif pre > 0:
-        evict = f"{pre:.0f} preemptions"
-    causes.append(
-        Cause(
-            "cached blocks are evicted before they are reused: the KV cache is too small for the "
-            "traffic, so free blocks holding prefixes are recycled",
-            4 if evict else 1,
-            evict,
-        )
-    )
+        return f"KV usage {fmt_pct(max(kv))}"
+    pre = sum(w.preemptions for e in s.engines for w in e.windows[:1])
+    return f"{pre:.0f} preemptions" if pre > 0 else ""
+
+
+def _deployment_causes(s: TargetSnapshot) -> list[Cause]:
+    """Restarts, a KV connector, several engines: causes the deployment raises."""
+    causes = []
     if s.restart_times:
         causes.append(
             Cause(
@@ -456,13 +446,35 @@ def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanati
                 f"{len(s.engines)} engines",
             )
         )
-    causes.append(
+    return causes
+
+
+def _zero_hits(d: Diagnosis, ev: dict[str, Any], s: TargetSnapshot) -> Explanation:
+    nums, b, mean = _zero_numbers(ev, s)
+    short = _short_prefix_cause(b, mean)
+    evict = _eviction(s)
+    causes = [
+        short,
+        Cause(
+            "the prompts share no prefix: something differs near the start (a timestamp, request "
+            "id or user name at the top of the system prompt, per-user text before the shared "
+            "instructions, different chat templates or tools)",
+            2,
+        ),
+        Cause(
+            "cached blocks are evicted before they are reused: the KV cache is too small for the "
+            "traffic, so free blocks holding prefixes are recycled",
+            4 if evict else 1,
+            evict,
+        ),
+        *_deployment_causes(s),
         Cause(
             "requests set different cache_salt values or use different LoRA "
             "adapters; their caches are isolated by design",
             1,
-        )
-    )
+        ),
+    ]
+    weight_short = short.weight
     order = {"short": weight_short, "layout": 2, "room": 4 if evict else 1}
     fixes = {
         "layout": "Put the shared, unchanging text first (system prompt, instructions, documents) "
