@@ -320,6 +320,49 @@ def _labels(value: Any, file: str, line: int | None) -> tuple[tuple[str, str], .
     return tuple(sorted(out))
 
 
+def _target_timeout(item: dict[str, Any], file: str) -> float | None:
+    if item.get("timeout") is None:
+        return None
+    try:
+        return parse_duration(str(item["timeout"]))
+    except ValueError as exc:
+        raise ConfigError(f"timeout: {exc}", file, line_of(item, "timeout")) from None
+
+
+def _basic_auth(item: dict[str, Any], file: str) -> BasicAuth | None:
+    """A target's ``basic_auth``: a username and a password or a password file (not both)."""
+    ba = item.get("basic_auth")
+    if ba is None:
+        return None
+    bl = line_of(item, "basic_auth")
+    if not isinstance(ba, dict) or not ba.get("username"):
+        raise ConfigError("basic_auth needs 'username' and 'password' or 'password_file'", file, bl)
+    reject_unknown_keys(ba, ("username", "password", "password_file"), file, "basic_auth key")
+    if ba.get("password") is not None and ba.get("password_file"):
+        raise ConfigError("basic_auth: give password or password_file, not both", file, bl)
+    password = None if ba.get("password") is None else str(ba["password"])
+    return BasicAuth(str(ba["username"]), password, ba.get("password_file"))
+
+
+def _target_tls(item: dict[str, Any], file: str) -> TLSConfig | None:
+    """A target's ``tls``: CA, client certificate and key files, ``insecure_skip_verify``."""
+    t = item.get("tls")
+    if t is None:
+        return None
+    tl = line_of(item, "tls")
+    if not isinstance(t, dict):
+        raise ConfigError("tls must be a mapping", file, tl)
+    reject_unknown_keys(t, ("ca_file", "cert_file", "key_file", "insecure_skip_verify"), file, "tls key")
+    skip = t.get("insecure_skip_verify", False)
+    if not isinstance(skip, bool):
+        raise ConfigError(
+            "tls.insecure_skip_verify must be true or false (unquoted)",
+            file,
+            line_of(t, "insecure_skip_verify") or tl,
+        )
+    return TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
+
+
 def _target_from_mapping(item: Any, file: str, default_line: int | None) -> TargetConfig:
     line = line_of(item) or default_line
     if isinstance(item, str):
@@ -341,41 +384,7 @@ def _target_from_mapping(item: Any, file: str, default_line: int | None) -> Targ
             'name: YAML read this as a boolean; quote it (name: "on")', file, line_of(item, "name")
         )
     name = str(item.get("name") or default_target_name(url))
-    timeout = None
-    if item.get("timeout") is not None:
-        try:
-            timeout = parse_duration(str(item["timeout"]))
-        except ValueError as exc:
-            raise ConfigError(f"timeout: {exc}", file, line_of(item, "timeout")) from None
-    basic = None
-    if item.get("basic_auth") is not None:
-        ba = item["basic_auth"]
-        bl = line_of(item, "basic_auth")
-        if not isinstance(ba, dict) or not ba.get("username"):
-            raise ConfigError("basic_auth needs 'username' and 'password' or 'password_file'", file, bl)
-        reject_unknown_keys(ba, ("username", "password", "password_file"), file, "basic_auth key")
-        if ba.get("password") is not None and ba.get("password_file"):
-            raise ConfigError("basic_auth: give password or password_file, not both", file, bl)
-        basic = BasicAuth(
-            str(ba["username"]),
-            None if ba.get("password") is None else str(ba["password"]),
-            ba.get("password_file"),
-        )
-    tls = None
-    if item.get("tls") is not None:
-        t = item["tls"]
-        tl = line_of(item, "tls")
-        if not isinstance(t, dict):
-            raise ConfigError("tls must be a mapping", file, tl)
-        reject_unknown_keys(t, ("ca_file", "cert_file", "key_file", "insecure_skip_verify"), file, "tls key")
-        skip = t.get("insecure_skip_verify", False)
-        if not isinstance(skip, bool):
-            raise ConfigError(
-                "tls.insecure_skip_verify must be true or false (unquoted)",
-                file,
-                line_of(t, "insecure_skip_verify") or tl,
-            )
-        tls = TLSConfig(t.get("ca_file"), t.get("cert_file"), t.get("key_file"), skip)
+    timeout, basic, tls = _target_timeout(item, file), _basic_auth(item, file), _target_tls(item, file)
     return TargetConfig(
         name=name,
         url=url,
