@@ -384,6 +384,30 @@ def dashboard(
     }
 
 
+def flags_table(lay: Layout, sel: str, desc: str, with_version: bool = False, **kw: Any) -> dict[str, Any]:
+    """The config-flags table of both dashboards: prefix caching on/off (coloured) per engine,
+    vLLM's cache configuration and, on the fleet view, the version and metric-name era."""
+    targets = [
+        target(f"vllm_sidecar_prefix_caching_enabled{{{sel}}}", instant=True, table=True),
+        target(f"vllm_sidecar_cache_config_info{{{sel}}}", ref="B", instant=True, table=True),
+    ]
+    hidden = ["Time", "__name__", "job", "instance", "Value #B"]
+    if with_version:
+        targets.append(target(f"vllm_sidecar_vllm_info{{{sel}}}", ref="C", instant=True, table=True))
+        hidden.append("Value #C")
+    return table(
+        lay,
+        "Config flags",
+        desc,
+        targets,
+        "none",
+        hidden,
+        {"Value #A": "prefix caching"},
+        overrides=[_color_text_override("Value #A", ON_OFF), _color_text_override("prefix caching", ON_OFF)],
+        **kw,
+    )
+
+
 def _hit_ratio_expr(by: str, sel: str) -> str:
     """sum(rate(hits)) / sum(rate(queries)): a traffic-weighted ratio, never a mean of ratios."""
     agg = f"sum by ({by})" if by else "sum"
@@ -690,24 +714,13 @@ def overview() -> dict[str, Any]:
         )
     )
     p.append(
-        table(
+        flags_table(
             lay,
-            "Config flags",
+            T_SEL,
             "Per engine: prefix caching on/off, KV block size, GPU blocks, hash algorithm and KV "
             "offloading from vLLM's cache_config_info, with the vLLM version and metric-name era.",
-            [
-                target(f"vllm_sidecar_prefix_caching_enabled{{{T_SEL}}}", instant=True, table=True),
-                target(f"vllm_sidecar_cache_config_info{{{T_SEL}}}", ref="B", instant=True, table=True),
-                target(f"vllm_sidecar_vllm_info{{{T_SEL}}}", ref="C", instant=True, table=True),
-            ],
-            "none",
-            ["Time", "__name__", "job", "instance", "Value #B", "Value #C"],
-            {"Value #A": "prefix caching"},
+            with_version=True,
             w=24,
-            overrides=[
-                _color_text_override("Value #A", ON_OFF),
-                _color_text_override("prefix caching", ON_OFF),
-            ],
         )
     )
     return dashboard(
@@ -1106,24 +1119,7 @@ def pod() -> dict[str, Any]:
             POD_T_SEL,
         )
     )
-    p.append(
-        table(
-            lay,
-            "Config flags",
-            "Per engine: prefix caching on/off and vLLM's cache configuration.",
-            [
-                target(f"vllm_sidecar_prefix_caching_enabled{{{POD_T_SEL}}}", instant=True, table=True),
-                target(f"vllm_sidecar_cache_config_info{{{POD_T_SEL}}}", ref="B", instant=True, table=True),
-            ],
-            "none",
-            ["Time", "__name__", "job", "instance", "Value #B"],
-            {"Value #A": "prefix caching"},
-            overrides=[
-                _color_text_override("Value #A", ON_OFF),
-                _color_text_override("prefix caching", ON_OFF),
-            ],
-        )
-    )
+    p.append(flags_table(lay, POD_T_SEL, "Per engine: prefix caching on/off and vLLM's cache configuration."))
     return dashboard(
         "vllm-cache-pod",
         "vLLM cache / Pod",
