@@ -142,19 +142,22 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
         samples = parse(cur.body, cur.content_type, {q, h}).samples
     except ParseError:
         return
-    hits = {labels: value for name, labels, value in samples if name == h}
+
+    def key(labels: tuple[tuple[str, str], ...]) -> tuple[object, ...]:
+        lab = dict(labels)
+        return (
+            lab.get("model_name", ""),
+            lab.get("engine") or "0",
+            tuple(lab.get(k) for k in IDENTITY_LABELS),
+        )
+
+    # hits of the same engine identity (other labels that do not vary are no identity)
+    hits = {key(labels): value for name, labels, value in samples if name == h}
     identities = set()
     for name, labels, value in samples:
         # valid queries, and not refused with its hits (hits above queries: both refused)
-        if name == q and value >= 0 and not math.isinf(value) and not hits.get(labels, 0) > value:
-            lab = dict(labels)
-            identities.add(
-                (
-                    lab.get("model_name", ""),
-                    lab.get("engine", "0"),
-                    tuple(lab.get(k) for k in IDENTITY_LABELS),
-                )
-            )
+        if name == q and value >= 0 and not math.isinf(value) and not hits.get(key(labels), 0) > value:
+            identities.add(key(labels))
     exported = sum(1 for name, _ in cur.series if name == P + "prefix_cache_queries_total")
     _check(
         exported >= len(identities),
