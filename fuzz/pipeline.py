@@ -137,9 +137,11 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
     a body with N such identities (valid query counters) exports at least N query series."""
     if not cur.snapshot.up:
         return
-    q, h = "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"
+    # vLLM's names, new first, then the deprecated ones (read only where the new is absent)
+    q_names = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
+    h_names = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
     try:
-        samples = parse(cur.body, cur.content_type, {q, h}).samples
+        samples = parse(cur.body, cur.content_type, {*q_names, *h_names}).samples
     except ParseError:
         return
 
@@ -151,13 +153,16 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
             tuple(lab.get(k) for k in IDENTITY_LABELS),
         )
 
-    # hits of the same engine identity (other labels that do not vary are no identity)
-    hits = {key(labels): value for name, labels, value in samples if name == h}
-    identities = set()
-    for name, labels, value in samples:
-        # valid queries, and not refused with its hits (hits above queries: both refused)
-        if name == q and value >= 0 and not math.isinf(value) and not hits.get(key(labels), 0) > value:
-            identities.add(key(labels))
+    def first(names: tuple[str, ...]) -> dict[tuple[object, ...], float]:
+        """Per engine identity, the value of the first name that has one."""
+        out: dict[tuple[object, ...], float] = {}
+        for n in reversed(names):
+            out.update({key(labels): value for name, labels, value in samples if name == n})
+        return out
+
+    queries, hits = first(q_names), first(h_names)
+    # valid queries, and not refused with its hits (hits above queries: both refused)
+    identities = {k for k, v in queries.items() if v >= 0 and not math.isinf(v) and not hits.get(k, 0) > v}
     exported = sum(1 for name, _ in cur.series if name == P + "prefix_cache_queries_total")
     _check(
         exported >= len(identities),
