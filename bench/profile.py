@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +65,21 @@ def summarise(raw: str) -> dict:
     return {"samples": total, "inclusive_pct": share}
 
 
+def top_self(raw: str, n: int) -> dict[str, float]:
+    """The ``n`` innermost frames ("function (file:line)" without the line) with most samples."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, k = line.rpartition(" ")
+        if not stack or not k.isdigit():
+            continue
+        frame = re.sub(r":\d+\)$", ")", stack.split(";")[-1])
+        counts[frame] = counts.get(frame, 0) + int(k)
+        total += int(k)
+    best = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return {f: round(100 * c / max(1, total), 1) for f, c in best}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m bench.profile",
@@ -74,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--py-spy", default=shutil.which("py-spy") or "py-spy")
+    p.add_argument("--raw", type=Path, help="also keep py-spy's raw stacks here (for flame graphs)")
+    p.add_argument("--top", type=int, default=0, help="also print the N functions with most self samples")
     ns = p.parse_args(argv)
     replay, rport = procs.start_replay(ns.targets, "one", prefix="p")
     side = None
@@ -107,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 check=True,
                 capture_output=True,
             )
-            res = summarise(out.read_text())
+            raw = out.read_text()
+            if ns.raw is not None:
+                ns.raw.write_text(raw)
+            res = summarise(raw)
+            if ns.top:
+                res["top_self_pct"] = top_self(raw, ns.top)
             res.update(
                 {
                     "targets": ns.targets,
