@@ -277,30 +277,131 @@ def _exposer(samples: list[Sample]) -> str:
     return EXPOSER_ROUTER if server and not keyed else EXPOSER_VLLM
 
 
+#: What one sample does to the fold, decided from its name and labels alone (value-independent):
+#: ``_START`` (process start), ``_SKIP``, ``_REJECT`` (admission rejections), ``_CREATED``,
+#: ``_BUCKET``/``_SUM``/``_COUNT`` (histogram parts), ``_LABELLED`` and ``_VALUE`` (counters/gauges).
+_START, _SKIP, _REJECT, _CREATED, _BUCKET, _SUM, _COUNT, _LABELLED, _VALUE = range(9)
+_Op = tuple[Any, ...]
+_Key = tuple[str, str, str]  # (model_name, engine, replica)
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What a body's names and labels decide on their own, whatever its values."""
+
+    ops: tuple[_Op, ...]
+    engine_keys: tuple[_Key, ...]
+    configs: tuple[CacheConfig, ...]
+    schema: str
+    legacy_names: tuple[str, ...]
+    vllm_series: int
+    exposer: str
+    identity_labels: frozenset[str]
+    body_identity: frozenset[str]  # the identity labels of this body alone
+
+
+class Shape:
+    """One target's memo of its last body's shape: the series (names and label sets, in order).
+
+    Why: scrape after scrape a vLLM answers the same series with new values, and everything but
+    the values (identity labels, exposer, engine keys, routes, duplicate and ``le`` checks, cache
+    configs, schema) is decided by the series alone. When a body holds exactly the series of the
+    last one that normalised, :func:`normalise` folds the values with the ops it learnt then; the
+    fold is the same code either way, so the result is identical (tests prove it on every
+    capture). Memory: the learnt ops are interned across targets (a fleet of one model shares
+    them), so a target keeps a few references.
+    """
+
+    __slots__ = ("names", "labelsets", "static", "check_duplicates", "identity_in")
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] = ()
+        self.labelsets: tuple[tuple[tuple[str, str], ...], ...] = ()
+        self.static: _Static | None = None
+        self.check_duplicates = True
+        self.identity_in: frozenset[str] = frozenset()
+
+    def recall(
+        self, samples: list[Sample], identity: frozenset[str], check_duplicates: bool
+    ) -> _Static | None:
+        """The learnt ops when ``samples`` hold exactly the learnt series, else None."""
+        st = self.static
+        if (
+            st is None
+            or check_duplicates != self.check_duplicates
+            or len(samples) != len(self.names)
+            or (identity != self.identity_in and identity | st.body_identity != st.identity_labels)
+        ):
+            return None
+        # list == tuple is False: compare like with like (C-level, identity shortcut per item)
+        if tuple([s[1] for s in samples]) != self.labelsets or tuple([s[0] for s in samples]) != self.names:
+            return None
+        return st
+
+    def learn(
+        self, samples: list[Sample], identity: frozenset[str], check_duplicates: bool, st: _Static
+    ) -> None:
+        self.names = _intern(tuple([s[0] for s in samples]))
+        self.labelsets = _intern(tuple([s[1] for s in samples]))
+        self.static = _intern(st)
+        self.check_duplicates = check_duplicates
+        self.identity_in = identity
+
+
+#: shapes shared by targets (a fleet of one model answers the same series); bounded, cleared when full
+_INTERNED: dict[Any, Any] = {}
+_INTERNED_MAX = 3_000
+
+
+def _intern(obj: Any) -> Any:
+    found = _INTERNED.get(obj)
+    if found is not None:
+        return found
+    if len(_INTERNED) >= _INTERNED_MAX:
+        _INTERNED.clear()
+    _INTERNED[obj] = obj
+    return obj
+
+
 def normalise(
-    samples: Iterable[Sample], *, check_duplicates: bool = True, identity: frozenset[str] = frozenset()
+    samples: Iterable[Sample],
+    *,
+    check_duplicates: bool = True,
+    identity: frozenset[str] = frozenset(),
+    shape: Shape | None = None,
 ) -> Normalised:
     """Fold parsed samples (``parser.Sample``) into era-independent per-engine metrics.
 
     ``identity``: the target's identity labels seen so far (they stay for its life); the result's
     ``identity_labels`` adds those of this body. Impossible values are left out and listed in
-    ``refused``. Raises :class:`ParseError` for a duplicate vLLM series or a bad ``le``.
+    ``refused``. ``shape``: the target's :class:`Shape` memo (optional; the result is the same
+    with or without it, only cheaper). Raises :class:`ParseError` for a duplicate vLLM series or
+    a bad ``le``.
     """
     samples = samples if isinstance(samples, list) else list(samples)
-    ident = identity | identity_labels(samples)
+    st = shape.recall(samples, identity, check_duplicates) if shape is not None else None
+    if st is None:
+        st = _classify(samples, identity, check_duplicates)
+        if shape is not None:
+            shape.learn(samples, identity, check_duplicates, st)
+    return _fold(samples, st)
+
+
+def _classify(samples: list[Sample], identity: frozenset[str], check_duplicates: bool) -> _Static:
+    """Decide what each sample does from its name and labels (the value-independent half)."""
+    body_ident = identity_labels(samples)
+    ident = identity | body_ident
     exposer = _exposer(samples)
-    engines: dict[tuple[str, str, str], _Acc] = {}
+    engines: dict[_Key, None] = {}
     configs: dict[tuple[str, str], CacheConfig] = {}
     legacy: set[str] = set()
     seen_fields: dict[str, set[int]] = {}
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-    starts: set[float] = set()
-    rejections: float | None = None
-    refused: list[Refused] = []
+    ops: list[_Op] = []
     vllm_count = 0
-    for name, labels, value in samples:
+    for name, labels, _value in samples:
         if name == PROCESS_START:
-            starts.add(value)  # another process's copy (KServe's queue-proxy) is no error
+            ops.append((_START,))  # another process's copy (KServe's queue-proxy) is no error
             continue
         if check_duplicates:
             key = (name, tuple(sorted(labels)) if len(labels) > 1 else labels)
@@ -309,92 +410,116 @@ def normalise(
             seen.add(key)
         vllm_count += 1
         lab = dict(labels)
+        route = None if name in CACHE_CONFIGS else ROUTES.get(name)
         if name in CACHE_CONFIGS:
             cfg = _cache_config(lab, replica_of(lab, ident))
             configs.setdefault((cfg.engine, cfg.replica), cfg)
-            continue
-        route = ROUTES.get(name)
-        if route is None:
+        elif route is not None and route[2].legacy:
+            legacy.add(route[2].family)
+        if route is None or not route[0]:
+            ops.append((_SKIP,))
             continue
         fld, prio, src, part = route
-        if src.legacy:
-            legacy.add(src.family)
-        if not fld:
-            continue
         if fld == "admission_rejections":  # no ``engine`` label: the API server's, not an engine's
-            if part == "value":
-                why = _impossible(value, 0.0, None)
-                if why:
-                    refused.append(
-                        Refused(
-                            name[: -len("_total")] if name.endswith("_total") else name,
-                            lab.get("model_name", ""),
-                            "0",
-                            "",
-                            value,
-                            why,
-                            f'reason="{lab.get("reason", "")}"',
-                        )
-                    )
-                else:
-                    rejections = (rejections or 0.0) + value
+            family = name[: -len("_total")] if name.endswith("_total") else name
+            reason = f'reason="{lab.get("reason", "")}"'
+            ops.append((_REJECT, family, lab.get("model_name", ""), reason) if part == "value" else (_SKIP,))
             continue
-        acc = engines.setdefault(
-            (lab.get("model_name", ""), lab.get("engine") or "0", replica_of(lab, ident)), _Acc()
-        )
+        ekey = (lab.get("model_name", ""), lab.get("engine") or "0", replica_of(lab, ident))
+        engines[ekey] = None
         seen_fields.setdefault(fld, set()).add(prio)
         if part == "created":
-            if src.family in CREATED_FROM:
-                acc.created.setdefault(src.family, value)
+            ops.append((_CREATED, ekey, src.family) if src.family in CREATED_FROM else (_SKIP,))
             continue
-        _add(acc, fld, prio, src, part, name, lab, value)
-    # process_start_time_seconds is the vLLM process's only where vLLM serves the body itself
-    process_start = next(iter(starts)) if len(starts) == 1 and exposer == EXPOSER_VLLM else None
-    return Normalised(
-        engines=tuple(_engine(k, acc, refused) for k, acc in sorted(engines.items())),
-        cache_configs=tuple(configs[k] for k in sorted(configs)),
+        ops.append(_op(ekey, fld, prio, src, part, name, lab))
+    return _Static(
+        ops=tuple(ops),
+        engine_keys=tuple(sorted(engines)),
+        configs=tuple(configs[k] for k in sorted(configs)),
         schema=_schema(seen_fields, vllm_count, configs),
         legacy_names=tuple(sorted(legacy)) if exposer != EXPOSER_ROUTER else (),
-        process_start=process_start,
         vllm_series=vllm_count,
         exposer=exposer,
         identity_labels=ident,
-        refused=tuple(refused),
-        admission_rejections=rejections,
+        body_identity=body_ident,
     )
 
 
-def _add(
-    acc: _Acc, fld: str, prio: int, src: Source, part: str, name: str, lab: dict[str, str], value: float
-) -> None:
-    """One sample into its engine's accumulator (``pid`` copies: counters summed, gauges max)."""
+def _op(key: _Key, fld: str, prio: int, src: Source, part: str, name: str, lab: dict[str, str]) -> _Op:
+    """The op of one engine sample (``pid`` copies: counters summed, gauges max, in :func:`_fold`)."""
     if src.kind == HISTOGRAM:
-        h = acc.hist.setdefault((fld, prio), [{}, None, None])
         if part == "bucket":
             try:
                 le = float(lab.get("le", ""))
             except ValueError:
                 raise ParseError(0, f'invalid le="{lab.get("le", "")}" on {name}') from None
-            h[0][le] = h[0].get(le, 0.0) + value
-        elif part == "sum":
-            h[1] = (h[1] or 0.0) + value
-        else:
-            h[2] = (h[2] or 0.0) + value
-        return
+            return (_BUCKET, key, (fld, prio), le)
+        return (_SUM if part == "sum" else _COUNT, key, (fld, prio))
     family = name[: -len("_total")] if name.endswith("_total") else name
     if fld in LABELLED:
-        by = acc.labelled.setdefault((fld, prio), {})
-        r = lab.get(LABELLED[fld], "")
-        by[r] = by.get(r, 0.0) + value
-        acc.names.setdefault(fld, family)
-        return
+        return (_LABELLED, key, (fld, prio), lab.get(LABELLED[fld], ""), fld, family)
     # a bare counter name (``LLM.get_metrics()``) is used only without the ``_total`` one
-    k = (fld, prio if part == "value" else prio + 0.5)
+    return (_VALUE, key, (fld, prio if part == "value" else prio + 0.5), fld, family, src.kind == COUNTER)
+
+
+def _fold(samples: list[Sample], st: _Static) -> Normalised:
+    """Fold the values by the ops of :func:`_classify` (the value-dependent half)."""
+    accs = {k: _Acc() for k in st.engine_keys}
+    starts: set[float] = set()
+    rejections: float | None = None
+    refused: list[Refused] = []
+    for op, (_name, _labels, value) in zip(st.ops, samples):
+        kind = op[0]
+        if kind == _BUCKET:
+            buckets = accs[op[1]].hist.setdefault(op[2], [{}, None, None])[0]
+            buckets[op[3]] = buckets.get(op[3], 0.0) + value
+        elif kind == _SKIP:
+            continue
+        elif kind == _SUM or kind == _COUNT:
+            h = accs[op[1]].hist.setdefault(op[2], [{}, None, None])
+            i = 1 if kind == _SUM else 2
+            h[i] = (h[i] or 0.0) + value
+        elif kind == _VALUE:
+            _value(accs[op[1]], op, value)
+        elif kind == _LABELLED:
+            acc = accs[op[1]]
+            by = acc.labelled.setdefault(op[2], {})
+            by[op[3]] = by.get(op[3], 0.0) + value
+            acc.names.setdefault(op[4], op[5])
+        elif kind == _CREATED:
+            accs[op[1]].created.setdefault(op[2], value)
+        elif kind == _START:
+            starts.add(value)
+        else:  # _REJECT
+            why = _impossible(value, 0.0, None)
+            if why:
+                refused.append(Refused(op[1], op[2], "0", "", value, why, op[3]))
+            else:
+                rejections = (rejections or 0.0) + value
+    # process_start_time_seconds is the vLLM process's only where vLLM serves the body itself
+    process_start = next(iter(starts)) if len(starts) == 1 and st.exposer == EXPOSER_VLLM else None
+    return Normalised(
+        engines=tuple(_engine(k, accs[k], refused) for k in st.engine_keys),
+        cache_configs=st.configs,
+        schema=st.schema,
+        legacy_names=st.legacy_names,
+        process_start=process_start,
+        vllm_series=st.vllm_series,
+        exposer=st.exposer,
+        identity_labels=st.identity_labels,
+        refused=tuple(refused),
+        admission_rejections=rejections,
+    )
+
+
+def _value(acc: _Acc, op: _Op, value: float) -> None:
+    """A counter or gauge sample into its engine (``pid`` copies: counters summed, gauges max)."""
+    _, _, k, fld, family, counter = op
     acc.names.setdefault(fld, family)
     old = acc.values.get(k)
     if old is None or old != old:  # first value, or NaN: take the new one
         acc.values[k] = value
-    elif src.kind == COUNTER:
+    elif counter:
         acc.values[k] = old + value
     elif value == value:  # gauges from several pids: the largest, ignoring NaN
         acc.values[k] = max(old, value)

@@ -18,7 +18,7 @@ import aiohttp
 from . import targetauth
 from .config.settings import TargetConfig
 from .model import ScrapeOutcome
-from .normalize import WANTED, normalise
+from .normalize import WANTED, Shape, normalise
 from .parser import Parsed, ParseError, parse
 from .scrapefilter import FilterState, Request, Verdict, check
 
@@ -107,12 +107,13 @@ def _parse(
     started: float,
     duration: float,
     identity: frozenset[str] = frozenset(),
+    shape: Shape | None = None,
 ) -> tuple[ScrapeOutcome, Parsed | None]:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
     and the parsed samples when the body parsed (the filter checks which names it held)."""
     try:
         parsed = parse(body, content_type, WANTED)
-        norm = normalise(parsed.samples, identity=identity)
+        norm = normalise(parsed.samples, identity=identity, shape=shape)
     except ParseError as exc:
         return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}"), None
     if parsed.vllm_lines == 0:
@@ -132,11 +133,13 @@ def parse_body(
     started: float,
     duration: float,
     identity: frozenset[str] = frozenset(),
+    shape: Shape | None = None,
 ) -> ScrapeOutcome:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
 
-    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``)."""
-    return _parse(body, content_type, started, duration, identity)[0]
+    ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``);
+    ``shape``: the target's :class:`~sidecar.normalize.Shape` memo (same result, less CPU)."""
+    return _parse(body, content_type, started, duration, identity, shape)[0]
 
 
 @dataclass(frozen=True)
@@ -197,13 +200,19 @@ class _Cycle:
     deadline: float
     timeout: float
     identity: frozenset[str]
+    shape: Shape | None
 
     def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
         return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason, error=error)
 
     def parse(self, answer: _Answer) -> tuple[ScrapeOutcome, Parsed | None]:
         return _parse(
-            answer.body, answer.content_type, self.started, time.perf_counter() - self.t0, self.identity
+            answer.body,
+            answer.content_type,
+            self.started,
+            time.perf_counter() - self.t0,
+            self.identity,
+            self.shape,
         )
 
 
@@ -232,6 +241,7 @@ async def scrape(
     identity: frozenset[str] = frozenset(),
     state: FilterState | None = None,
     restarts: int = 0,
+    shape: Shape | None = None,
 ) -> ScrapeOutcome:
     """Scrape ``target`` once (one cycle); never raises for anything the target does.
 
@@ -239,7 +249,8 @@ async def scrape(
     With a :class:`~sidecar.scrapefilter.FilterState` the cycle asks vLLM only for the samples the
     sidecar reads when the filter is in use, and falls back to a full GET in the same cycle (under
     the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
-    count, which makes a new probe due. A note to log, if any, is in ``outcome.extra["filter"]``.
+    count, which makes a new probe due; ``shape`` is the target's memo of its last body's series
+    (:class:`~sidecar.normalize.Shape`). A note to log, if any, is in ``outcome.extra["filter"]``.
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -250,7 +261,7 @@ async def scrape(
         return ScrapeOutcome(
             started, time.perf_counter() - t0, reason="connect", error=f"cannot prepare request: {exc}"
         )
-    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity)
+    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity, shape)
     request = state.next_request(loop.time(), restarts) if state is not None else None
     note = None
     if state is not None and request is not None and request.filtered:
