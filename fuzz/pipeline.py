@@ -22,9 +22,8 @@ with instrumented(__name__ == "__main__"):
     from sidecar.derive import TargetTracker
     from sidecar.exporter import render_target
     from sidecar.model import TargetSnapshot, Window
-    from sidecar.normalize import Shape
     from sidecar.parser import ParseError, parse
-    from sidecar.scrape import parse_body
+    from sidecar.scrape import Memo, parse_body
 
 SEP = b"\x00"
 MAX_BODIES = 8
@@ -207,10 +206,10 @@ def read_back(text: str) -> Series:
     return {(n, tuple(sorted(lab))): v for n, lab, v in parsed.samples}
 
 
-def observe(tracker: TargetTracker, shape: Shape, body: bytes, i: int) -> Step:
-    """One scrape as the service makes it: the tracker's identity and the target's shape memo."""
+def observe(tracker: TargetTracker, memo: Memo, body: bytes, i: int) -> Step:
+    """One scrape as the service makes it: the tracker's identity and the target's memo."""
     ctype = OM if b"# EOF" in body else TEXT
-    outcome = parse_body(body, ctype, T0 + i * STEP, 0.01, tracker.identity_labels, shape)
+    outcome = parse_body(body, ctype, T0 + i * STEP, 0.01, tracker.identity_labels, memo)
     snap = tracker.observe(outcome)
     text = "".join(render_target(snap).values())
     return Step(body, ctype, snap, text, read_back(text))
@@ -218,10 +217,10 @@ def observe(tracker: TargetTracker, shape: Shape, body: bytes, i: int) -> Step:
 
 def test_one_input(data: bytes, checks: list[Callable[[Step | None, Step], None]] | None = None) -> None:
     tracker = TargetTracker("fuzz", WINDOWS, url="http://127.0.0.1:8000/metrics")
-    shape = Shape()
+    memo = Memo()
     prev = None
     for i, body in enumerate(data.split(SEP)[:MAX_BODIES]):
-        cur = observe(tracker, shape, body, i)
+        cur = observe(tracker, memo, body, i)
         for check in CHECKS if checks is None else checks:
             check(prev, cur)
         prev = cur

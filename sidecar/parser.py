@@ -111,20 +111,113 @@ def _is_vllm(name: str) -> bool:
     return name.startswith("vllm:") or name.startswith("ray_vllm_")
 
 
+#: what one line of a learnt body requires of the same line of the next body (:class:`Layout`)
+_SAME, _OTHER, _SAMPLE, _EOF = range(4)
+#: (kind, text, name, labels): ``_SAME``/``_EOF`` the whole line; ``_OTHER`` a sample line the
+#: caller does not want, by its name; ``_SAMPLE`` a wanted sample line up to its value
+_Entry = tuple[int, str, str, tuple[tuple[str, str], ...]]
+_WS = frozenset(" \t\r\n\v\f\x1c\x1d\x1e\x1f\x85\xa0")
+
+
+class Layout:
+    """One target's memo of its last body's lines, to read the next body by position.
+
+    Why: a vLLM answers the same lines scrape after scrape; only the values change. A body whose
+    lines match the learnt ones (comments equal, each sample line starting with the same name
+    and label text, then a lone value token) is read by slicing off each value, skipping the
+    name and label parsing. Anything else - a line more or less, other labels, a timestamp, a
+    value ``float`` does not read - is parsed in full as if there were no memo, and learnt.
+    Learnt layouts are interned across targets (a fleet of one model answers the same lines).
+    """
+
+    __slots__ = ("entries", "wanted", "om", "vllm_lines")
+
+    def __init__(self) -> None:
+        self.entries: tuple[_Entry, ...] = ()
+        self.wanted: object = None
+        self.om = False
+        self.vllm_lines = 0
+
+    def recall(self, lines: list[str], om: bool, wanted: object) -> list[Sample] | None:
+        """The samples of ``lines`` read by position, or None when they do not match the memo."""
+        entries = self.entries
+        if not entries or om != self.om or wanted is not self.wanted:
+            return None
+        if len(lines) != len(entries) and not (entries[-1][0] == _EOF and len(lines) > len(entries)):
+            return None
+        samples: list[Sample] = []
+        append = samples.append
+        for line, (kind, text, name, labels) in zip(lines, entries):
+            if kind == _SAMPLE:
+                if not line.startswith(text):
+                    return None
+                rest = line[len(text) :]
+                if "_" in rest:
+                    return None
+                try:
+                    append((name, labels, float(rest)))
+                except ValueError:
+                    return None
+            elif kind == _OTHER:
+                n = len(text)
+                if not line.startswith(text) or len(line) == n or line[n] not in "{ \t":
+                    return None
+            elif line != text:
+                return None
+        return samples
+
+    def learn(self, entries: list[_Entry] | None, om: bool, wanted: object, vllm_lines: int) -> None:
+        """Remember a body parsed in full (``entries`` None: it cannot be read by position)."""
+        self.entries = _intern(tuple(entries)) if entries else ()
+        self.om, self.wanted, self.vllm_lines = om, wanted, vllm_lines
+
+
+_LAYOUTS: dict[tuple[_Entry, ...], tuple[_Entry, ...]] = {}
+_LAYOUTS_MAX = 1_000
+
+
+def _intern(entries: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
+    found = _LAYOUTS.get(entries)
+    if found is not None:
+        return found
+    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+        _LAYOUTS.clear()
+    _LAYOUTS[entries] = entries
+    return entries
+
+
+def _lone_token(rest: str) -> bool:
+    """``rest`` is one space and one value token with no whitespace around or inside it.
+
+    Not needed for correctness (a value ``float`` reads after the same prefix is what a full
+    parse reads), but a body with timestamps or exemplars would miss the memo every scrape: such
+    a body is not learnt at all."""
+    return len(rest) > 1 and rest[0] == " " and not _WS.intersection(rest[1:])
+
+
 def parse(
     body: bytes | str,
     content_type: str | None = None,
     wanted: Container[str] | Callable[[str], bool] | None = None,
+    layout: Layout | None = None,
 ) -> Parsed:
     """Parse ``body``; keep samples whose name is in ``wanted`` (all vLLM samples if None).
 
     ``vllm_lines`` counts vLLM's samples whether wanted or not, also as Ray Serve names them.
+    ``layout``: the target's :class:`Layout` memo (the result is the same, only cheaper; pass the
+    same ``wanted`` object every time).
 
     Every sample line is checked for a valid metric name; lines the caller wants are parsed fully.
     Raises :class:`ParseError` with the line number on the first malformed line.
     """
     text = _decode(body)
     om = is_openmetrics(content_type)
+    lines = text.split("\n")
+    if layout is not None:
+        recalled = layout.recall(lines, om, wanted)
+        if recalled is not None:
+            return Parsed(recalled, layout.vllm_lines, om)
+    entries: list[_Entry] | None = [] if layout is not None else None
     want: Callable[[str], bool]
     if wanted is None:
         want = _is_vllm
@@ -135,15 +228,22 @@ def parse(
     samples: list[Sample] = []
     vllm_lines = 0
     name_match = _NAME_RE.match
-    for lineno, line in enumerate(text.split("\n"), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line:
+            if entries is not None:
+                entries.append((_SAME, line, "", ()))
             continue
         c = line[0]
         if c == "#":
             if om and line.startswith("# EOF"):
+                if entries is not None:
+                    entries.append((_EOF, line, "", ()))
                 break
+            if entries is not None:
+                entries.append((_SAME, line, "", ()))
             continue
         if c in " \t\r":
+            entries = None  # not read by position: parsed in full every time
             line = line.strip()
             if not line:
                 continue
@@ -161,6 +261,8 @@ def parse(
         if name.startswith("vllm:") or name.startswith("ray_vllm_"):
             vllm_lines += 1
         if not want(name):
+            if entries is not None:
+                entries.append((_OTHER, name, "", ()))
             continue
         while line[end] in " \t" and end + 1 < len(line) and line[end + 1] in " \t{":
             end += 1  # ``name {labels} value`` is valid text too
@@ -182,7 +284,14 @@ def parse(
         else:
             labels = ()
         rest = line[end:]
+        if entries is not None:
+            if _lone_token(rest):
+                entries.append((_SAMPLE, line[: end + 1], name, labels))
+            else:
+                entries = None  # a timestamp or an exemplar: parsed in full every time (cheaper)
         if om and " # " in rest:
             rest = rest.split(" # ", 1)[0]
         samples.append((name, labels, _parse_value(rest, lineno, line)))
+    if layout is not None:
+        layout.learn(entries, om, wanted, vllm_lines)
     return Parsed(samples, vllm_lines, om)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -19,7 +19,7 @@ from . import targetauth
 from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, Shape, normalise
-from .parser import Parsed, ParseError, parse
+from .parser import Layout, Parsed, ParseError, parse
 from .scrapefilter import FilterState, Request, Verdict, check
 
 ACCEPT = "text/plain;version=0.0.4"
@@ -28,6 +28,16 @@ VERSION_MAX_BYTES = 64 * 1024
 
 class _TooLarge(Exception):
     pass
+
+
+@dataclass
+class Memo:
+    """What one target remembers of its last body to read the next one cheaper, with the same
+    result: the lines (:class:`~sidecar.parser.Layout`) and the series
+    (:class:`~sidecar.normalize.Shape`). A service keeps one per target."""
+
+    layout: Layout = field(default_factory=Layout)
+    shape: Shape = field(default_factory=Shape)
 
 
 def request_options(target: TargetConfig) -> dict[str, Any]:
@@ -107,13 +117,13 @@ def _parse(
     started: float,
     duration: float,
     identity: frozenset[str] = frozenset(),
-    shape: Shape | None = None,
+    memo: Memo | None = None,
 ) -> tuple[ScrapeOutcome, Parsed | None]:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data),
     and the parsed samples when the body parsed (the filter checks which names it held)."""
     try:
-        parsed = parse(body, content_type, WANTED)
-        norm = normalise(parsed.samples, identity=identity, shape=shape)
+        parsed = parse(body, content_type, WANTED, memo.layout if memo is not None else None)
+        norm = normalise(parsed.samples, identity=identity, shape=memo.shape if memo is not None else None)
     except ParseError as exc:
         return ScrapeOutcome(started, duration, reason="parse", error=f"invalid metrics body: {exc}"), None
     if parsed.vllm_lines == 0:
@@ -133,13 +143,13 @@ def parse_body(
     started: float,
     duration: float,
     identity: frozenset[str] = frozenset(),
-    shape: Shape | None = None,
+    memo: Memo | None = None,
 ) -> ScrapeOutcome:
     """Pure: body -> outcome (``parse`` / ``no_vllm_metrics`` failures, or the normalised data).
 
     ``identity``: the target's identity labels so far (``TargetTracker.identity_labels``);
-    ``shape``: the target's :class:`~sidecar.normalize.Shape` memo (same result, less CPU)."""
-    return _parse(body, content_type, started, duration, identity, shape)[0]
+    ``memo``: the target's :class:`Memo` of its last body (same result, less CPU)."""
+    return _parse(body, content_type, started, duration, identity, memo)[0]
 
 
 @dataclass(frozen=True)
@@ -200,7 +210,7 @@ class _Cycle:
     deadline: float
     timeout: float
     identity: frozenset[str]
-    shape: Shape | None
+    memo: Memo | None
 
     def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
         return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason, error=error)
@@ -212,7 +222,7 @@ class _Cycle:
             self.started,
             time.perf_counter() - self.t0,
             self.identity,
-            self.shape,
+            self.memo,
         )
 
 
@@ -241,7 +251,7 @@ async def scrape(
     identity: frozenset[str] = frozenset(),
     state: FilterState | None = None,
     restarts: int = 0,
-    shape: Shape | None = None,
+    memo: Memo | None = None,
 ) -> ScrapeOutcome:
     """Scrape ``target`` once (one cycle); never raises for anything the target does.
 
@@ -249,8 +259,8 @@ async def scrape(
     With a :class:`~sidecar.scrapefilter.FilterState` the cycle asks vLLM only for the samples the
     sidecar reads when the filter is in use, and falls back to a full GET in the same cycle (under
     the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
-    count, which makes a new probe due; ``shape`` is the target's memo of its last body's series
-    (:class:`~sidecar.normalize.Shape`). A note to log, if any, is in ``outcome.extra["filter"]``.
+    count, which makes a new probe due; ``memo`` is the target's :class:`Memo` of its last body.
+    A note to log, if any, is in ``outcome.extra["filter"]``.
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -261,7 +271,7 @@ async def scrape(
         return ScrapeOutcome(
             started, time.perf_counter() - t0, reason="connect", error=f"cannot prepare request: {exc}"
         )
-    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity, shape)
+    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity, memo)
     request = state.next_request(loop.time(), restarts) if state is not None else None
     note = None
     if state is not None and request is not None and request.filtered:

@@ -29,8 +29,7 @@ from .config.settings import Config, TargetConfig, redact_url
 from .derive import TargetTracker
 from .exporter import ServiceStatus, exposition, render_target
 from .model import ScrapeOutcome, TargetSnapshot
-from .normalize import Shape
-from .scrape import scrape
+from .scrape import Memo, scrape
 from .scrapefilter import FilterState
 from .server import build_app
 
@@ -44,7 +43,7 @@ class _Running:
     target: TargetConfig
     tracker: TargetTracker
     filter: FilterState
-    shape: Shape = field(default_factory=Shape)  # the last body's series (normalise's memo)
+    memo: Memo = field(default_factory=Memo)  # what the target's last body teaches the next read
     task: asyncio.Task[None] | None = None
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
@@ -156,7 +155,7 @@ class Sidecar:
                 identity=r.tracker.identity_labels,
                 state=r.filter,
                 restarts=r.tracker.restarts,
-                shape=r.shape,
+                memo=r.memo,
             )
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts
