@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from . import procs, prom
+from .compare import READ_EVERY, MetricsReader
 
 WINDOWS = "1m,5m"
 _MODE = re.compile(r'^vllm_sidecar_scrape_mode\{[^}]*mode="(\w+)"[^}]*\} 1(?:\.0)?$', re.M)
@@ -52,8 +53,17 @@ def _fallbacks(proc: subprocess.Popen) -> int:
     return text.count("scraping in full until the next probe")
 
 
-def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path, rules: bool = True) -> dict:
-    """One side-by-side measurement of N targets @ ``interval``.
+def run_once(
+    n: int,
+    interval: float,
+    warm: float,
+    dur: float,
+    tmp: Path,
+    rules: bool = True,
+    read_every: float = READ_EVERY,
+) -> dict:
+    """One side-by-side measurement of N targets @ ``interval``; the sidecar's ``/metrics`` is
+    read every ``read_every`` seconds in the window, as the Prometheus that scrapes it would.
 
     Prometheus starts first and gets one interval to create its series (a one-off burst of CPU,
     ~0.4 M series at 1,000 targets); the sidecar starts after it, so that burst does not starve
@@ -75,11 +85,13 @@ def run_once(n: int, interval: float, warm: float, dur: float, tmp: Path, rules:
         out["sidecar_ready"] = procs.wait_ready(running["sidecar"][1], running["sidecar"][0])
         time.sleep(warm)
         pids = {lb: p.pid for lb, (p, _) in running.items()}
-        c0 = {lb: procs.cpu_seconds(pid) for lb, pid in pids.items()}
-        r0, t0 = procs.cpu_seconds(replay.pid), time.time()
-        time.sleep(dur)
-        c1 = {lb: procs.cpu_seconds(pid) for lb, pid in pids.items()}
-        r1, t1 = procs.cpu_seconds(replay.pid), time.time()
+        with MetricsReader(running["sidecar"][1], read_every) as reader:
+            c0 = {lb: procs.cpu_seconds(pid) for lb, pid in pids.items()}
+            r0, t0 = procs.cpu_seconds(replay.pid), time.time()
+            time.sleep(dur)
+            c1 = {lb: procs.cpu_seconds(pid) for lb, pid in pids.items()}
+            r1, t1 = procs.cpu_seconds(replay.pid), time.time()
+        out["sidecar_metrics_reads"] = reader.reads
         out["loadavg"] = procs.loadavg()
         out["replay_cores"] = (r1 - r0) / (t1 - t0)
         hits = procs.replay_hits(rport, t0, t1)

@@ -27,7 +27,7 @@ from prometheus_client.registry import CollectorRegistry
 from .config.files import ConfigError
 from .config.settings import Config, TargetConfig, redact_url
 from .derive import TargetTracker
-from .exporter import ServiceStatus, exposition, render_target
+from .exporter import ServiceStatus, TargetRenderer, exposition
 from .model import ScrapeOutcome, TargetSnapshot
 from .scrape import Memo, scrape
 from .scrapefilter import FilterState
@@ -84,7 +84,8 @@ class Sidecar:
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
         GCCollector(registry=self._process)
-        self._fragments: dict[str, tuple[TargetSnapshot, dict[str, str]]] = {}
+        #: per target: its fragment and the series texts kept between its snapshots
+        self._renderers: dict[str, TargetRenderer] = {}
         self.port: int | None = None
         self.extra_targets: tuple[TargetConfig, ...] = ()
 
@@ -101,11 +102,10 @@ class Sidecar:
         return exposition(frags, self.config.static_labels, self.status, openmetrics, self._process.collect())
 
     def _fragment(self, r: _Running) -> dict[str, str]:
-        cached = self._fragments.get(r.target.name)
-        snap = r.tracker.snapshot
-        if cached is None or cached[0] is not snap:
-            cached = self._fragments[r.target.name] = (snap, render_target(snap, self.config.static_labels))
-        return cached[1]
+        renderer = self._renderers.get(r.target.name)
+        if renderer is None:
+            renderer = self._renderers[r.target.name] = TargetRenderer()
+        return renderer.fragment(r.tracker.snapshot, self.config.static_labels)
 
     # ------------------------------------------------------------------ targets
     def set_targets(self, targets: tuple[TargetConfig, ...]) -> None:
@@ -117,7 +117,7 @@ class Sidecar:
                 if r.task:
                     r.task.cancel()
                 del self._running[name]
-                self._fragments.pop(name, None)
+                self._renderers.pop(name, None)
                 log.info("target %s removed", name, extra={"target": name})
         for name, t in wanted.items():
             if name not in self._running:
