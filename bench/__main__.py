@@ -557,7 +557,12 @@ def vllm_table(v: dict) -> str:
 
 
 def run_anchors(
-    configs: list[tuple[int, float]], runs: int, dur: float, tmp: Path, rules: bool = True
+    configs: list[tuple[int, float]],
+    runs: int,
+    dur: float,
+    tmp: Path,
+    rules: bool = True,
+    read_every: float = anchors.READ_EVERY,
 ) -> list[dict]:
     """Each configuration ``runs`` times (interleaved, so a noisy minute hits one run of each,
     not all runs of one), then medians."""
@@ -572,7 +577,7 @@ def run_anchors(
     for k in range(runs):
         for n, interval in configs:
             warm = 2 * interval + 3.0
-            r = guarded(anchors.run_once, n, interval, warm, dur, tmp, rules)
+            r = guarded(anchors.run_once, n, interval, warm, dur, tmp, rules, read_every)
             done[(n, interval)].append(r)
             print(f"anchors run {k + 1}/{runs}:", json.dumps(r), flush=True)
     return [anchors.median_of(v) for v in done.values()]
@@ -610,6 +615,12 @@ def main(argv: list[str] | None = None) -> int:
         default="anchors,vllm,cpu,scale,memory",
         help="comma list of parts to run (anchors, vllm, cpu, scale, memory)",
     )
+    p.add_argument(
+        "--read-every",
+        type=float,
+        default=anchors.READ_EVERY,
+        help="seconds between the anchors' reads of the sidecar's /metrics (0: none)",
+    )
     p.add_argument("--json", help="also write the raw results here")
     ns = p.parse_args(argv)
     q = ns.quick
@@ -629,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
             spec = ns.anchors or ("100@1,300@5" if q else "100@1,1000@5")
             configs = [(int(c.split("@")[0]), float(c.split("@")[1])) for c in spec.split(",")]
             res["anchors"] = run_anchors(
-                configs, ns.runs or (1 if q else 3), 12.0 if q else 30.0, tmp, not ns.no_rules
+                configs, ns.runs or (1 if q else 3), 12.0 if q else 30.0, tmp, not ns.no_rules, ns.read_every
             )
         if "vllm" in only and (ns.vllm == "on" or (ns.vllm == "auto" and not q)):
             res["vllm"] = guarded(vllmcost.run, 200, 2, tmp)
