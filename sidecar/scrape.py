@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from . import targetauth
+from . import httpget, targetauth
 from .config.settings import TargetConfig
 from .model import ScrapeOutcome
 from .normalize import WANTED, Shape, normalise
@@ -38,6 +38,15 @@ class Memo:
 
     layout: Layout = field(default_factory=Layout)
     shape: Shape = field(default_factory=Shape)
+
+
+def plain(target: TargetConfig) -> bool:
+    """Can :mod:`sidecar.httpget` scrape this target (plain ``http://``, no auth, no TLS)?"""
+    return (
+        target.url.startswith("http://")
+        and "@" not in target.url.split("/", 3)[2]
+        and not (target.bearer_token_file or target.basic_auth or target.tls)
+    )
 
 
 def request_options(target: TargetConfig) -> dict[str, Any]:
@@ -197,6 +206,30 @@ async def _get(
         )
 
 
+async def _get_plain(
+    client: httpget.Client, url: str, max_bytes: int, deadline: float, timeout: float
+) -> _Answer:
+    """:func:`_get` through our own client: the same reasons and error texts for the same faults."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            resp = await client.get(url, max_bytes)
+    except TimeoutError:
+        return _Answer(reason="timeout", error=f"no complete answer within {timeout:g}s")
+    except httpget.TooLarge as exc:
+        return _Answer(reason="too_large", error=str(exc))
+    except httpget.BadResponse as exc:
+        return _Answer(reason="http_status", error=f"bad HTTP response: {exc}")
+    except httpget.BrokenBody as exc:
+        return _Answer(reason="connect", error=f"connection broke while reading the body: {exc}")
+    except OSError as exc:
+        return _Answer(
+            reason="connect", error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        )
+    if resp.status != 200:
+        return _Answer(resp.status, reason="http_status", error=f"HTTP {resp.status} {resp.reason}".strip())
+    return _Answer(200, resp.body, resp.content_type)
+
+
 @dataclass(frozen=True)
 class _Cycle:
     """What every GET of one scrape cycle shares."""
@@ -211,6 +244,13 @@ class _Cycle:
     timeout: float
     identity: frozenset[str]
     memo: Memo | None
+    client: httpget.Client | None = None
+
+    async def get(self, url: str) -> _Answer:
+        """GET through the target's own connection when it has one, else aiohttp."""
+        if self.client is not None:
+            return await _get_plain(self.client, url, self.max_bytes, self.deadline, self.timeout)
+        return await _get(self.session, url, self.opts, self.max_bytes, self.deadline, self.timeout)
 
     def failed(self, reason: str, error: str | None) -> ScrapeOutcome:
         return ScrapeOutcome(self.started, time.perf_counter() - self.t0, reason=reason, error=error)
@@ -228,7 +268,7 @@ class _Cycle:
 
 async def _full(c: _Cycle) -> tuple[ScrapeOutcome, Parsed | None]:
     """The plain GET of the target's URL (a 404 with a healthy ``/health`` gets the DP hint)."""
-    answer = await _get(c.session, c.target.url, c.opts, c.max_bytes, c.deadline, c.timeout)
+    answer = await c.get(c.target.url)
     if answer.reason is not None:
         error = answer.error
         if answer.status == 404 and await health_answers(c.session, c.target, min(c.timeout, 2.0)):
@@ -252,6 +292,7 @@ async def scrape(
     state: FilterState | None = None,
     restarts: int = 0,
     memo: Memo | None = None,
+    client: httpget.Client | None = None,
 ) -> ScrapeOutcome:
     """Scrape ``target`` once (one cycle); never raises for anything the target does.
 
@@ -261,6 +302,8 @@ async def scrape(
     the same deadline) when the filtered answer is not honoured; ``restarts`` is the tracker's
     count, which makes a new probe due; ``memo`` is the target's :class:`Memo` of its last body.
     A note to log, if any, is in ``outcome.extra["filter"]``.
+    ``client``: the target's own connection (:mod:`sidecar.httpget`, for :func:`plain` targets);
+    without one the GETs go through ``session`` (aiohttp).
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -271,7 +314,9 @@ async def scrape(
         return ScrapeOutcome(
             started, time.perf_counter() - t0, reason="connect", error=f"cannot prepare request: {exc}"
         )
-    c = _Cycle(session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity, memo)
+    c = _Cycle(
+        session, target, opts, started, t0, max_bytes, loop.time() + timeout, timeout, identity, memo, client
+    )
     request = state.next_request(loop.time(), restarts) if state is not None else None
     note = None
     if state is not None and request is not None and request.filtered:
@@ -292,7 +337,7 @@ async def _filtered(
     c: _Cycle, state: FilterState, request: Request, restarts: int
 ) -> tuple[ScrapeOutcome, str | None]:
     """The filtered GET, judged; a full GET in the same cycle when it is not honoured."""
-    answer = await _get(c.session, request.url, c.opts, c.max_bytes, c.deadline, c.timeout)
+    answer = await c.get(request.url)
     if answer.reason == "timeout":  # no time left to retry: recorded as a full scrape would be
         return c.failed(answer.reason, answer.error), state.timed_out()
     state.answered()

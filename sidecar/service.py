@@ -28,8 +28,9 @@ from .config.files import ConfigError
 from .config.settings import Config, TargetConfig, redact_url
 from .derive import TargetTracker
 from .exporter import ServiceStatus, TargetRenderer, exposition
+from .httpget import Client
 from .model import ScrapeOutcome, TargetSnapshot
-from .scrape import Memo, scrape
+from .scrape import ACCEPT, Memo, plain, scrape
 from .scrapefilter import FilterState
 from .server import build_app
 
@@ -45,9 +46,14 @@ class _Running:
     filter: FilterState
     memo: Memo = field(default_factory=Memo)  # what the target's last body teaches the next read
     task: asyncio.Task[None] | None = None
+    client: Client | None = None  # its own keep-alive connection (plain-HTTP targets)
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
 
+
+#: plain-HTTP targets use the service's own client; an internal switch, not a setting: the
+#: tests turn it off to run the fault suite through aiohttp as well, with the same reasons
+OWN_CLIENT = True
 
 #: first scrapes land on a grid of this step on the loop's clock (one epoch for every target)
 SLOT_SECONDS = 0.25
@@ -73,8 +79,12 @@ def first_scrape_at(now: float, interval: float, scraped: bool) -> float:
 class Sidecar:
     """The service. ``await start()``, then ``await stop()`` (or :func:`run` until a signal)."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, *, own_client: bool | None = None):
+        """``own_client``: scrape plain-HTTP targets through :mod:`sidecar.httpget` (cheaper);
+        False sends every target through aiohttp. Default: :data:`OWN_CLIENT`."""
         self.config = config
+        self._own_client = OWN_CLIENT if own_client is None else own_client
+        self._in_flight = asyncio.Semaphore(MAX_CONNECTIONS)
         self._running: dict[str, _Running] = {}
         self._session: aiohttp.ClientSession | None = None
         self._runner: web.AppRunner | None = None
@@ -116,6 +126,8 @@ class Sidecar:
             if name not in wanted or wanted[name] != r.target:
                 if r.task:
                     r.task.cancel()
+                if r.client is not None:
+                    r.client.close()
                 del self._running[name]
                 self._renderers.pop(name, None)
                 log.info("target %s removed", name, extra={"target": name})
@@ -125,6 +137,8 @@ class Sidecar:
                 r = self._running[name] = _Running(
                     t, tracker, FilterState(t.url, self.config.scrape_filter_for(t))
                 )
+                if self._own_client and plain(t):
+                    r.client = Client(ACCEPT, self._in_flight)
                 if self._session is not None:
                     r.task = asyncio.create_task(self._loop(r), name=f"scrape:{name}")
                 log.info("target %s added (%s)", name, redact_url(t.url), extra={"target": name})
@@ -156,6 +170,7 @@ class Sidecar:
                 state=r.filter,
                 restarts=r.tracker.restarts,
                 memo=r.memo,
+                client=r.client,
             )
             if want_version and outcome.ok:
                 r.version_restarts = r.tracker.restarts
@@ -227,6 +242,7 @@ class Sidecar:
     async def start(
         self, *, ssl_context: ssl.SSLContext | None = None, middlewares: tuple[Middleware, ...] = ()
     ) -> None:
+        _raise_open_files_limit()
         # At most MAX_CONNECTIONS scrapes in flight: bounds the memory of bodies being read and of
         # the keep-alive pool (a scrape waiting for a connection still counts against its timeout).
         connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS, ttl_dns_cache=60, enable_cleanup_closed=True)
@@ -259,10 +275,26 @@ class Sidecar:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for r in self._running.values():
+            if r.client is not None:
+                r.client.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
             await self._session.close()
+
+
+def _raise_open_files_limit() -> None:
+    """Plain-HTTP targets keep one connection each open: lift the soft limit on open files to
+    the hard one (as Go does for Prometheus), so 1,000+ targets do not hit a soft limit of 1,024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep the limit
+        pass
 
 
 #: paths served without basic auth, so Kubernetes probes need no credentials (they reveal nothing)

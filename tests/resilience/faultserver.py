@@ -53,18 +53,26 @@ class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader = reader
         self.writer = writer
+        self.keep_alive = False  # the last answer left the connection open for the next request
 
     async def send(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
 
     async def respond(
-        self, status: int, body: bytes, content_type: str = TEXT, reason: str = "", length: int | None = None
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = TEXT,
+        reason: str = "",
+        length: int | None = None,
+        keep_alive: bool = False,
     ) -> None:
+        self.keep_alive = keep_alive
         head = (
             f"HTTP/1.1 {status} {reason or 'X'}\r\nContent-Type: {content_type}\r\n"
             f"Content-Length: {len(body) if length is None else length}\r\n"
-            "Connection: close\r\n\r\n"
+            f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
         )
         await self.send(head.encode("latin-1") + body)
 
@@ -189,8 +197,10 @@ def build_cases(max_body: int) -> dict[str, Case]:
 
 
 def _static(body: bytes) -> Case:
+    """A healthy target that keeps its connections alive, as vLLM does."""
+
     async def serve(c: Conn, n: int) -> None:
-        await c.respond(200, body)
+        await c.respond(200, body, keep_alive=True)
 
     return serve
 
@@ -204,6 +214,7 @@ class FaultServer(InThread):
             self.cases[name] = _static(body)
         self.requests: Counter[str] = Counter()
         self.inflight: Counter[str] = Counter()
+        self.connections = 0  # open right now
         self.port = 0
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -215,29 +226,36 @@ class FaultServer(InThread):
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        case = "?"
+        self.connections += 1
+        conn = Conn(reader, writer)
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            path = head.split(b" ", 2)[1].decode("latin-1").split("?", 1)[0]
-            case = path.strip("/").split("/")[0]
-            fn = self.cases.get(case)
-            n = self.requests[case]
-            self.requests[case] += 1
-            conn = Conn(reader, writer)
-            if fn is None or not path.endswith("/metrics"):
-                await conn.respond(404, b"no such case\n", "text/plain", "Not Found")
-                return
-            self.inflight[case] += 1
-            try:
-                await fn(conn, n)
-            finally:
-                self.inflight[case] -= 1
+            while await self._answer(conn):  # the next request on a kept-alive connection
+                pass
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError, IndexError):
             pass
         finally:
+            self.connections -= 1
             self._tasks.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def _answer(self, conn: Conn) -> bool:
+        """Read one request and answer it; True when the connection stays open for another."""
+        head = await conn.reader.readuntil(b"\r\n\r\n")
+        path = head.split(b" ", 2)[1].decode("latin-1").split("?", 1)[0]
+        case = path.strip("/").split("/")[0]
+        fn = self.cases.get(case)
+        n = self.requests[case]
+        self.requests[case] += 1
+        if fn is None or not path.endswith("/metrics"):
+            await conn.respond(404, b"no such case\n", "text/plain", "Not Found")
+            return False
+        self.inflight[case] += 1
+        try:
+            await fn(conn, n)
+        finally:
+            self.inflight[case] -= 1
+        return conn.keep_alive
 
     async def start(self) -> FaultServer:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)

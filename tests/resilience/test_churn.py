@@ -3,8 +3,11 @@
 The file is rewritten each round and picked up by the service's own watcher
 (:class:`sidecar.config.reload.TargetsFileWatcher` calling ``Sidecar.targets_file_changed``, as
 ``run()`` wires it). After each round ``/metrics`` holds exactly the current targets' series
-(with the current static labels), no scrape task is left behind, and the memory held by the
-process (tracemalloc, after a full collection) does not grow from round to round.
+(with the current static labels), no scrape task is left behind, no connection of a removed
+target stays open, and the memory held by the process (tracemalloc, after a full collection)
+does not grow from round to round. The fake vLLM keeps connections alive, as vLLM does. It runs
+with the service's own HTTP client (one connection per target, closed when the target goes) and
+with aiohttp (a shared pool, bounded, closed at shutdown).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tracemalloc
 from pathlib import Path
 
 import aiohttp
+import pytest
 from faultserver import FaultServer, real_bodies
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +28,7 @@ from sidecar.config.reload import TargetsFileWatcher
 from sidecar.config.settings import Config
 from sidecar.derive import TargetTracker
 from sidecar.model import Window
-from sidecar.service import Sidecar
+from sidecar.service import MAX_CONNECTIONS, Sidecar
 
 N = 1000
 ROUNDS = 3
@@ -80,7 +84,17 @@ async def all_scraped(sidecar: Sidecar, names: set[str]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
+async def open_connections(server: FaultServer, at_most: int) -> int:
+    """The server's open connections once they are down to ``at_most`` (closing takes a few loop
+    turns); the count as it is if they never get there (a hang guard, not a time limit)."""
+    for _ in range(500):
+        if server.connections <= at_most:
+            break
+        await asyncio.sleep(0.01)
+    return server.connections
+
+
+async def _churn(tmp: Path, own_client: bool) -> tuple[list[int], list[int], list[int], list[int]]:
     server = await FaultServer(static={"vllm": small_body()}).start()
     path = tmp / "targets.json"
     path.write_text("[]")
@@ -89,7 +103,7 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     config = Config(
         listen="127.0.0.1:0", interval=1.0, windows=(Window("5m", 300.0),), targets=(), targets_file=str(path)
     )
-    sidecar = Sidecar(config)
+    sidecar = Sidecar(config, own_client=own_client)
     watcher = TargetsFileWatcher(
         str(path), on_change=sidecar.targets_file_changed, on_error=sidecar.targets_file_failed
     )
@@ -98,6 +112,10 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     memory: list[int] = []  # after each round's removal
     live: list[int] = []  # with the round's 1,000 targets in place
     tasks_left: list[int] = []
+    connections: list[int] = []  # the fake vLLM's open connections after each round's removal
+    # own client: each removed target's connection is closed at once; aiohttp: its pool keeps
+    # some idle (for seconds), never more than its limit
+    idle = 0 if own_client else MAX_CONNECTIONS
     try:
         async with aiohttp.ClientSession() as http:
             for rnd in range(ROUNDS):
@@ -118,6 +136,7 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
                 assert await series_targets(http, sidecar.port) == set()
                 assert sidecar.snapshots() == []
                 tasks_left.append(scrape_tasks())
+                connections.append(await open_connections(server, idle))
                 gc.collect()
                 trackers = [o for o in gc.get_objects() if isinstance(o, TargetTracker)]
                 assert trackers == [], f"{len(trackers)} trackers of removed targets still alive"
@@ -131,21 +150,30 @@ async def _churn(tmp: Path) -> tuple[list[int], list[int]]:
     finally:
         tracemalloc.stop()
         await sidecar.stop()
+        connections.append(await open_connections(server, 0))  # shutdown closes every one
         await server.stop()
-    return memory, live, tasks_left
+    return memory, live, tasks_left, connections
 
 
-def test_churn_through_reloads_leaks_no_series_no_tasks_and_no_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("own_client", [True, False], ids=["own_client", "aiohttp"])
+def test_churn_through_reloads_leaks_no_series_no_tasks_and_no_memory(
+    tmp_path: Path, own_client: bool
+) -> None:
     # pytest keeps every captured log record for its report: the service's warnings (a scrape
     # that times out on a loaded machine) would count as growth. Measure the service, not pytest.
     log = logging.getLogger("sidecar")
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        memory, live, tasks_left = asyncio.run(_churn(tmp_path))
+        memory, live, tasks_left, connections = asyncio.run(_churn(tmp_path, own_client))
     finally:
         log.setLevel(level)
     assert tasks_left == [0] * ROUNDS
+    if own_client:
+        assert connections[:-1] == [0] * ROUNDS, connections
+    else:
+        assert max(connections[:-1]) <= MAX_CONNECTIONS, connections
+    assert connections[-1] == 0
     # Allocations made since round 0 and still alive after all targets are gone: they must not
     # grow with the number of rounds. The slack (1 MiB) is well under what one round of 1,000
     # targets holds while live, so leaking a round's targets would fail here.

@@ -3,6 +3,7 @@
 One :class:`~sidecar.service.Sidecar` scrapes a fault-injecting server (one target per fault), a
 port nobody listens on, a replayed healthy vLLM and a healthy target of the fault server, while
 the test polls ``/metrics`` over HTTP. The assertions read only what a Prometheus would read.
+The scenario runs twice: through the service's own HTTP client and through aiohttp.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def engine_series(poll: list[Sample], target: str) -> list[Sample]:
     return [s for s in poll if s[0] in ENGINE_SERIES and s[1].get("target") == target]
 
 
-async def _scenario() -> Run:
+async def _scenario(own_client: bool) -> Run:
     faults = await FaultServer(MAX_BODY).start()
     replay = ReplayServer()
     replay.add("healthy", real_bodies())
@@ -104,7 +105,7 @@ async def _scenario() -> Run:
         targets=tuple(targets),
         max_body_bytes=MAX_BODY,
     )
-    sidecar = Sidecar(config)
+    sidecar = Sidecar(config, own_client=own_client)
     loop = asyncio.get_running_loop()
     started = loop.time()
     await sidecar.start()
@@ -124,9 +125,12 @@ async def _scenario() -> Run:
     return Run(polls, replay.fakes["healthy"].hits, dict(faults.requests), seconds)
 
 
-@pytest.fixture(scope="module")
-def run() -> Run:
-    return asyncio.run(_scenario())
+@pytest.fixture(scope="module", params=[True, False], ids=["own_client", "aiohttp"])
+def run(request: pytest.FixtureRequest) -> Run:
+    """The whole scenario once per HTTP client: plain-HTTP targets go through the service's own
+    client (:mod:`sidecar.httpget`) by default, through aiohttp when it is switched off; every
+    assertion, the reasons above included, must hold for both."""
+    return asyncio.run(_scenario(request.param))
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from faultserver import FaultServer
 
 from testkit.procs import free_port
@@ -38,14 +39,25 @@ def healthy(port: int) -> bool:
         return False
 
 
-def test_sigterm_mid_scrape_exits_cleanly() -> None:
+#: ``python -m sidecar`` with the service's HTTP client for plain targets switched off or on
+LAUNCH = {
+    "own_client": [sys.executable, "-m", "sidecar"],
+    "aiohttp": [
+        sys.executable,
+        "-c",
+        "import sys, sidecar.service as s; s.OWN_CLIENT = False; "
+        "from sidecar.cli import main; sys.exit(main())",
+    ],
+}
+
+
+@pytest.mark.parametrize("client", sorted(LAUNCH))
+def test_sigterm_mid_scrape_exits_cleanly(client: str) -> None:
     with FaultServer() as faults:
         port = free_port()
         proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "sidecar",
+                *LAUNCH[client],
                 "run",
                 "--target",
                 f"hang_headers={faults.url('slow_headers')}",
