@@ -343,7 +343,9 @@ class Shape:
     ) -> None:
         self.names = _intern(tuple([s[0] for s in samples]))
         self.labelsets = _intern(tuple([s[1] for s in samples]))
-        self.static = _intern(st)
+        # keyed by what decides it, exactly: ``_Static`` itself compares ``le`` as floats, and
+        # ``le="-0"`` equals ``le="0"`` (its bound would become the other body's 0.0)
+        self.static = _intern_as((self.names, self.labelsets, st.identity_labels, check_duplicates), st)
         self.check_duplicates = check_duplicates
         self.identity_in = identity
 
@@ -354,12 +356,16 @@ _INTERNED_MAX = 3_000
 
 
 def _intern(obj: Any) -> Any:
-    found = _INTERNED.get(obj)
+    return _intern_as(obj, obj)
+
+
+def _intern_as(key: Any, obj: Any) -> Any:
+    found = _INTERNED.get(key)
     if found is not None:
         return found
     if len(_INTERNED) >= _INTERNED_MAX:
         _INTERNED.clear()
-    _INTERNED[obj] = obj
+    _INTERNED[key] = obj
     return obj
 
 
