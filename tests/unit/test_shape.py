@@ -138,6 +138,24 @@ def test_le_minus_zero_is_not_recalled_as_zero() -> None:
     assert memo == fresh
 
 
+def test_a_huge_body_is_not_learnt_and_the_shared_table_stays_bounded() -> None:
+    """A target answering a new body of thousands of series each scrape must not leave each one
+    in the interning table (bounded by entries only, a few thousand such shapes stayed)."""
+    from sidecar import normalize
+
+    def body(i: int, n: int) -> list[Sample]:
+        return [("vllm:cpu_cache_usage_perc", (("i", f"{i}-{j}"),), 1.0) for j in range(n)]
+
+    huge = body(0, normalize._LEARN_MAX_SAMPLES + 1)
+    shape = Shape()
+    assert repr(normalise(huge, shape=shape)) == repr(normalise(huge))
+    assert shape.static is None
+    for i in range(12):
+        normalise(body(i, 9_000), shape=shape)
+        held = sum(len(v) for v in normalize._INTERNED.values() if isinstance(v, tuple)) // 2
+        assert held <= normalize._INTERNED_SAMPLES_MAX
+
+
 #: sample lines up to their value: engines, identity labels, histograms (``le`` spelt several
 #: ways), unread and unwanted names, label values holding ``} `` and ``" ``, hostile spacing
 LINE_HEADS = [
