@@ -27,7 +27,7 @@ _ESCAPE_RE = re.compile(r"\\[\\\"n]")
 #: when full)
 _LABELS: dict[str, tuple[tuple[str, str], ...]] = {}
 _LABELS_MAX = 100_000
-_LABELS_CHARS_MAX = 8 << 20
+_LABELS_CHARS_MAX = 16 << 20  # the real label sets average 60 chars: 100,000 of them fit
 _labels_chars = 0
 
 
