@@ -341,25 +341,43 @@ class Shape:
     def learn(
         self, samples: list[Sample], identity: frozenset[str], check_duplicates: bool, st: _Static
     ) -> None:
-        self.names = _intern(tuple([s[0] for s in samples]))
-        self.labelsets = _intern(tuple([s[1] for s in samples]))
-        self.static = _intern(st)
+        if len(samples) > _LEARN_MAX_SAMPLES:  # far above any vLLM body: not worth its memory
+            self.static = None
+            return
+        n = len(samples)
+        self.names = _intern(tuple([s[0] for s in samples]), n)
+        self.labelsets = _intern(tuple([s[1] for s in samples]), n)
+        # keyed by what decides it, exactly: ``_Static`` itself compares ``le`` as floats, and
+        # ``le="-0"`` equals ``le="0"`` (its bound would become the other body's 0.0)
+        self.static = _intern_as((self.names, self.labelsets, st.identity_labels, check_duplicates), st, n)
         self.check_duplicates = check_duplicates
         self.identity_in = identity
 
 
-#: shapes shared by targets (a fleet of one model answers the same series); bounded, cleared when full
+#: shapes shared by targets (a fleet of one model answers the same series); bounded by entries and
+#: by the samples they hold (a body of a million series must not stay in memory a thousand times);
+#: a learnt shape counts its samples three times (names, label sets, ops): ~250 shapes of 129
 _INTERNED: dict[Any, Any] = {}
 _INTERNED_MAX = 3_000
+_INTERNED_SAMPLES_MAX = 100_000
+_LEARN_MAX_SAMPLES = 10_000  # the real 0.32 body holds 129 wanted samples
+_interned_samples = 0
 
 
-def _intern(obj: Any) -> Any:
-    found = _INTERNED.get(obj)
+def _intern(obj: Any, samples: int) -> Any:
+    return _intern_as(obj, obj, samples)
+
+
+def _intern_as(key: Any, obj: Any, samples: int) -> Any:
+    global _interned_samples
+    found = _INTERNED.get(key)
     if found is not None:
         return found
-    if len(_INTERNED) >= _INTERNED_MAX:
+    if len(_INTERNED) >= _INTERNED_MAX or _interned_samples + samples > _INTERNED_SAMPLES_MAX:
         _INTERNED.clear()
-    _INTERNED[obj] = obj
+        _interned_samples = 0
+    _INTERNED[key] = obj
+    _interned_samples += samples
     return obj
 
 

@@ -22,9 +22,23 @@ _ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 _ESCAPE_RE = re.compile(r"\\[\\\"n]")
 
 
-#: raw label-set text -> parsed labels, shared by all targets (bounded; cleared when full)
+#: raw label-set text -> parsed labels, shared by all targets (bounded by entries and by the
+#: characters held, or a target sending new 100 kB label sets would fill gigabytes; cleared
+#: when full)
 _LABELS: dict[str, tuple[tuple[str, str], ...]] = {}
 _LABELS_MAX = 100_000
+_LABELS_CHARS_MAX = 16 << 20  # the real label sets average 60 chars: 100,000 of them fit
+_labels_chars = 0
+
+
+def _remember_labels(raw: str, labels: tuple[tuple[str, str], ...]) -> None:
+    global _labels_chars
+    chars = 2 * len(raw)  # the key and about as much in the parsed values
+    if len(_LABELS) >= _LABELS_MAX or _labels_chars + chars > _LABELS_CHARS_MAX:
+        _LABELS.clear()
+        _labels_chars = 0
+    _LABELS[raw] = labels
+    _labels_chars += chars
 
 
 class ParseError(ValueError):
@@ -172,17 +186,33 @@ class Layout:
         self.om, self.wanted, self.vllm_lines = om, wanted, vllm_lines
 
 
+#: layouts shared by targets; bounded by entries and by their cost (about bytes: the text kept and
+#: ~80 per line), or a target answering a different 2 MB body each scrape would keep gigabytes here
 _LAYOUTS: dict[tuple[_Entry, ...], tuple[_Entry, ...]] = {}
 _LAYOUTS_MAX = 1_000
+_LAYOUTS_COST_MAX = 32 << 20
+_layouts_cost = 0
+#: bodies above these are not learnt (a blank line costs ~80 bytes in a layout); the real 0.32
+#: body has 609 lines and 50 kB
+_LEARN_MAX_LINES = 20_000
+_LEARN_MAX_CHARS = 2 << 20
+
+
+def _cost(entries: tuple[_Entry, ...]) -> int:
+    return sum([len(e[1]) for e in entries]) + 80 * len(entries)
 
 
 def _intern(entries: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
+    global _layouts_cost
     found = _LAYOUTS.get(entries)
     if found is not None:
         return found
-    if len(_LAYOUTS) >= _LAYOUTS_MAX:
+    cost = _cost(entries)
+    if len(_LAYOUTS) >= _LAYOUTS_MAX or _layouts_cost + cost > _LAYOUTS_COST_MAX:
         _LAYOUTS.clear()
+        _layouts_cost = 0
     _LAYOUTS[entries] = entries
+    _layouts_cost += cost
     return entries
 
 
@@ -217,7 +247,8 @@ def parse(
         recalled = layout.recall(lines, om, wanted)
         if recalled is not None:
             return Parsed(recalled, layout.vllm_lines, om)
-    entries: list[_Entry] | None = [] if layout is not None else None
+    learn = layout is not None and len(lines) <= _LEARN_MAX_LINES and len(text) <= _LEARN_MAX_CHARS
+    entries: list[_Entry] | None = [] if learn else None
     want: Callable[[str], bool]
     if wanted is None:
         want = _is_vllm
@@ -276,9 +307,7 @@ def parse(
             if labels is None:
                 labels, end = _parse_labels(line, end, lineno)
                 if end == close:
-                    if len(_LABELS) >= _LABELS_MAX:
-                        _LABELS.clear()
-                    _LABELS[raw] = labels
+                    _remember_labels(raw, labels)
             else:
                 end = close
         else:

@@ -8,12 +8,15 @@ is actually used.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import gc
+import tracemalloc
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sidecar import parser
 from sidecar.normalize import WANTED
 from sidecar.parser import Layout, ParseError, parse
 from testkit.captures import capture_folders, load_capture
@@ -140,3 +143,52 @@ def test_any_small_edit_reads_as_a_full_parse(data: st.DataObject) -> None:
         c = data.draw(EDIT_CHARS)
         text = text[:i] + (c if op != "delete" else "") + text[i + (op != "insert") :]
     learnt_then(text, data.draw(st.sampled_from([TEXT, OM])))
+
+
+def retained_bytes(fn: Callable[[], object]) -> int:
+    """What ``fn`` leaves allocated (its result dropped), measured by tracemalloc."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_big_body_is_not_learnt() -> None:
+    """Blank lines kept ~80 bytes each in their target's layout (a 16 MB body: 1.3 GB)."""
+    layout = Layout()
+    body = "\n" * (1 << 16)
+    assert retained_bytes(lambda: parse(body, TEXT, WANTED, layout)) < 1 << 20
+    assert layout.entries == ()
+    assert outcome(body, TEXT, layout) == outcome(body, TEXT, None)
+
+
+def test_the_shared_layouts_stay_bounded_in_memory() -> None:
+    """A target answering a new body each scrape left each layout in the interning table, bounded
+    only by count: 1,000 layouts of up to 16 MB bodies."""
+    layout = Layout()
+    lines = [f"# {'x' * 100_000}"] * 18
+
+    def scrapes() -> None:
+        for i in range(30):
+            parse("\n".join([f"# {i}", *lines, ""]), TEXT, WANTED, layout)
+
+    assert retained_bytes(scrapes) < parser._LAYOUTS_COST_MAX * 3 // 2
+    assert layout.entries  # learnt all the same
+
+
+def test_the_label_set_cache_stays_bounded_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_LABELS`` was bounded by entries only: new 1 MB label sets each scrape filled gigabytes
+    (100,000 of them). Checked with a smaller budget, to stay quick."""
+    monkeypatch.setattr(parser, "_LABELS_CHARS_MAX", 1 << 20)
+    big = "x" * (1 << 17)
+
+    def scrapes() -> None:
+        for i in range(14):
+            parse(f'vllm:num_requests_running{{a="{i}-{big}"}} 1\n', TEXT, WANTED)
+
+    assert retained_bytes(scrapes) < parser._LABELS_CHARS_MAX * 3 // 2
