@@ -52,6 +52,8 @@ class Step:
     snapshot: TargetSnapshot
     text: str  # the target's rendered series
     series: Series  # the same, parsed back: (name, sorted labels) -> value
+    read: str  # repr of the scrape outcome, read with the target's memo
+    fresh: str  # repr of the same body's outcome read without a memo
 
 
 def _check(ok: bool, what: str) -> None:
@@ -170,6 +172,12 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
     )
 
 
+def memo_reads_as_fresh(prev: Step | None, cur: Step) -> None:
+    """The target's memo (``scrape.Memo``: parser ``Layout``, normaliser ``Shape``) only makes a
+    body cheaper to read: the outcome is exactly the one without it (NaN-safe, by repr)."""
+    _check(cur.read == cur.fresh, f"memo path differs: {cur.read[:300]!r} != {cur.fresh[:300]!r}")
+
+
 INVARIANTS: dict[str, Callable[[Step | None, Step], None]] = {
     f.__name__: f
     for f in (
@@ -182,6 +190,7 @@ INVARIANTS: dict[str, Callable[[Step | None, Step], None]] = {
         hits_not_above_queries,
         running_waiting_not_negative,
         identities_not_merged,
+        memo_reads_as_fresh,
     )
 }
 
@@ -209,10 +218,11 @@ def read_back(text: str) -> Series:
 def observe(tracker: TargetTracker, memo: Memo, body: bytes, i: int) -> Step:
     """One scrape as the service makes it: the tracker's identity and the target's memo."""
     ctype = OM if b"# EOF" in body else TEXT
+    fresh = parse_body(body, ctype, T0 + i * STEP, 0.01, tracker.identity_labels)
     outcome = parse_body(body, ctype, T0 + i * STEP, 0.01, tracker.identity_labels, memo)
     snap = tracker.observe(outcome)
     text = "".join(render_target(snap).values())
-    return Step(body, ctype, snap, text, read_back(text))
+    return Step(body, ctype, snap, text, read_back(text), repr(outcome), repr(fresh))
 
 
 def test_one_input(data: bytes, checks: list[Callable[[Step | None, Step], None]] | None = None) -> None:
