@@ -64,3 +64,17 @@ def test_status_page_and_api_still_load_on_use() -> None:
         "assert '<html' in _status_page([TargetSnapshot(name='a', url='http://x/metrics')]).lower()"
     )
     assert {"sidecar.statuspage", "sidecar.explain"} <= loaded
+
+
+def test_mime_types_are_read_on_first_use_not_at_import() -> None:
+    # aiohttp's import used to make mimetypes read the system's tables (~0.35 MB) for nothing;
+    # they must still be read, with the same answers, the first time anyone guesses a type
+    loaded = _modules(
+        "import sidecar.service, mimetypes\n"
+        "assert mimetypes._db is None\n"
+        "assert mimetypes.guess_type('a.json')[0] == 'application/json'\n"
+        "assert mimetypes._db is not None\n"
+        "from aiohttp.web_fileresponse import CONTENT_TYPES\n"
+        "assert CONTENT_TYPES.guess_type('a.html')[0] == 'text/html'"
+    )
+    assert "aiohttp.web_fileresponse" in loaded
