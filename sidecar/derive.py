@@ -88,6 +88,23 @@ class _Layout:
         return self.offsets[i]
 
 
+#: entries of each intern table below; a table that reaches it starts afresh (values only shared)
+BOUNDS_MAX = 1024
+#: layouts, each kept once for all targets: targets of one vLLM build have equal ones (their
+#: generations count from 1 in every history)
+_LAYOUTS: dict[_Layout, _Layout] = {}
+
+
+def _shared_layout(layout: _Layout) -> _Layout:
+    """``layout``, or an equal one already kept (looked up only when a history's layout changes)."""
+    shared = _LAYOUTS.get(layout)
+    if shared is None:
+        if len(_LAYOUTS) >= BOUNDS_MAX:
+            _LAYOUTS.clear()
+        shared = _LAYOUTS[layout] = layout
+    return shared
+
+
 #: one histogram in a point: (layout generation, bounds, cumulative counts, sum, count)
 _Hist = tuple[int, tuple[float, ...], "array[float]", float, float]
 
@@ -244,7 +261,7 @@ class _EngineHistory:
         layout = _Layout(labelled, tuple(bounds), tuple(gens))
         if prev is not None and layout == prev.layout:
             return prev.layout
-        return layout
+        return _shared_layout(layout)
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -454,7 +471,6 @@ def _restarted(
 #: histogram bucket bounds seen, each kept once for every target and scrape (vLLM exposes the same
 #: few layouts everywhere); emptied when it grows past BOUNDS_MAX, so odd exposers cannot grow it
 _BOUNDS: dict[tuple[float, ...], tuple[float, ...]] = {}
-BOUNDS_MAX = 1024
 
 
 def _shared(h: Histogram | None) -> Histogram | None:
