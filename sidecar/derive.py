@@ -222,6 +222,8 @@ class _EngineHistory:
     a point per scrape per engine over the longest window is most of the sidecar's memory).
     """
 
+    __slots__ = ("ts", "layouts", "vs", "last", "seen", "last_t", "gen", "zero_at")
+
     def __init__(self) -> None:
         self.ts = array("d")  # scrape times, ascending as observed
         self.layouts: list[_Layout] = []
@@ -531,6 +533,25 @@ def _paired(m: EngineMetrics) -> EngineMetrics:
 
 class TargetTracker:
     """All history of one target; :meth:`observe` returns the new snapshot."""
+
+    # one per target: slots instead of an instance dict (memory at thousands of targets)
+    __slots__ = (
+        "name",
+        "url",
+        "labels",
+        "windows",
+        "_engines",
+        "_last_start",
+        "_last_keys",
+        "identity_labels",
+        "_out_of_range",
+        "_restart_times",
+        "_restarts",
+        "_errors",
+        "_version",
+        "_last_success",
+        "snapshot",
+    )
 
     def __init__(
         self, name: str, windows: Sequence[Window], *, url: str = "", labels: tuple[tuple[str, str], ...] = ()
