@@ -38,3 +38,17 @@ def __getattr__(name: str) -> str:
     if name == "__version__":
         return _version()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _defer_mime_types() -> None:
+    """aiohttp builds a ``mimetypes.MimeTypes()`` at import (for static files, which the sidecar
+    never serves), and the first one makes ``mimetypes`` read ``/etc/mime.types`` into its
+    module-wide table: ~0.35 MB of heap held for the process's life. Marked initialised, it
+    reads them on the first ``mimetypes.guess_type()`` instead (its own lazy path: the table is
+    built when ``_db`` is still None), and aiohttp's table is the same (built from the defaults)."""
+    import mimetypes
+
+    mimetypes.inited = True  # no change if they were read already: then it is True anyway
+
+
+_defer_mime_types()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from itertools import accumulate
@@ -31,6 +30,7 @@ from typing import Any
 from .diagnose import diagnose
 from .model import (
     NAN,
+    CacheConfig,
     EngineMetrics,
     EngineState,
     Histogram,
@@ -88,6 +88,23 @@ class _Layout:
         return self.offsets[i]
 
 
+#: entries of each intern table below; a table that reaches it starts afresh (values only shared)
+BOUNDS_MAX = 1024
+#: layouts, each kept once for all targets: targets of one vLLM build have equal ones (their
+#: generations count from 1 in every history)
+_LAYOUTS: dict[_Layout, _Layout] = {}
+
+
+def _shared_layout(layout: _Layout) -> _Layout:
+    """``layout``, or an equal one already kept (looked up only when a history's layout changes)."""
+    shared = _LAYOUTS.get(layout)
+    if shared is None:
+        if len(_LAYOUTS) >= BOUNDS_MAX:
+            _LAYOUTS.clear()
+        shared = _LAYOUTS[layout] = layout
+    return shared
+
+
 #: one histogram in a point: (layout generation, bounds, cumulative counts, sum, count)
 _Hist = tuple[int, tuple[float, ...], "array[float]", float, float]
 
@@ -98,6 +115,8 @@ _BASE = _KV + 1
 
 @dataclass(frozen=True, slots=True)
 class _Point:
+    """A view of one point of an :class:`_EngineHistory`, made only while a window reads it."""
+
     t: float
     layout: _Layout
     v: array[float]  # see _Layout
@@ -157,13 +176,17 @@ def histogram_quantile(
     return lower + (bounds[i] - lower) * (rank - below) / in_bucket
 
 
+#: an empty window's latencies: one shared (immutable) value instead of one per window and scrape
+_NO_LATENCY = LatencyStats()
+
+
 def _latency(base: _Hist | None, cur: _Hist | None) -> LatencyStats | None:
     if cur is None or base is None or base[0] != cur[0]:
         return None
     counts = list(accumulate(map(sub, cur[2], base[2]), max))
     n = cur[4] - base[4]
     if n <= 0:
-        return LatencyStats()
+        return _NO_LATENCY
     qs = [histogram_quantile(q, cur[1], counts, monotonic=True) for q in QUANTILES]
     return LatencyStats((cur[3] - base[3]) / n, *qs)
 
@@ -192,10 +215,19 @@ def _merge(old: EngineMetrics | None, m: EngineMetrics) -> EngineMetrics:
 
 
 class _EngineHistory:
-    """Accumulated samples of one (model_name, engine), bounded to the longest window."""
+    """Accumulated samples of one (model_name, engine), bounded to the longest window.
+
+    Point ``i`` is ``ts[i]``, ``layouts[i]`` and ``vs[i]``: three parallel sequences instead of
+    an object and a boxed time per point (96 bytes of the ~120 a point cost beside its numbers;
+    a point per scrape per engine over the longest window is most of the sidecar's memory).
+    """
+
+    __slots__ = ("ts", "layouts", "vs", "last", "seen", "last_t", "gen", "zero_at")
 
     def __init__(self) -> None:
-        self.points: deque[_Point] = deque()
+        self.ts = array("d")  # scrape times, ascending as observed
+        self.layouts: list[_Layout] = []
+        self.vs: list[array[float]] = []  # consecutive equal numbers share one array
         #: the last seen values of the counters as derived (hit/query pairs complete)
         self.last: EngineMetrics | None = None
         #: the last seen value of every counter as exposed, kept for the target's life: a
@@ -231,16 +263,22 @@ class _EngineHistory:
         layout = _Layout(labelled, tuple(bounds), tuple(gens))
         if prev is not None and layout == prev.layout:
             return prev.layout
-        return layout
+        return _shared_layout(layout)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def point(self, i: int) -> _Point:
+        return _Point(self.ts[i], self.layouts[i], self.vs[i])
 
     def add(self, t: float, m: EngineMetrics, reset: bool) -> None:
-        if not self.points and self.last is not None and self.last_t is not None and self.last_t < t:
+        if not self.ts and self.last is not None and self.last_t is not None and self.last_t < t:
             # back after its history expired: count from the last seen values, not from zero
             self._append(self.last_t, self.last, False)
         self._append(t, m, reset)
 
     def _append(self, t: float, m: EngineMetrics, reset: bool) -> None:
-        prev = self.points[-1] if self.points else None
+        prev = self.point(-1) if self.ts else None
         before = self.last if prev is not None else None
         layout = self._layout(prev, before, m)
         v = array("d", bytes(8 * layout.width))
@@ -279,7 +317,9 @@ class _EngineHistory:
                 v[-1] = prev.v[-1] + _delta(m.prompt_len.count, pb.count, False)
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
-        self.points.append(_Point(t, layout, v))
+        self.ts.append(t)
+        self.layouts.append(layout)
+        self.vs.append(v)
         self.last = _merge(self.last, m)
         self.last_t = t
 
@@ -290,35 +330,39 @@ class _EngineHistory:
 
     def prune(self, horizon: float) -> None:
         """Keep one point at or before ``horizon`` (the baseline of the longest window)."""
-        pts = self.points
-        while len(pts) >= 2 and pts[1].t <= horizon:
-            pts.popleft()
+        ts, k = self.ts, 0
+        while len(ts) - k >= 2 and ts[k + 1] <= horizon:
+            k += 1
+        if k:
+            del ts[:k], self.layouts[:k], self.vs[:k]
 
-    def baseline(self, t0: float) -> _Point:
-        """The latest point at or before ``t0``, else the oldest we have. A zero point from
-        ``_created`` counts only inside the window (before it, vLLM's counts are unknown)."""
-        pts = self.points
-        base = pts[0]
-        if base.t == self.zero_at and base.t < t0 and len(pts) > 1:
-            base = pts[1]
-        for p in pts:
-            if p.t <= t0:
-                if p.t != self.zero_at:
-                    base = p
+    def baseline(self, t0: float) -> int:
+        """The index of the latest point at or before ``t0``, else of the oldest we have. A zero
+        point from ``_created`` counts only inside the window (before it, vLLM's counts are
+        unknown)."""
+        ts = self.ts
+        base = 0
+        if ts[0] == self.zero_at and ts[0] < t0 and len(ts) > 1:
+            base = 1
+        for i, t in enumerate(ts):
+            if t <= t0:
+                if t != self.zero_at:
+                    base = i
             else:
                 break
         return base
 
     def clear(self) -> None:
         """Forget the history, keep the last seen values (the engine left the body for a while)."""
-        self.points.clear()
+        del self.ts[:], self.layouts[:], self.vs[:]
         self.zero_at = None
 
     def window(self, w: Window, now: float, resets: int) -> WindowStats:
-        cur = self.points[-1]
-        base = self.baseline(now - w.seconds)
-        if base is cur:
+        last = len(self.ts) - 1
+        at = self.baseline(now - w.seconds)
+        if at == last:
             return WindowStats(w.label, w.seconds, 0.0, resets=resets)
+        cur, base = self.point(last), self.point(at)
         queries, hits, prompt, gen, pre, ext_q, ext_h = (cur.v[i] - base.v[i] for i in range(len(COUNTERS)))
         blab = base.labelled()
         inc: dict[str, dict[str, float]] = {f: {} for f in LABELLED}
@@ -328,7 +372,7 @@ class _EngineHistory:
         tiers = tuple((k, (q, inc["tier_hits"].get(k, 0.0))) for k, q in sorted(inc["tier_queries"].items()))
         lat = []
         for i, phase in enumerate(PHASES):
-            stats = _latency(self._hist_base(i, base, cur), cur.hist(i))
+            stats = _latency(self._hist_base(i, base, cur, last), cur.hist(i))
             if stats is not None:
                 lat.append((phase, stats))
         (s0, n0), (s1, n1) = base.prompt_len(), cur.prompt_len()
@@ -358,29 +402,29 @@ class _EngineHistory:
             resets=resets,
         )
 
-    def _hist_base(self, i: int, base: _Point, cur: _Point) -> _Hist | None:
-        """The window's baseline histogram, moved forward past a bucket-layout change."""
+    def _hist_base(self, i: int, base: _Point, cur: _Point, last: int) -> _Hist | None:
+        """The window's baseline histogram, moved forward past a bucket-layout change
+        (``last``: the index of ``cur``)."""
         gen = cur.layout.gens[i]
         if cur.layout.bounds[i] is None:
             return None
         if base.layout.gens[i] == gen:
             return base.hist(i)
-        for p in self.points:
-            if p is cur:
+        for j, (t, layout) in enumerate(zip(self.ts, self.layouts)):
+            if j == last:
                 return None  # the layout only just changed: no baseline to subtract yet
-            if p.t >= base.t and p.layout.gens[i] == gen:
-                return p.hist(i)
+            if t >= base.t and layout.gens[i] == gen:
+                return self.point(j).hist(i)
         return None
 
     def ratio_series(self) -> array[float]:
         """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines)."""
         out = array("d")
-        prev = None
-        for p in self.points:
-            if prev is not None:
-                out.append(p.t)
-                out.append(_ratio(p.v[1] - prev.v[1], p.v[0] - prev.v[0]))
-            prev = p
+        vs = self.vs
+        for j in range(1, len(vs)):
+            v, pv = vs[j], vs[j - 1]
+            out.append(self.ts[j])
+            out.append(_ratio(v[1] - pv[1], v[0] - pv[0]))
         return out
 
 
@@ -426,6 +470,52 @@ def _restarted(
     return frozenset(e.key for e in cur.engines if e.key in old and _engine_restarted(old[e.key], e))
 
 
+#: histogram bucket bounds seen, each kept once for every target and scrape (vLLM exposes the same
+#: few layouts everywhere); emptied when it grows past BOUNDS_MAX, so odd exposers cannot grow it
+_BOUNDS: dict[tuple[float, ...], tuple[float, ...]] = {}
+
+
+def _shared(h: Histogram | None) -> Histogram | None:
+    if h is None:
+        return None
+    b = _BOUNDS.get(h.bounds)
+    if b is None:
+        if len(_BOUNDS) >= BOUNDS_MAX:
+            _BOUNDS.clear()
+        b = _BOUNDS[h.bounds] = h.bounds
+    return h if b is h.bounds else Histogram(b, h.counts, h.sum, h.count)
+
+
+def _shared_bounds(m: EngineMetrics) -> EngineMetrics:
+    """``m`` with its histograms' bounds taken from :data:`_BOUNDS`: equal values, but the
+    tuples the tracker and the snapshot keep (~40 floats each) exist once, not per target."""
+    change: dict[str, Any] = {}
+    for f in HISTS:
+        h = getattr(m, f)
+        s = _shared(h)
+        if s is not h:
+            change[f] = s
+    return replace(m, **change) if change else m
+
+
+#: the targets' ``cache_config_info`` values, each kept once however many replicas share it
+#: (bounded like :data:`_BOUNDS`)
+_CONFIGS: dict[tuple[CacheConfig, ...], tuple[CacheConfig, ...]] = {}
+
+
+def _shared_configs(prev: tuple[CacheConfig, ...], cur: tuple[CacheConfig, ...]) -> tuple[CacheConfig, ...]:
+    """``cur``, or an equal tuple already kept: the target's previous one (one comparison per
+    scrape), else another target's (a config's label tuple is ~2 KiB per target otherwise)."""
+    if cur == prev:
+        return prev
+    shared = _CONFIGS.get(cur)
+    if shared is None:
+        if len(_CONFIGS) >= BOUNDS_MAX:
+            _CONFIGS.clear()
+        shared = _CONFIGS[cur] = cur
+    return shared
+
+
 def _paired(m: EngineMetrics) -> EngineMetrics:
     """For derivation, a hit counter counts only with its query counter: when one of a pair is
     absent (or was refused), both are, so a window never sees hits without their queries."""
@@ -444,6 +534,25 @@ def _paired(m: EngineMetrics) -> EngineMetrics:
 class TargetTracker:
     """All history of one target; :meth:`observe` returns the new snapshot."""
 
+    # one per target: slots instead of an instance dict (memory at thousands of targets)
+    __slots__ = (
+        "name",
+        "url",
+        "labels",
+        "windows",
+        "_engines",
+        "_last_start",
+        "_last_keys",
+        "identity_labels",
+        "_out_of_range",
+        "_restart_times",
+        "_restarts",
+        "_errors",
+        "_version",
+        "_last_success",
+        "snapshot",
+    )
+
     def __init__(
         self, name: str, windows: Sequence[Window], *, url: str = "", labels: tuple[tuple[str, str], ...] = ()
     ):
@@ -460,7 +569,7 @@ class TargetTracker:
         #: identity labels seen so far: they stay for the target's life (contract "Identity")
         self.identity_labels: frozenset[str] = frozenset()
         self._out_of_range: dict[str, int] = {}
-        self._restart_times: deque[float] = deque()
+        self._restart_times: list[float] = []  # a list: an empty deque costs a 600-byte block
         self._restarts = 0
         self._errors: dict[str, int] = {}
         self._version: str | None = None
@@ -522,7 +631,7 @@ class TargetTracker:
         self._last_keys = frozenset(e.key for e in norm.engines)
         self._last_success = t
         engines = []
-        for m in norm.engines:
+        for m in map(_shared_bounds, norm.engines):
             hist = self._engines.get(m.key)
             if hist is None:
                 hist = self._engines[m.key] = _EngineHistory()
@@ -547,7 +656,7 @@ class TargetTracker:
             refused=norm.refused,
             out_of_range=tuple(sorted(self._out_of_range.items())),
             engines=tuple(engines),
-            cache_configs=norm.cache_configs,
+            cache_configs=_shared_configs(self.snapshot.cache_configs, norm.cache_configs),
             restart_times=self._recent_restarts(t),
         )
         self.snapshot = replace(snap, diagnoses=diagnose(snap))
@@ -562,15 +671,18 @@ class TargetTracker:
             hist.start_at_zero(began, m)
 
     def _recent_restarts(self, now: float) -> tuple[float, ...]:
-        while self._restart_times and self._restart_times[0] < now - self.longest:
-            self._restart_times.popleft()
-        return tuple(self._restart_times)
+        times = self._restart_times
+        k = 0
+        while k < len(times) and times[k] < now - self.longest:
+            k += 1
+        del times[:k]
+        return tuple(times)
 
     def _forget_stale(self, now: float) -> None:
         """Free the history of engines not seen for a whole longest window; their last seen
         values stay (a counter that comes back lower is a restart, whenever it comes back)."""
         for h in self._engines.values():
-            if h.points and h.points[-1].t < now - self.longest:
+            if h.ts and h.ts[-1] < now - self.longest:
                 h.clear()
 
     def _engine_state(self, hist: _EngineHistory, m: EngineMetrics, now: float) -> EngineState:

@@ -20,7 +20,7 @@ REASONS = ("timeout", "connect", "http_status", "too_large", "parse", "no_vllm_m
 SEVERITIES = ("info", "warning", "critical")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Window:
     """A look-back window, labelled exactly as the user wrote it (``1m``)."""
 
@@ -28,7 +28,7 @@ class Window:
     seconds: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Histogram:
     """A cumulative histogram: ``bounds`` (upper bounds, ascending) and their cumulative counts."""
 
@@ -43,7 +43,7 @@ class Histogram:
         return tuple(zip(self.bounds, self.counts))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EngineMetrics:
     """One engine's vLLM metrics from one scrape, under era-independent names.
 
@@ -85,7 +85,7 @@ class EngineMetrics:
         return (self.model_name, self.engine, self.replica)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CacheConfig:
     """``vllm:cache_config_info`` of one engine."""
 
@@ -101,7 +101,7 @@ class CacheConfig:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Refused:
     """A sample the sidecar refused as impossible (contract "Impossible values").
 
@@ -127,7 +127,7 @@ class Refused:
 EXPOSERS = ("vllm", "ray-serve", "production-stack-router")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Normalised:
     """Everything the sidecar reads from one ``/metrics`` body."""
 
@@ -149,7 +149,7 @@ class Normalised:
         return self.vllm_series > 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LatencyStats:
     mean: float = NAN
     p50: float = NAN
@@ -160,7 +160,7 @@ class LatencyStats:
         return {"mean": self.mean, "p50": self.p50, "p90": self.p90, "p99": self.p99}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WindowStats:
     """What happened in one look-back window (restart-safe increases)."""
 
@@ -223,7 +223,7 @@ class WindowStats:
         return self.rate(self.preemptions)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EngineState:
     """Derived state of one (model_name, engine) of a target."""
 
@@ -253,7 +253,7 @@ class EngineState:
         return self.current.prefix_queries is None and self.current.v0_hit_rate is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Diagnosis:
     """One finding of the contract's table: ``code`` and ``severity`` are fixed strings."""
 
@@ -266,7 +266,7 @@ class Diagnosis:
         return dict(self.evidence)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TargetSnapshot:
     """The sidecar's whole view of one target after its latest scrape."""
 

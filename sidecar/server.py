@@ -1,6 +1,8 @@
 """The sidecar's HTTP face: /metrics, /healthz, /readyz, /api/v1/targets and the status page.
 
 Handlers only read the current snapshots; no request can make the sidecar fetch anything.
+The status page and the JSON API (with ``explain``, their largest dependency) are imported on
+their first request: a service nobody looks at does not carry them (start-up RSS, issue 11).
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import choose_encoder
 
-from . import statuspage
-from .api import targets_document
 from .model import TargetSnapshot
 
 
@@ -28,6 +28,8 @@ class State(Protocol):
 
 
 def _status_page(snapshots: Sequence[TargetSnapshot]) -> str:
+    from . import statuspage  # on first use: see the module docstring
+
     return statuspage.render(snapshots, time.time())
 
 
@@ -48,6 +50,8 @@ def build_app(state: State, middlewares: Sequence[Middleware] = ()) -> web.Appli
         return web.Response(status=503, text="waiting for first scrape of: " + ", ".join(waiting) + "\n")
 
     async def targets(request: web.Request) -> web.Response:
+        from .api import targets_document  # on first use: see the module docstring
+
         doc = targets_document(state.snapshots())
         return web.Response(text=json.dumps(doc, allow_nan=False), content_type="application/json")
 
