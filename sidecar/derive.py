@@ -222,12 +222,15 @@ class _EngineHistory:
     a point per scrape per engine over the longest window is most of the sidecar's memory).
     """
 
-    __slots__ = ("ts", "layouts", "vs", "last", "seen", "last_t", "gen", "zero_at")
+    __slots__ = ("ts", "layouts", "vs", "ratios", "last", "seen", "last_t", "gen", "zero_at")
 
     def __init__(self) -> None:
         self.ts = array("d")  # scrape times, ascending as observed
         self.layouts: list[_Layout] = []
         self.vs: list[array[float]] = []  # consecutive equal numbers share one array
+        #: :meth:`ratio_series`, kept up to date point by point; replaced, never changed in
+        #: place, so the snapshot that holds it stays as it was
+        self.ratios = array("d")
         #: the last seen values of the counters as derived (hit/query pairs complete)
         self.last: EngineMetrics | None = None
         #: the last seen value of every counter as exposed, kept for the target's life: a
@@ -317,6 +320,11 @@ class _EngineHistory:
                 v[-1] = prev.v[-1] + _delta(m.prompt_len.count, pb.count, False)
         if prev is not None and layout is prev.layout and v == prev.v:
             v = prev.v  # an idle engine: share the numbers instead of copying them
+        if prev is not None:
+            ratios = array("d", self.ratios)  # a copy (memcpy): the last snapshot keeps the old one
+            ratios.append(t)
+            ratios.append(_ratio(v[1] - prev.v[1], v[0] - prev.v[0]))
+            self.ratios = ratios
         self.ts.append(t)
         self.layouts.append(layout)
         self.vs.append(v)
@@ -335,6 +343,7 @@ class _EngineHistory:
             k += 1
         if k:
             del ts[:k], self.layouts[:k], self.vs[:k]
+            self.ratios = self.ratios[2 * k :]  # the ratios of points 1..k: their predecessors left
 
     def baseline(self, t0: float) -> int:
         """The index of the latest point at or before ``t0``, else of the oldest we have. A zero
@@ -355,6 +364,7 @@ class _EngineHistory:
     def clear(self) -> None:
         """Forget the history, keep the last seen values (the engine left the body for a while)."""
         del self.ts[:], self.layouts[:], self.vs[:]
+        self.ratios = array("d")
         self.zero_at = None
 
     def window(self, w: Window, now: float, resets: int) -> WindowStats:
@@ -418,14 +428,10 @@ class _EngineHistory:
         return None
 
     def ratio_series(self) -> array[float]:
-        """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines)."""
-        out = array("d")
-        vs = self.vs
-        for j in range(1, len(vs)):
-            v, pv = vs[j], vs[j - 1]
-            out.append(self.ts[j])
-            out.append(_ratio(v[1] - pv[1], v[0] - pv[0]))
-        return out
+        """t1, r1, t2, r2, ...: the hit ratio between consecutive points (sparklines). Kept as
+        points come and go (a copy per scrape instead of a pass over every point: 300 points per
+        engine at 1 s), shared with the snapshot: never change it in place."""
+        return self.ratios
 
 
 def _zero_hist(h: Histogram | None) -> Histogram | None:

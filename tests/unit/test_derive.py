@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -235,3 +236,29 @@ def test_real_data_parallel_capture_is_two_engines_never_summed(folder):
     assert snap.restarts == 0 and "counter_reset" not in {d.code for d in snap.diagnoses}
     outcome = parse_body(last, None, caps[-1].ts, 0.01)
     assert outcome.normalised.admission_rejections == 0.0
+
+
+def test_ratio_series_follows_the_history_and_snapshots_keep_theirs() -> None:
+    """The sparkline series is kept point by point (pruned, cleared when the engine leaves):
+    always the hit ratio between consecutive history points, and a snapshot's series never
+    changes after later scrapes."""
+    body = load_capture("vllm-0.32.0/prefix_on_shared")[-1].body
+    tr = TargetTracker("t", [Window("1m", 60.0)])
+    kept: list[tuple[Sequence[float], list[float]]] = []
+    t = 1e9
+    for i in range(40):
+        if i == 25:
+            t += 200.0  # away for longer than the window: history cleared, then rebuilt
+        t += 5.0
+        b = set_value(set_value(body, Q, 1000.0 + 97 * i), H, 10.0 + 41 * i + (i % 3))
+        snap = tr.observe(parse_body(b, None, t, 0.01))
+        hist = next(iter(tr._engines.values()))
+        ts, vs = hist.ts, hist.vs
+        expected: list[float] = []
+        for j in range(1, len(vs)):
+            expected += [ts[j], (vs[j][1] - vs[j - 1][1]) / (vs[j][0] - vs[j - 1][0])]
+        series = snap.engines[0].ratio_series
+        assert list(series) == expected
+        kept.append((series, list(series)))  # the snapshot's own object, and a copy of it now
+    assert all(list(held) == then for held, then in kept)
+    assert len(hist.ts) < 20  # the window pruned it
