@@ -312,3 +312,25 @@ def test_only_three_filtered_timeouts_in_a_row_fall_back_to_full():
         assert state.timed_out() is None and state.mode == "filtered"
     note = state.timed_out()
     assert note and "in a row timed out" in note and state.mode == "full"
+
+
+def test_a_memo_judges_as_check_and_remembers_only_what_decides() -> None:
+    """``scrape.Memo.judge`` gives ``check``'s verdict; it reuses it only for a body read by the
+    same learnt layout and asked with the same names."""
+    from sidecar.scrape import Memo
+
+    full = (V032 / "004.prom").read_bytes()
+    names = request_names([s[0] for s in parse(full, TEXT, WANTED).samples])
+    fewer = names[:-3]
+    ok, _ = restricted_body(full, TEXT, names, TEXT)
+    missing, _ = restricted_body(full, TEXT, fewer, TEXT)
+    memo = Memo()
+    verdicts = []
+    for body, asked in [(ok, names), (ok, names), (full, names), (missing, names), (missing, fewer)]:
+        parsed = parse(body, TEXT, WANTED, memo.layout)
+        expected = check(200, [s[0] for s in parsed.samples], asked, parsed.vllm_lines)
+        verdicts.append(memo.judge(parsed, asked))
+        assert verdicts[-1] == expected
+    assert verdicts[1] is verdicts[0]  # the same layout and names: remembered
+    assert [v.honoured for v in verdicts] == [True, True, True, False, True]
+    assert verdicts[2].ignored and verdicts[3].missing
