@@ -139,9 +139,15 @@ def identities_not_merged(prev: Step | None, cur: Step) -> None:
     a body with N such identities (valid query counters) exports at least N query series."""
     if not cur.snapshot.up:
         return
-    # vLLM's names, new first, then the deprecated ones (read only where the new is absent)
-    q_names = ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total")
-    h_names = ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total")
+    # vLLM's names in the normaliser's order: new before deprecated, and each as ``_total`` before
+    # its bare name (``LLM.get_metrics()``), read only where the ones before it are absent
+    q_names = (
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_queries",
+        "vllm:gpu_prefix_cache_queries_total",
+        "vllm:gpu_prefix_cache_queries",
+    )
+    h_names = tuple(n.replace("queries", "hits") for n in q_names)
     try:
         samples = parse(cur.body, cur.content_type, {*q_names, *h_names}).samples
     except ParseError:
