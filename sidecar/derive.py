@@ -28,6 +28,7 @@ from operator import add, sub
 from typing import Any
 
 from .diagnose import diagnose
+from .interning import SharedTable
 from .model import (
     NAN,
     CacheConfig,
@@ -92,17 +93,12 @@ class _Layout:
 BOUNDS_MAX = 1024
 #: layouts, each kept once for all targets: targets of one vLLM build have equal ones (their
 #: generations count from 1 in every history)
-_LAYOUTS: dict[_Layout, _Layout] = {}
+_LAYOUTS: SharedTable[_Layout, _Layout] = SharedTable(BOUNDS_MAX)
 
 
 def _shared_layout(layout: _Layout) -> _Layout:
     """``layout``, or an equal one already kept (looked up only when a history's layout changes)."""
-    shared = _LAYOUTS.get(layout)
-    if shared is None:
-        if len(_LAYOUTS) >= BOUNDS_MAX:
-            _LAYOUTS.clear()
-        shared = _LAYOUTS[layout] = layout
-    return shared
+    return _LAYOUTS.share(layout, layout)
 
 
 #: one histogram in a point: (layout generation, bounds, cumulative counts, sum, count)
@@ -478,17 +474,13 @@ def _restarted(
 
 #: histogram bucket bounds seen, each kept once for every target and scrape (vLLM exposes the same
 #: few layouts everywhere); emptied when it grows past BOUNDS_MAX, so odd exposers cannot grow it
-_BOUNDS: dict[tuple[float, ...], tuple[float, ...]] = {}
+_BOUNDS: SharedTable[tuple[float, ...], tuple[float, ...]] = SharedTable(BOUNDS_MAX)
 
 
 def _shared(h: Histogram | None) -> Histogram | None:
     if h is None:
         return None
-    b = _BOUNDS.get(h.bounds)
-    if b is None:
-        if len(_BOUNDS) >= BOUNDS_MAX:
-            _BOUNDS.clear()
-        b = _BOUNDS[h.bounds] = h.bounds
+    b = _BOUNDS.share(h.bounds, h.bounds)
     return h if b is h.bounds else Histogram(b, h.counts, h.sum, h.count)
 
 
@@ -506,7 +498,7 @@ def _shared_bounds(m: EngineMetrics) -> EngineMetrics:
 
 #: the targets' ``cache_config_info`` values, each kept once however many replicas share it
 #: (bounded like :data:`_BOUNDS`)
-_CONFIGS: dict[tuple[CacheConfig, ...], tuple[CacheConfig, ...]] = {}
+_CONFIGS: SharedTable[tuple[CacheConfig, ...], tuple[CacheConfig, ...]] = SharedTable(BOUNDS_MAX)
 
 
 def _shared_configs(prev: tuple[CacheConfig, ...], cur: tuple[CacheConfig, ...]) -> tuple[CacheConfig, ...]:
@@ -514,12 +506,7 @@ def _shared_configs(prev: tuple[CacheConfig, ...], cur: tuple[CacheConfig, ...])
     scrape), else another target's (a config's label tuple is ~2 KiB per target otherwise)."""
     if cur == prev:
         return prev
-    shared = _CONFIGS.get(cur)
-    if shared is None:
-        if len(_CONFIGS) >= BOUNDS_MAX:
-            _CONFIGS.clear()
-        shared = _CONFIGS[cur] = cur
-    return shared
+    return _CONFIGS.share(cur, cur)
 
 
 def _paired(m: EngineMetrics) -> EngineMetrics:

@@ -20,6 +20,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from . import _version
+from .interning import SharedTable
 from .model import REASONS, EngineState, TargetSnapshot, WindowStats, ratio
 
 P = "vllm_sidecar_"
@@ -154,9 +155,8 @@ def _number(x: float) -> str:
 #: family -> its sample name
 _NAMES = {short: P + short + ("_total" if typ == "counter" else "") for short, (typ, _) in FAMILIES.items()}
 #: extra label pairs -> their escaped ``,k="v"`` text: a small vocabulary (reasons, sources,
-#: quantiles, codes) shared by every target; emptied if it ever grows past _EXTRA_MAX
-_EXTRA: dict[Pairs, str] = {}
-_EXTRA_MAX = 4096
+#: quantiles, codes) shared by every target; emptied if it ever grows past 4,096 entries
+_EXTRA: SharedTable[Pairs, str] = SharedTable(4096)
 #: the names the traversal gives series as extra labels; a series with another extra name, or
 #: under shared labels that name one of these, is rendered the slow way (still correct)
 _EXTRA_NAMES = frozenset(
@@ -177,9 +177,7 @@ def _extra(extra: Pairs) -> str | None:
     if text is None:
         if any(k not in _EXTRA_NAMES for k, _ in extra):
             return None
-        if len(_EXTRA) >= _EXTRA_MAX:
-            _EXTRA.clear()
-        text = _EXTRA[extra] = "".join(f',{k}="{_escape(v)}"' for k, v in extra)
+        text = _EXTRA.add(extra, "".join(f',{k}="{_escape(v)}"' for k, v in extra))
     return text
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from .interning import SharedTable
 from .model import CacheConfig, EngineMetrics, Histogram, Normalised, Refused
 from .parser import ParseError, Sample
 
@@ -357,11 +358,8 @@ class Shape:
 #: shapes shared by targets (a fleet of one model answers the same series); bounded by entries and
 #: by the samples they hold (a body of a million series must not stay in memory a thousand times);
 #: a learnt shape counts its samples three times (names, label sets, ops): ~250 shapes of 129
-_INTERNED: dict[Any, Any] = {}
-_INTERNED_MAX = 3_000
-_INTERNED_SAMPLES_MAX = 100_000
+_INTERNED: SharedTable[Any, Any] = SharedTable(3_000, 100_000)
 _LEARN_MAX_SAMPLES = 10_000  # the real 0.32 body holds 129 wanted samples
-_interned_samples = 0
 
 
 def _intern(obj: Any, samples: int) -> Any:
@@ -369,16 +367,7 @@ def _intern(obj: Any, samples: int) -> Any:
 
 
 def _intern_as(key: Any, obj: Any, samples: int) -> Any:
-    global _interned_samples
-    found = _INTERNED.get(key)
-    if found is not None:
-        return found
-    if len(_INTERNED) >= _INTERNED_MAX or _interned_samples + samples > _INTERNED_SAMPLES_MAX:
-        _INTERNED.clear()
-        _interned_samples = 0
-    _INTERNED[key] = obj
-    _interned_samples += samples
-    return obj
+    return _INTERNED.share(key, obj, samples)
 
 
 def normalise(

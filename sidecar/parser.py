@@ -13,6 +13,8 @@ import re
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 
+from .interning import SharedTable
+
 #: a sample: (name, labels as ((key, value), ...) in body order, value)
 Sample = tuple[str, tuple[tuple[str, str], ...], float]
 
@@ -25,20 +27,13 @@ _ESCAPE_RE = re.compile(r"\\[\\\"n]")
 #: raw label-set text -> parsed labels, shared by all targets (bounded by entries and by the
 #: characters held, or a target sending new 100 kB label sets would fill gigabytes; cleared
 #: when full)
-_LABELS: dict[str, tuple[tuple[str, str], ...]] = {}
-_LABELS_MAX = 100_000
-_LABELS_CHARS_MAX = 16 << 20  # the real label sets average 60 chars: 100,000 of them fit
-_labels_chars = 0
+#: the cost of an entry is twice its text (the key and about as much in the parsed values); the
+#: real label sets average 60 chars, so 100,000 of them fit in 16 M
+_LABELS: SharedTable[str, tuple[tuple[str, str], ...]] = SharedTable(100_000, 16 << 20)
 
 
 def _remember_labels(raw: str, labels: tuple[tuple[str, str], ...]) -> None:
-    global _labels_chars
-    chars = 2 * len(raw)  # the key and about as much in the parsed values
-    if len(_LABELS) >= _LABELS_MAX or _labels_chars + chars > _LABELS_CHARS_MAX:
-        _LABELS.clear()
-        _labels_chars = 0
-    _LABELS[raw] = labels
-    _labels_chars += chars
+    _LABELS.add(raw, labels, 2 * len(raw))
 
 
 class ParseError(ValueError):
@@ -188,10 +183,7 @@ class Layout:
 
 #: layouts shared by targets; bounded by entries and by their cost (about bytes: the text kept and
 #: ~80 per line), or a target answering a different 2 MB body each scrape would keep gigabytes here
-_LAYOUTS: dict[tuple[_Entry, ...], tuple[_Entry, ...]] = {}
-_LAYOUTS_MAX = 1_000
-_LAYOUTS_COST_MAX = 32 << 20
-_layouts_cost = 0
+_LAYOUTS: SharedTable[tuple[_Entry, ...], tuple[_Entry, ...]] = SharedTable(1_000, 32 << 20)
 #: bodies above these are not learnt (a blank line costs ~80 bytes in a layout); the real 0.32
 #: body has 609 lines and 50 kB
 _LEARN_MAX_LINES = 20_000
@@ -203,17 +195,10 @@ def _cost(entries: tuple[_Entry, ...]) -> int:
 
 
 def _intern(entries: tuple[_Entry, ...]) -> tuple[_Entry, ...]:
-    global _layouts_cost
     found = _LAYOUTS.get(entries)
     if found is not None:
         return found
-    cost = _cost(entries)
-    if len(_LAYOUTS) >= _LAYOUTS_MAX or _layouts_cost + cost > _LAYOUTS_COST_MAX:
-        _LAYOUTS.clear()
-        _layouts_cost = 0
-    _LAYOUTS[entries] = entries
-    _layouts_cost += cost
-    return entries
+    return _LAYOUTS.add(entries, entries, _cost(entries))
 
 
 def _lone_token(rest: str) -> bool:

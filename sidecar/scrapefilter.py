@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from .interning import SharedTable
 from .normalize import CACHE_CONFIGS, PROCESS_START, ROUTES, WANTED, is_vllm_name
 
 AUTO, OFF = "auto", "off"
@@ -53,7 +54,7 @@ PROBE_INTERVAL = 600.0
 #: wanted names that alone do not make a filter worth it (see the module docstring)
 _STATIC = CACHE_CONFIGS | {PROCESS_START}
 #: name lists in use, one tuple per distinct list (bounded: a handful of vLLM versions)
-_SHARED: dict[tuple[str, ...], tuple[str, ...]] = {}
+_SHARED: SharedTable[tuple[str, ...], tuple[str, ...]] = SharedTable(64)
 
 
 def family_of(sample_name: str) -> str:
@@ -102,7 +103,7 @@ def request_names(present: Iterable[str], wanted: Collection[str] = WANTED) -> t
     names = tuple(sorted(n for n in wanted if n in present))
     if not any(n not in _STATIC for n in names):
         return ()
-    return _SHARED.setdefault(names, names) if len(_SHARED) < 64 else names
+    return _SHARED.share(names, names)
 
 
 @dataclass(frozen=True)

@@ -177,18 +177,18 @@ def test_the_shared_layouts_stay_bounded_in_memory() -> None:
         for i in range(30):
             parse("\n".join([f"# {i}", *lines, ""]), TEXT, WANTED, layout)
 
-    assert retained_bytes(scrapes) < parser._LAYOUTS_COST_MAX * 3 // 2
+    assert retained_bytes(scrapes) < parser._LAYOUTS.max_cost * 3 // 2
     assert layout.entries  # learnt all the same
 
 
 def test_the_label_set_cache_stays_bounded_in_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """``_LABELS`` was bounded by entries only: new 1 MB label sets each scrape filled gigabytes
     (100,000 of them). Checked with a smaller budget, to stay quick."""
-    monkeypatch.setattr(parser, "_LABELS_CHARS_MAX", 1 << 20)
+    monkeypatch.setattr(parser._LABELS, "max_cost", 1 << 20)
     big = "x" * (1 << 17)
 
     def scrapes() -> None:
         for i in range(14):
             parse(f'vllm:num_requests_running{{a="{i}-{big}"}} 1\n', TEXT, WANTED)
 
-    assert retained_bytes(scrapes) < parser._LABELS_CHARS_MAX * 3 // 2
+    assert retained_bytes(scrapes) < parser._LABELS.max_cost * 3 // 2

@@ -45,7 +45,7 @@ def test_a_malformed_label_set_still_fails_after_good_ones_were_cached():
 
 def test_cache_is_bounded(monkeypatch):
     parser._LABELS.clear()
-    monkeypatch.setattr(parser, "_LABELS_MAX", 3)
+    monkeypatch.setattr(parser._LABELS, "max_entries", 3)
     body = "".join(f'vllm:kv_cache_usage_perc{{engine="{i}"}} 1\n' for i in range(10))
     assert len(parse(body).samples) == 10
     assert len(parser._LABELS) <= 3

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 
 SIDECAR = Path(__file__).resolve().parents[2] / "sidecar"
-PURE = ("parser", "normalize", "derive", "diagnose", "explain", "model", "exporter", "scrapefilter", "api")
+PURE = (
+    "parser",
+    "normalize",
+    "derive",
+    "diagnose",
+    "explain",
+    "model",
+    "exporter",
+    "scrapefilter",
+    "api",
+    "interning",
+)
 #: modules whose import means I/O (network, event loop, processes, settings files)
 IO_MODULES = {
     "aiohttp",

@@ -152,8 +152,8 @@ def test_a_huge_body_is_not_learnt_and_the_shared_table_stays_bounded() -> None:
     assert shape.static is None
     for i in range(12):
         normalise(body(i, 9_000), shape=shape)
-        held = sum(len(v) for v in normalize._INTERNED.values() if isinstance(v, tuple)) // 2
-        assert held <= normalize._INTERNED_SAMPLES_MAX
+        held = sum(len(v) for v in normalize._INTERNED.table.values() if isinstance(v, tuple)) // 2
+        assert held <= normalize._INTERNED.max_cost
 
 
 #: sample lines up to their value: engines, identity labels, histograms (``le`` spelt several
