@@ -14,14 +14,14 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fuzz.common import instrumented, main
 
 with instrumented(__name__ == "__main__"):
     from sidecar.derive import TargetTracker
     from sidecar.exporter import render_target
-    from sidecar.model import TargetSnapshot, Window
+    from sidecar.model import ScrapeOutcome, TargetSnapshot, Window
     from sidecar.parser import ParseError, parse
     from sidecar.scrape import Memo, parse_body
 
@@ -228,7 +228,18 @@ def observe(tracker: TargetTracker, memo: Memo, body: bytes, i: int) -> Step:
     outcome = parse_body(body, ctype, T0 + i * STEP, 0.01, tracker.identity_labels, memo)
     snap = tracker.observe(outcome)
     text = "".join(render_target(snap).values())
-    return Step(body, ctype, snap, text, read_back(text), repr(outcome), repr(fresh))
+    return Step(body, ctype, snap, text, read_back(text), comparable(outcome), comparable(fresh))
+
+
+def comparable(outcome: ScrapeOutcome) -> str:
+    """An outcome as text to compare (NaN-safe), its identity labels sorted: a frozenset's repr
+    follows its insertion history, which two equal sets need not share."""
+    n = outcome.normalised
+    if n is None:
+        return repr(outcome)
+    return repr(replace(outcome, normalised=replace(n, identity_labels=frozenset()))) + repr(
+        sorted(n.identity_labels)
+    )
 
 
 def test_one_input(data: bytes, checks: list[Callable[[Step | None, Step], None]] | None = None) -> None:
