@@ -47,6 +47,7 @@ class _Running:
     memo: Memo = field(default_factory=Memo)  # what the target's last body teaches the next read
     task: asyncio.Task[None] | None = None
     client: Client | None = None  # its own keep-alive connection (plain-HTTP targets)
+    renderer: TargetRenderer = field(default_factory=TargetRenderer)  # its fragment, label texts kept
     version_restarts: int = -1  # tracker.restarts when the version was last fetched
     version_tried: float = field(default=-1e18)
 
@@ -94,8 +95,6 @@ class Sidecar:
         ProcessCollector(registry=self._process)
         PlatformCollector(registry=self._process)
         GCCollector(registry=self._process)
-        #: per target: its fragment and the series texts kept between its snapshots
-        self._renderers: dict[str, TargetRenderer] = {}
         self.port: int | None = None
         self.extra_targets: tuple[TargetConfig, ...] = ()
 
@@ -112,10 +111,7 @@ class Sidecar:
         return exposition(frags, self.config.static_labels, self.status, openmetrics, self._process.collect())
 
     def _fragment(self, r: _Running) -> dict[str, str]:
-        renderer = self._renderers.get(r.target.name)
-        if renderer is None:
-            renderer = self._renderers[r.target.name] = TargetRenderer()
-        return renderer.fragment(r.tracker.snapshot, self.config.static_labels)
+        return r.renderer.fragment(r.tracker.snapshot, self.config.static_labels)
 
     # ------------------------------------------------------------------ targets
     def set_targets(self, targets: tuple[TargetConfig, ...]) -> None:
@@ -129,7 +125,6 @@ class Sidecar:
                 if r.client is not None:
                     r.client.close()
                 del self._running[name]
-                self._renderers.pop(name, None)
                 log.info("target %s removed", name, extra={"target": name})
         for name, t in wanted.items():
             if name not in self._running:
